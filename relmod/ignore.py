@@ -1,0 +1,42 @@
+"""Which paths of a project relmod never watches or scans.
+
+VCS folders, virtual environments, caches, build output and editor temporary files change often
+and never hold code we run, so watching them only costs wake-ups.
+"""
+
+from __future__ import annotations
+
+import os
+
+IGNORED_DIRS: frozenset[str] = frozenset(
+    {
+        ".git", ".hg", ".svn", ".bzr", "_darcs",
+        ".venv", "venv", ".tox", ".nox", "site-packages",
+        "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis",
+        ".ipynb_checkpoints", "node_modules", "build", "dist", ".eggs", ".idea", ".vscode",
+    }
+)
+
+# Editors write these next to the file they save: vim swap/backup, emacs lock/autosave, JetBrains.
+IGNORED_SUFFIXES: tuple[str, ...] = (".swp", ".swo", ".swx", "~", ".tmp", ".bak", ".orig", ".pyc")
+IGNORED_PREFIXES: tuple[str, ...] = (".#", "#", ".~")
+
+
+def is_ignored(path: str) -> bool:
+    """Whether a path lies in an ignored folder or is an editor's temporary file.
+
+    >>> is_ignored('/p/.git/index'), is_ignored('/p/pkg/a.py'), is_ignored('/p/a.py.swp')
+    (True, False, True)
+    """
+    parts = path.replace(os.sep, "/").split("/")
+    if any(part in IGNORED_DIRS or part.endswith(".egg-info") for part in parts[:-1]):
+        return True
+    name = parts[-1]
+    if name in IGNORED_DIRS:
+        return True
+    return name.endswith(IGNORED_SUFFIXES) or name.startswith(IGNORED_PREFIXES)
+
+
+def is_python_source(path: str) -> bool:
+    """Whether a path names a Python source file relmod would load."""
+    return path.endswith(".py") and not is_ignored(path)
