@@ -1,0 +1,60 @@
+"""relmod: files and folders as modules that reload lazily and deeply, in every process.
+
+Example:
+    >>> import relmod
+    >>> myfunc = relmod.at('./myfunc.py')   # doctest: +SKIP
+    >>> myfunc.add(3, 4)                    # doctest: +SKIP
+    7
+"""
+
+from relmod._version import __version__
+from relmod.api import (
+    at,
+    configure,
+    deps,
+    disable,
+    enable,
+    get_dependencies,
+    imp,
+    install,
+    reload,
+    sync,
+    toplevel,
+    unwrap,
+    up,
+    use,
+    wrap,
+)
+from relmod.errors import (
+    BrokerError,
+    BrokerNotFound,
+    ModuleNotFound,
+    ProtocolError,
+    RelmodError,
+    ReloadError,
+)
+
+__all__ = [
+    "BrokerError",
+    "BrokerNotFound",
+    "ModuleNotFound",
+    "ProtocolError",
+    "RelmodError",
+    "ReloadError",
+    "__version__",
+    "at",
+    "configure",
+    "deps",
+    "disable",
+    "enable",
+    "get_dependencies",
+    "imp",
+    "install",
+    "reload",
+    "sync",
+    "toplevel",
+    "unwrap",
+    "up",
+    "use",
+    "wrap",
+]

@@ -1,0 +1,313 @@
+"""The library face: files and folders as modules, imports into a namespace, reload control.
+
+Every function here is a thin front for :class:`relmod.client.session.Client`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Iterable
+from typing import Any
+
+from relmod.client.registry import normalize
+from relmod.client.session import default_client
+from relmod.errors import ImportSpecError
+from relmod.graph import DependencyGraph
+
+
+def _caller_globals(depth: int = 2) -> dict[str, Any]:
+    return sys._getframe(depth).f_globals
+
+
+def _caller_folder(g: dict[str, Any]) -> str:
+    """Where use/imp resolve relative paths: the caller's file's folder, else the cwd."""
+    file = g.get("__file__")
+    if isinstance(file, str) and file:
+        return os.path.dirname(os.path.realpath(file))
+    return os.getcwd()
+
+
+def _note_dependency(g: dict[str, Any], module: types.ModuleType) -> None:
+    """A relmod module that calls use/imp depends on what it loads."""
+    reg = default_client().registry
+    importer = reg.record_of_namespace(g)
+    target = reg.record_of(module)
+    if importer is not None and target is not None:
+        reg.record_edge(importer.key, target.key)
+
+
+def at(path: str) -> types.ModuleType:
+    """Load a file as a module, or a folder as a namespace; relative to the cwd.
+
+    Example:
+        >>> myfunc = relmod.at('./myfunc.py')       # doctest: +SKIP
+        >>> lib = relmod.at('.'); lib.myfunc.add(1, 2)  # doctest: +SKIP
+    """
+    return default_client().registry.load(normalize(path))
+
+
+def up(path: str) -> types.ModuleType:
+    """The folder holding ``path`` (usually ``__file__``), as a namespace; relative to the cwd.
+
+    Example:
+        >>> here = relmod.up(__file__)  # doctest: +SKIP
+    """
+    return at(os.path.dirname(normalize(path)))
+
+
+def use(path: str, *, globals: dict[str, Any] | None = None) -> types.ModuleType:
+    """Like :func:`at`, but relative paths resolve against the caller's ``__file__``.
+
+    Example:
+        >>> helpers = relmod.use('./helpers.py')  # doctest: +SKIP
+    """
+    g = globals if globals is not None else _caller_globals()
+    module = default_client().registry.load(normalize(path, _caller_folder(g)))
+    _note_dependency(g, module)
+    return module
+
+
+def _split_as(text: str) -> tuple[str, str | None]:
+    head, sep, alias = text.rpartition(" as ")
+    if not sep:
+        return text.strip(), None
+    alias = alias.strip()
+    if not alias.isidentifier():
+        raise ImportSpecError(f"{alias!r} in {text!r} is not a valid name to bind.")
+    return head.strip(), alias
+
+
+def _names(module: types.ModuleType, fromlist: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in fromlist.split(","):
+        item = item.strip()
+        if not item:
+            raise ImportSpecError(f"Empty name in {fromlist!r}; separate names with single commas.")
+        if item == "*":
+            public = getattr(module, "__all__", None)
+            if public is None:
+                public = [n for n in vars(module) if not n.startswith("_")]
+            for name in public:
+                out[name] = getattr(module, name)
+            continue
+        name, alias = _split_as(item)
+        if not name.isidentifier():
+            raise ImportSpecError(f"{name!r} in {fromlist!r} is not a name to import.")
+        try:
+            out[alias or name] = getattr(module, name)
+        except AttributeError as err:
+            raise ImportSpecError(
+                f"Cannot import {name!r} from {module!r}: it has no such name. Nothing was "
+                f"imported; dir() of the module lists its names."
+            ) from err
+    return out
+
+
+def _inject(
+    g: dict[str, Any], module: types.ModuleType, spec_alias: str | None, fromlist: str | None
+) -> types.ModuleType:
+    updates: dict[str, Any] = {}
+    if spec_alias is not None:
+        updates[spec_alias] = module
+    if fromlist is not None:
+        updates.update(_names(module, fromlist))
+    elif spec_alias is None:
+        name = object.__getattribute__(module, "__dict__").get("__name__", "")
+        if not str(name).isidentifier():
+            raise ImportSpecError(
+                f"{module!r} has no name that is an identifier; say one with "
+                f"relmod.imp('path as name')."
+            )
+        updates[str(name)] = module
+    g.update(updates)  # all or nothing: every name was resolved first
+    return module
+
+
+class _Imp:
+    """``relmod.imp``: import a relmod module, or names from it, into the caller's globals."""
+
+    def __call__(
+        self, spec: str, fromlist: str | None = None, globals: dict[str, Any] | None = None
+    ) -> types.ModuleType:
+        """Import a path (relative to the caller's file) into the caller's namespace.
+
+        Example:
+            >>> relmod.imp('./myfunc.py', 'add as add2')   # binds add2  # doctest: +SKIP
+            >>> relmod.imp('./myfunc.py as mfunc')          # binds mfunc # doctest: +SKIP
+            >>> relmod.imp('. as lib')                      # binds lib   # doctest: +SKIP
+        """
+        g = globals if globals is not None else _caller_globals()
+        path, alias = _split_as(spec)
+        module = default_client().registry.load(normalize(path, _caller_folder(g)))
+        _note_dependency(g, module)
+        return _inject(g, module, alias, fromlist)
+
+    def site(
+        self, name: str, fromlist: str | None = None, globals: dict[str, Any] | None = None
+    ) -> types.ModuleType:
+        """Import a module named in a relmod site file.
+
+        Example:
+            >>> relmod.imp.site('tools', 'helper')  # doctest: +SKIP
+        """
+        from relmod.site import default_site
+
+        g = globals if globals is not None else _caller_globals()
+        base, alias = _split_as(name)
+        module = default_client().registry.load(normalize(default_site()[base]))
+        _note_dependency(g, module)
+        return _inject(g, module, alias or base, fromlist)
+
+    def __repr__(self) -> str:
+        return "<function relmod.imp>"
+
+
+imp = _Imp()
+
+
+def install(globals: dict[str, Any] | None = None) -> types.ModuleType:
+    """Make ``from . import name`` work in ``__main__`` or a notebook; returns the folder.
+
+    The folder is that of ``__file__``, or the cwd in cell mode (no ``__file__``).
+
+    Example:
+        >>> here = relmod.install(globals())  # doctest: +SKIP
+        >>> from . import myfunc              # doctest: +SKIP
+    """
+    g = globals if globals is not None else _caller_globals()
+    client = default_client()
+    folder = _caller_folder(g)
+    client.hook.install()
+    client.hook.installed_namespaces[id(g)] = folder
+    return at(folder)
+
+
+def toplevel(name: str, path: str | types.ModuleType) -> types.ModuleType:
+    """Serve a file or folder to the ordinary import statement under ``name``.
+
+    Example:
+        >>> relmod.toplevel('myfunc', './myfunc.py')  # doctest: +SKIP
+        >>> import myfunc                             # doctest: +SKIP
+    """
+    client = default_client()
+    if isinstance(path, types.ModuleType):
+        rec = client.registry.record_of(path)
+        if rec is None:
+            raise TypeError(f"{path!r} is not a relmod module; give its path instead.")
+        target = rec.folder or rec.key
+    else:
+        target = normalize(path)
+    module = client.registry.load(target)
+    object.__getattribute__(module, "__dict__")["__name__"] = name
+    client.hook.install()
+    client.finder.register(name, target)
+    return module
+
+
+def reload(target: Any) -> Any:
+    """Reload now: a path, a relmod module, or an ordinary module, and everything depending on it.
+
+    Example:
+        >>> relmod.reload('./myfunc.py')  # doctest: +SKIP
+    """
+    return default_client().reload(target)
+
+
+def sync(timeout: float = 10.0) -> None:
+    """Return once every change saved before the call is visible to the next module use.
+
+    Example:
+        >>> open('f.py', 'w').write('X = 2'); relmod.sync(); f.X  # doctest: +SKIP
+        2
+    """
+    default_client().sync(timeout)
+
+
+def configure(*, on_error: str | None = None, poll: bool | None = None) -> None:
+    """Set how failed reloads surface (``'raise'`` or ``'keep'``) and force polling.
+
+    Example:
+        >>> relmod.configure(on_error='keep')  # a worker: log once, keep the old code
+    """
+    default_client().configure(on_error=on_error, poll=poll)
+
+
+def enable(blacklist: Iterable[str] = ()) -> None:
+    """Track which ordinary module imports which, for :func:`reload`.
+
+    Example:
+        >>> relmod.enable(blacklist=['os', 'numpy'])  # doctest: +SKIP
+    """
+    default_client().tracker.enable(blacklist)
+
+
+def disable() -> None:
+    """Stop tracking ordinary imports and forget their graph."""
+    default_client().tracker.disable()
+
+
+def get_dependencies(module: types.ModuleType | str) -> list[types.ModuleType]:
+    """The modules an ordinary module (or a relmod module) imported while it ran.
+
+    Example:
+        >>> relmod.get_dependencies(mymodule)  # doctest: +SKIP
+        [<module 'leaf' ...>]
+    """
+    client = default_client()
+    rec = client.registry.record_of(module)
+    if rec is not None:
+        reg = client.registry
+        return [reg._records[d].module for d in sorted(reg.graph.dependencies_of(rec.key))
+                if d in reg._records]
+    return client.tracker.dependencies(module)
+
+
+class Deps:
+    """What :func:`deps` returns: prints as one line per module with its dependencies."""
+
+    def __init__(self, graph: DependencyGraph) -> None:
+        self.graph = graph
+
+    def __repr__(self) -> str:
+        return self.graph.to_text() or "(no dependencies recorded yet)"
+
+    __str__ = __repr__
+
+
+def deps() -> Deps:
+    """The dependency graph of the relmod modules this process loaded.
+
+    Example:
+        >>> print(relmod.deps())  # doctest: +SKIP
+    """
+    return Deps(default_client().registry.graph)
+
+
+def wrap(target: str | types.ModuleType) -> types.ModuleType:
+    """A reloading relmod module for a path or for an ordinary module's source file.
+
+    Example:
+        >>> live = relmod.wrap(mymodule)  # doctest: +SKIP
+    """
+    if isinstance(target, str):
+        return at(target)
+    if default_client().registry.record_of(target) is not None:
+        return target
+    file = getattr(target, "__file__", None)
+    if not isinstance(file, str):
+        raise TypeError(f"{target!r} has no source file to wrap.")
+    return at(file)
+
+
+def unwrap(module: types.ModuleType) -> types.ModuleType:
+    """A plain module holding a snapshot of a relmod module's current namespace.
+
+    Example:
+        >>> frozen = relmod.unwrap(myfunc)  # doctest: +SKIP
+    """
+    ns = vars(module)  # brings a stale module up to date first
+    plain = types.ModuleType(str(ns.get("__name__", "module")))
+    plain.__dict__.update({k: v for k, v in ns.items() if k != "__relmod_folder__"})
+    return plain

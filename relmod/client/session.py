@@ -1,0 +1,195 @@
+"""One process's relmod client: the registry, the import hook, and the feed that marks stale.
+
+A feed is either the embedded watcher (a lone process) or a broker connection; both call
+:meth:`Client.files_changed` or :meth:`Client.apply_invalidation`, so there is one path from
+"these files changed" to "these modules are stale".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import types
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from relmod.client import modules
+from relmod.client.embedded import EmbeddedFeed
+from relmod.client.imports import ImportHook, ToplevelFinder
+from relmod.client.registry import OnError, Registry
+from relmod.client.tracker import Tracker
+from relmod.errors import ConfigurationError
+from relmod.sources import file_hash
+
+log = logging.getLogger(__name__)
+
+
+class Feed(Protocol):
+    """Something that tells the client which files changed."""
+
+    name: str
+
+    def start(self) -> None: ...
+    def follow(self) -> None: ...
+    def sync(self, timeout: float) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Client:
+    """Everything relmod keeps in one process."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self.hook = ImportHook(self.registry)
+        self.tracker = Tracker(self.hook)
+        self.finder = ToplevelFinder(self.registry)
+        self.feed: Feed | None = None
+        self.poll: bool | None = None
+        self._feed_lock = threading.Lock()
+        self.registry.add_load_listener(self._on_load)
+        modules.set_refresher(self.registry.refresh)
+        modules.set_folder_loaders(self.registry.child, self.registry.item)
+        self.hook.install()
+
+    # -- feeds -------------------------------------------------------------------------
+
+    def _on_load(self, path: str) -> None:
+        feed = self.feed
+        if feed is None:
+            self.ensure_feed()
+        else:
+            feed.follow()
+
+    def ensure_feed(self) -> Feed:
+        """The current feed; starts the embedded watcher when nothing feeds us yet."""
+        with self._feed_lock:
+            if self.feed is None:
+                feed = EmbeddedFeed(
+                    self.watched_folders, self.files_changed, self.known_files, poll=self.poll
+                )
+                feed.start()
+                self.feed = feed
+            return self.feed
+
+    def use_feed(self, feed: Feed | None) -> None:
+        """Replace the feed (a broker connection takes over from the embedded watcher)."""
+        with self._feed_lock:
+            old, self.feed = self.feed, feed
+        if old is not None and old is not feed:
+            old.stop()
+        if feed is not None:
+            feed.start()
+
+    def watched_folders(self) -> set[str]:
+        return self.registry.folders() | self.tracker.folders()
+
+    def known_files(self) -> list[str]:
+        return list(self.registry.files()) + list(self.tracker.names_by_file)
+
+    # -- the one path: files changed -> stale marks -----------------------------------
+
+    def files_changed(self, paths: Iterable[str]) -> set[str]:
+        """Mark stale the modules whose file content differs from the version in use.
+
+        Runs on a feed's thread; cheap: hashes the reported files, runs no user code.
+        """
+        files = self.registry.files()
+        changed = []
+        for path in paths:
+            if path in files:
+                if file_hash(path) != files[path]:
+                    changed.append(path)
+            elif path in self.registry:  # a folder
+                changed.append(path)
+        marked = self.registry.invalidate(changed) if changed else set()
+        if self.tracker.enabled:
+            marked |= self.tracker.invalidate(paths)
+        return marked
+
+    def apply_invalidation(self, affected: Iterable[str]) -> set[str]:
+        """Mark stale what a broker said is affected (it already compared hashes)."""
+        affected = list(affected)
+        marked = self.registry.invalidate(affected)
+        if self.tracker.enabled:
+            marked |= self.tracker.invalidate(affected)
+        return marked
+
+    # -- user-thread operations -------------------------------------------------------
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Return once every change saved before the call is marked stale in this process."""
+        feed = self.ensure_feed()
+        feed.sync(timeout)
+
+    def apply_pending(self) -> None:
+        """Reload now every stale module and tracked module (notebooks call this per cell)."""
+        for rec in list(self.registry._records.values()):
+            if modules.is_stale(rec.module):
+                self.registry.refresh(rec.module)
+        if self.tracker.pending:
+            self.tracker.reload_pending()
+
+    def configure(self, *, on_error: str | None = None, poll: bool | None = None) -> None:
+        if on_error is not None:
+            if on_error not in ("raise", "keep"):
+                raise ConfigurationError(
+                    f"on_error={on_error!r} is not a choice; use 'raise' (interactive: the "
+                    f"error surfaces at the access) or 'keep' (workers: log it, keep the old code)."
+                )
+            self.registry.on_error = on_error  # type: ignore[assignment]
+        if poll is not None:
+            self.poll = poll
+
+    def reload(self, target: Any) -> Any:
+        """Force a deep reload of a path, a relmod module or an ordinary module."""
+        if isinstance(target, str):
+            return self.registry.reload(target)
+        if self.registry.record_of(target) is not None:
+            return self.registry.reload(target)
+        if isinstance(target, types.ModuleType):
+            self.tracker.reload(target)
+            return target
+        raise TypeError(
+            f"relmod.reload() takes a path, a relmod module or a module, not {type(target).__name__}."
+        )
+
+    def close(self) -> None:
+        """Stop the feed and take relmod's hooks out of the interpreter."""
+        self.use_feed(None)
+        self.tracker.disable()
+        self.hook.uninstall()
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+
+    @property
+    def on_error(self) -> OnError:
+        return self.registry.on_error
+
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """The process-wide client, created on first use (and anew in a forked child)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+        return _default
+
+
+def _after_fork_in_child() -> None:
+    # The parent's feed thread does not exist in the child; start a new feed on next use.
+    client = _default
+    if client is not None:
+        client.feed = None
+        client._feed_lock = threading.Lock()
+        if client.registry._records or client.tracker.names_by_file:
+            client.ensure_feed()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

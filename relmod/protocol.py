@@ -1,0 +1,686 @@
+"""The wire protocol between the broker and its clients, written once for both ends.
+
+Every message on every socket (PUB/SUB and DEALER/ROUTER) is three frames, signed with the
+project's key; :class:`Codec` packs and checks them. The table :data:`SCHEMAS` lists every kind
+of message and the shape of its body, per direction:
+
+* ``"publish"``: the broker's PUB socket to every client's SUB socket;
+* ``"request"``: a client's DEALER socket to the broker's ROUTER socket;
+* ``"reply"``: the broker's ROUTER socket back to one client's DEALER socket.
+
+Three names (``status``, ``graph``, ``source``) are both a request and a reply. A codec is
+therefore made for one side, ``role="broker"`` or ``role="client"``: a broker sends replies and
+publications and receives requests, a client the other way round, and on each side the kinds a
+codec can send, and those it can receive, are unambiguous.
+
+Example:
+    >>> key = new_key()
+    >>> broker, client = Codec(key, role="broker"), Codec(key, role="client")
+    >>> frames = broker.encode("heartbeat", {"epoch": "e1", "seq": 0, "time": 1.5})
+    >>> message = client.decode(frames)
+    >>> message.kind, message.body, message.counter
+    ('heartbeat', {'epoch': 'e1', 'seq': 0, 'time': 1.5}, 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+import msgpack  # type: ignore[import-untyped]
+import zmq
+
+from relmod.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+VERSION: Final = b"relmod/1"
+HEARTBEAT_INTERVAL: Final = 1.0
+"""Seconds between two broker heartbeats."""
+
+MAX_PAYLOAD: Final = 4 * 1024 * 1024
+MAX_STR: Final = 4096
+"""Longest string field, in characters (paths, hashes, epochs, names)."""
+MAX_TEXT: Final = 16384
+"""Longest message-like string field (error messages), in characters."""
+MAX_ITEMS: Final = 200_000
+"""Most items in one list or map."""
+MAX_FREEFORM_DEPTH: Final = 32
+"""Deepest nesting allowed inside a free-form value (the status map)."""
+REPLAY_SENDERS: Final = 4096
+"""How many senders the replay guard remembers (least recently heard from is forgotten first)."""
+SOCKET_HWM: Final = 10_000
+
+SENDER_BYTES: Final = 16
+MAC_BYTES: Final = 32
+MAX_COUNTER: Final = 2**63 - 1
+
+REASONS: Final = (
+    "frames", "version", "oversized", "unsigned", "forged",
+    "malformed", "schema", "path", "replayed",
+)  # fmt: skip
+"""Every reason :meth:`Codec.decode` drops a message for, in the order it checks them."""
+
+Role = Literal["broker", "client"]
+Direction = Literal["request", "reply", "publish"]
+
+# A type spec is a name ("str", "path", ...) or a tuple built by the helpers below.
+Spec: TypeAlias = str | tuple[Any, ...]
+
+STR: Final = "str"  # str of at most MAX_STR characters
+TEXT: Final = "text"  # str of at most MAX_TEXT characters
+INT: Final = "int"  # int in 0 .. 2**63-1 (every int on the wire is a count, an id or a line)
+FLOAT: Final = "float"  # finite, non-negative int or float
+BOOL: Final = "bool"
+BLOB: Final = "bytes"  # bytes of at most max_payload
+PATH: Final = "path"  # absolute, normalised str inside the codec's root
+FREEFORM: Final = "freeform"  # map with str keys; msgpack-safe values, bounded depth
+BODY: Final = "body"  # a map; the envelope's body, checked against its kind's fields afterwards
+
+
+def optional(spec: Spec) -> Spec:
+    """The spec of a value that may also be None."""
+    return ("optional", spec)
+
+
+def list_of(spec: Spec) -> Spec:
+    """The spec of a list whose items all match ``spec``."""
+    return ("list", spec)
+
+
+def map_of(key: Spec, value: Spec) -> Spec:
+    """The spec of a map from ``key`` to ``value``."""
+    return ("map", key, value)
+
+
+def tuple_of(*items: Spec) -> Spec:
+    """The spec of a fixed-length list whose i-th item matches ``items[i]``."""
+    return ("tuple", *items)
+
+
+def record(**fields: Spec) -> Spec:
+    """The spec of a map with exactly these str keys."""
+    return ("record", fields)
+
+
+_BROKEN_ENTRY: Final = record(path=PATH, lineno=optional(INT), message=TEXT)
+
+SCHEMAS: Final[dict[Direction, dict[str, dict[str, Spec]]]] = {
+    "publish": {
+        "heartbeat": {"epoch": STR, "seq": INT, "time": FLOAT},
+        "invalidate": {
+            "epoch": STR,
+            "seq": INT,
+            "changed": list_of(PATH),
+            "affected": list_of(PATH),
+            "hashes": map_of(PATH, optional(STR)),  # None: the file was deleted
+        },
+        "broken": {
+            "epoch": STR,
+            "seq": INT,
+            "path": PATH,
+            "lineno": optional(INT),
+            "message": TEXT,
+        },
+        "bye": {"epoch": STR},
+    },
+    "request": {
+        "hello": {"client": STR, "pid": INT, "host": STR, "argv": STR},
+        "since": {"epoch": STR, "seq": INT},
+        "edges": {"edges": list_of(tuple_of(PATH, PATH))},
+        "report": {"client": STR, "seq": INT, "stale": INT, "error": optional(TEXT)},
+        "status": {},
+        "sync": {},
+        "graph": {},
+        "source": {"hash": STR},
+        "goodbye": {"client": STR},
+    },
+    "reply": {
+        "welcome": {"epoch": STR, "seq": INT, "root": PATH, "heartbeat": FLOAT},
+        "changes": {
+            "epoch": STR,
+            "seq": INT,
+            "full": BOOL,
+            "affected": list_of(PATH),
+            "hashes": map_of(PATH, optional(STR)),
+            "broken": list_of(_BROKEN_ENTRY),
+        },
+        "ack": {},
+        "status": {"status": FREEFORM},
+        "synced": {"epoch": STR, "seq": INT},
+        "graph": {"edges": list_of(tuple_of(PATH, PATH, list_of(STR)))},
+        "source": {"hash": STR, "data": optional(BLOB)},
+        "error": {"message": TEXT},
+    },
+}
+"""kind -> {field: type spec} per direction. Every field is required and no other is allowed."""
+
+_ENVELOPE: Final[dict[str, Spec]] = {"k": STR, "s": BLOB, "n": INT, "b": BODY}
+
+_SENDS: Final[dict[Role, tuple[Direction, ...]]] = {
+    "broker": ("reply", "publish"),
+    "client": ("request",),
+}
+_RECEIVES: Final[dict[Role, tuple[Direction, ...]]] = {
+    "broker": ("request",),
+    "client": ("reply", "publish"),
+}
+# A client reads replies and publications with one codec, so their kinds must not overlap.
+assert not SCHEMAS["reply"].keys() & SCHEMAS["publish"].keys()
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded, verified message.
+
+    Attributes:
+        kind: the message kind, a key of :data:`SCHEMAS`.
+        body: the body, already checked against the kind's schema.
+        sender: the 16 random bytes naming the codec that sent it.
+        counter: the sender's message counter (strictly increasing per sender).
+    """
+
+    kind: str
+    body: dict[str, Any]
+    sender: bytes
+    counter: int
+
+
+class _Rejected(Exception):
+    """A value broke its schema; ``reason`` is "schema" or "path"."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _check_fields(
+    where: str, value: Any, fields: Mapping[str, Spec], root: str | None, max_bytes: int
+) -> None:
+    """Check a map that must have exactly ``fields``."""
+    if not isinstance(value, dict):
+        raise _Rejected("schema", f"{where}: expected a map, got {type(value).__name__}")
+    missing = fields.keys() - value.keys()
+    extra = value.keys() - fields.keys()
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(sorted(missing))}")
+        if extra:
+            parts.append(f"unexpected {', '.join(sorted(map(repr, extra)))}")
+        raise _Rejected("schema", f"{where}: {'; '.join(parts)}")
+    for name, spec in fields.items():
+        _check(value[name], spec, f"{where}.{name}", root, max_bytes)
+
+
+def _check(value: Any, spec: Spec, where: str, root: str | None, max_bytes: int) -> None:
+    """Check one value against one spec, raising _Rejected; ``where`` names it in the message.
+
+    Recursion follows the spec, never the value, so its depth is that of the schema.
+    """
+    if isinstance(spec, tuple):
+        shape = spec[0]
+        if shape == "optional":
+            if value is not None:
+                _check(value, spec[1], where, root, max_bytes)
+        elif shape == "list":
+            _check_array(value, where, None)
+            for index, item in enumerate(value):
+                _check(item, spec[1], f"{where}[{index}]", root, max_bytes)
+        elif shape == "tuple":
+            _check_array(value, where, len(spec) - 1)
+            for index, (item, item_spec) in enumerate(zip(value, spec[1:], strict=True)):
+                _check(item, item_spec, f"{where}[{index}]", root, max_bytes)
+        elif shape == "map":
+            if not isinstance(value, dict) or len(value) > MAX_ITEMS:
+                raise _Rejected("schema", f"{where}: expected a map of at most {MAX_ITEMS} items")
+            for key, item in value.items():
+                _check(key, spec[1], f"{where} key", root, max_bytes)
+                _check(item, spec[2], f"{where}[{key!r:.80}]", root, max_bytes)
+        elif shape == "record":
+            _check_fields(where, value, spec[1], root, max_bytes)
+        else:
+            raise AssertionError(f"unknown spec {spec!r}")
+    elif spec in (STR, TEXT):
+        limit = MAX_STR if spec == STR else MAX_TEXT
+        if not isinstance(value, str) or len(value) > limit:
+            raise _Rejected("schema", f"{where}: expected a str of at most {limit} characters")
+    elif spec == INT:
+        if type(value) is not int or not 0 <= value <= MAX_COUNTER:
+            raise _Rejected("schema", f"{where}: expected an int in 0..2**63-1, got {value!r:.40}")
+    elif spec == FLOAT:
+        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+            raise _Rejected("schema", f"{where}: expected a finite number >= 0, got {value!r:.40}")
+    elif spec == BOOL:
+        if type(value) is not bool:
+            raise _Rejected("schema", f"{where}: expected a bool, got {type(value).__name__}")
+    elif spec == BLOB:
+        if not isinstance(value, bytes) or len(value) > max_bytes:
+            raise _Rejected("schema", f"{where}: expected bytes of at most {max_bytes} bytes")
+    elif spec == PATH:
+        _check_path(value, where, root)
+    elif spec == FREEFORM:
+        _check_freeform(value, where, max_bytes)
+    elif spec == BODY:
+        if not isinstance(value, dict):
+            raise _Rejected("schema", f"{where}: expected a map, got {type(value).__name__}")
+    else:
+        raise AssertionError(f"unknown spec {spec!r}")
+
+
+def _check_array(value: Any, where: str, length: int | None) -> None:
+    """Check a list (a tuple is accepted too: the sender may build one, msgpack packs it alike)."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_ITEMS:
+        raise _Rejected("schema", f"{where}: expected a list of at most {MAX_ITEMS} items")
+    if length is not None and len(value) != length:
+        raise _Rejected("schema", f"{where}: expected a list of {length} items, got {len(value)}")
+
+
+def _check_path(value: Any, where: str, root: str | None) -> None:
+    """A path is an absolute, normalised str; with a root it must also lie inside the root."""
+    if not isinstance(value, str) or len(value) > MAX_STR:
+        raise _Rejected("schema", f"{where}: expected a path str of at most {MAX_STR} characters")
+    # "//x" survives normpath on POSIX but names the same file as "/x": refuse the alias.
+    if (
+        not value.startswith("/")
+        or value.startswith("//")
+        or "\x00" in value
+        or os.path.normpath(value) != value
+    ):
+        raise _Rejected("path", f"{where}: {value!r:.200} is not an absolute, normalised path")
+    if root is not None and not _is_inside(value, root):
+        raise _Rejected("path", f"{where}: {value!r:.200} lies outside the project {root}")
+
+
+def _is_inside(path: str, root: str) -> bool:
+    return root == "/" or path == root or path.startswith(root + "/")
+
+
+def _check_freeform(value: Any, where: str, max_bytes: int) -> None:
+    """A str-keyed map of msgpack-safe values, walked without recursion so depth is bounded."""
+    if not isinstance(value, dict):
+        raise _Rejected("schema", f"{where}: expected a map, got {type(value).__name__}")
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_FREEFORM_DEPTH:
+            raise _Rejected("schema", f"{where}: nested deeper than {MAX_FREEFORM_DEPTH} levels")
+        if item is None or type(item) in (bool, int, float):
+            continue
+        if isinstance(item, str):
+            if len(item) > MAX_TEXT:
+                raise _Rejected("schema", f"{where}: a str longer than {MAX_TEXT} characters")
+        elif isinstance(item, bytes):
+            if len(item) > max_bytes:
+                raise _Rejected("schema", f"{where}: bytes longer than {max_bytes} bytes")
+        elif isinstance(item, (list, tuple)):
+            if len(item) > MAX_ITEMS:
+                raise _Rejected("schema", f"{where}: a list longer than {MAX_ITEMS} items")
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, dict):
+            if len(item) > MAX_ITEMS:
+                raise _Rejected("schema", f"{where}: a map larger than {MAX_ITEMS} items")
+            if not all(isinstance(key, str) for key in item):
+                raise _Rejected("schema", f"{where}: a map key that is not a str")
+            stack.extend((child, depth + 1) for child in item.values())
+        else:
+            raise _Rejected("schema", f"{where}: {type(item).__name__} is not msgpack-safe")
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} is not part of the relmod protocol")
+
+
+def _describe(data: bytes) -> str:
+    return repr(data[:40]) + ("..." if len(data) > 40 else "")
+
+
+class Codec:
+    """Signs, packs, checks and unpacks the messages of one side of a relmod connection.
+
+    Frame layout of every message on every socket::
+
+        frame 0  VERSION  b"relmod/1"
+        frame 1  payload  msgpack map {"k": kind (str), "s": sender (16 bytes),
+                                       "n": counter (int >= 1), "b": body (map)}
+        frame 2  mac      HMAC-SHA256(key, len(frame 0) + frame 0 + len(frame 1) + frame 1),
+                          each len an 8-byte big-endian unsigned int
+
+    A ROUTER socket receives ``[identity, frame 0, frame 1, frame 2]`` and sends
+    ``[identity, *codec.encode(...)]``; :meth:`decode_routed` splits the identity off.
+
+    The sender is 16 random bytes per codec (new ones in a forked child), and the counter goes
+    up by one with every :meth:`encode`. The receiver remembers the last counter of each
+    (direction, sender) pair, for the :data:`REPLAY_SENDERS` senders heard from most recently,
+    and drops anything not newer. ZeroMQ keeps order on one connection only, which is why a
+    broker's publications and replies are tracked apart. Encode and send on the thread that
+    owns the socket, so the counters leave in the order they were taken.
+
+    Attributes:
+        role: ``"broker"`` or ``"client"``.
+        root: the project folder every path must lie in, or None not to check containment.
+        max_payload: the largest payload frame accepted or sent, in bytes.
+        dropped: how many messages :meth:`decode` dropped, per reason (see :data:`REASONS`).
+
+    Example:
+        >>> key = new_key()
+        >>> broker = Codec(key, role="broker", root="/project")
+        >>> client = Codec(key, role="client", root="/project")
+        >>> frames = client.encode("source", {"hash": "abc"})
+        >>> identity, message = broker.decode_routed([b"\\x00id", *frames])
+        >>> message.kind, message.body
+        ('source', {'hash': 'abc'})
+        >>> try:
+        ...     broker.decode_routed([b"\\x00id", *frames])  # the same frames again
+        ... except ProtocolError as err:
+        ...     print(err.reason, broker.dropped[err.reason])
+        replayed 1
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        role: Role,
+        root: str | None = None,
+        max_payload: int = MAX_PAYLOAD,
+    ) -> None:
+        """Make a codec.
+
+        Args:
+            key: the shared secret, at least 16 bytes (see :func:`new_key`).
+            role: ``"broker"`` (sends replies and publications, receives requests) or
+                ``"client"`` (sends requests, receives replies and publications).
+            root: when given, paths in messages must lie inside this folder (give it in the
+                form the broker sends paths in, i.e. its real path).
+            max_payload: the largest payload frame, in bytes.
+
+        Raises:
+            ValueError: a short key, an unknown role, a relative root or a bad max_payload.
+        """
+        if not isinstance(key, bytes) or len(key) < 16:
+            raise ValueError("The protocol key must be at least 16 bytes; use new_key().")
+        if role not in _SENDS:
+            raise ValueError(f"The codec role must be 'broker' or 'client', not {role!r}.")
+        if root is not None:
+            if not os.path.isabs(root):
+                raise ValueError(f"The codec root must be an absolute path, not {root!r}.")
+            root = os.path.normpath(root)
+        if max_payload < 1:
+            raise ValueError(f"max_payload must be positive, not {max_payload!r}.")
+        self.role: Role = role
+        self.root = root
+        self.max_payload = max_payload
+        self.dropped: Counter[str] = Counter()
+        self._key = key
+        self._send_directions = {
+            kind: direction for direction in _SENDS[role] for kind in SCHEMAS[direction]
+        }
+        self._receive_directions = {
+            kind: direction for direction in _RECEIVES[role] for kind in SCHEMAS[direction]
+        }
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._sender = secrets.token_bytes(SENDER_BYTES)
+        self._counter = 0
+        self._last_seen: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+
+    @property
+    def sender(self) -> bytes:
+        """The 16 bytes that name this codec's messages."""
+        return self._sender
+
+    def sign(self, version: bytes, payload: bytes) -> bytes:
+        """The MAC frame for a version frame and a payload frame."""
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for frame in (version, payload):
+            mac.update(len(frame).to_bytes(8, "big"))
+            mac.update(frame)
+        return mac.digest()
+
+    def encode(self, kind: str, body: Mapping[str, Any]) -> list[bytes]:
+        """Pack and sign a message this side may send.
+
+        Args:
+            kind: a kind of the directions this codec's role sends.
+            body: the fields of that kind, all of them and nothing else.
+
+        Returns:
+            The three frames ``[VERSION, payload, mac]``.
+
+        Raises:
+            ValueError: the kind is not one this side sends, or the body does not match its
+                schema, or the packed payload exceeds ``max_payload``. These are bugs in the
+                caller, never the peer's doing.
+        """
+        direction = self._send_directions.get(kind)
+        if direction is None:
+            raise ValueError(
+                f"A {self.role} cannot send a {kind!r} message; "
+                f"it sends {', '.join(sorted(self._send_directions))}."
+            )
+        body = dict(body)
+        try:
+            _check_fields(kind, body, SCHEMAS[direction][kind], self.root, self.max_payload)
+        except _Rejected as rejected:
+            raise ValueError(f"Refusing to send an invalid message: {rejected.detail}.") from None
+        with self._lock:
+            if os.getpid() != self._pid:
+                # A forked child continues the parent's counter; a fresh sender keeps the two
+                # from replaying each other's counters at the receiver.
+                self._pid = os.getpid()
+                self._sender = secrets.token_bytes(SENDER_BYTES)
+                self._counter = 0
+            self._counter += 1
+            envelope = {"k": kind, "s": self._sender, "n": self._counter, "b": body}
+        try:
+            payload: bytes = msgpack.packb(envelope, use_bin_type=True)
+        except Exception as err:
+            raise ValueError(f"Cannot pack a {kind!r} message: {err}.") from err
+        if len(payload) > self.max_payload:
+            raise ValueError(
+                f"A {kind!r} message packs to {len(payload)} bytes, more than the "
+                f"{self.max_payload} allowed; send less, or raise max_payload on both sides."
+            )
+        return [VERSION, payload, self.sign(VERSION, payload)]
+
+    def split_identity(self, frames: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
+        """Split what a ROUTER socket received into the peer's identity and the message frames.
+
+        Raises:
+            ProtocolError: reason ``"frames"``, when there is no non-empty identity frame.
+        """
+        try:
+            parts = [_as_bytes(frame) for frame in frames]
+        except TypeError:
+            raise self._drop("frames", "Dropped a message whose frames are not bytes.") from None
+        if len(parts) < 2 or not parts[0]:
+            raise self._drop(
+                "frames", "Dropped a routed message without an identity frame before the message."
+            )
+        return parts[0], parts[1:]
+
+    def decode_routed(self, frames: Sequence[bytes]) -> tuple[bytes, Message]:
+        """Decode what a ROUTER socket received: ``(identity, message)``.
+
+        Raises:
+            ProtocolError: as :meth:`decode`.
+        """
+        identity, rest = self.split_identity(frames)
+        return identity, self.decode(rest)
+
+    def decode(self, frames: Sequence[bytes]) -> Message:
+        """Verify and unpack a message this side may receive (identity frame already stripped).
+
+        Checks, in this order: frame count, version, size, presence of a MAC, the MAC itself
+        (before anything is unpacked), msgpack validity with strict limits, the schema, the
+        paths, and last the replay guard, whose table changes only for a message that passed
+        every other check.
+
+        Raises:
+            ProtocolError: the message was dropped; ``reason`` is one of :data:`REASONS`, and
+                ``dropped[reason]`` was incremented.
+        """
+        try:
+            parts = [_as_bytes(frame) for frame in frames]
+        except TypeError:
+            raise self._drop("frames", "Dropped a message whose frames are not bytes.") from None
+        if len(parts) != 3:
+            raise self._drop(
+                "frames",
+                f"Dropped a message with {len(parts)} frames; relmod messages have 3 "
+                "(version, payload, mac).",
+            )
+        version, payload, mac = parts
+        if version != VERSION:
+            raise self._drop(
+                "version",
+                f"Dropped a message for protocol {_describe(version)}; this side speaks "
+                f"{VERSION.decode()}. Run the same relmod version on both sides.",
+            )
+        if len(payload) > self.max_payload:
+            raise self._drop(
+                "oversized",
+                f"Dropped a message of {len(payload)} bytes, more than the {self.max_payload} "
+                "allowed.",
+            )
+        if not mac:
+            raise self._drop("unsigned", "Dropped an unsigned message (its mac frame is empty).")
+        if len(mac) != MAC_BYTES or not hmac.compare_digest(mac, self.sign(version, payload)):
+            raise self._drop(
+                "forged",
+                "Dropped a message whose signature does not match: it was signed with another "
+                "key or changed on the way. Check that both sides read the same connection file.",
+            )
+        try:
+            envelope = msgpack.unpackb(
+                payload,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                ext_hook=_refuse_ext,
+                max_str_len=4 * MAX_TEXT,  # UTF-8 takes at most 4 bytes per character
+                max_bin_len=self.max_payload,
+                max_array_len=MAX_ITEMS,
+                max_map_len=MAX_ITEMS,
+                max_ext_len=0,  # no ext types, and so no msgpack timestamps (ext -1) either
+            )
+        except Exception as err:  # msgpack raises many types on bad input; all mean the same
+            raise self._drop(
+                "malformed",
+                f"Dropped a signed message whose payload is not valid relmod msgpack "
+                f"({type(err).__name__}: {err}).",
+            ) from err
+        kind, sender, counter, body, direction = self._check_envelope(envelope)
+        with self._lock:
+            key = (direction, sender)
+            last = self._last_seen.get(key)
+            if last is not None and counter <= last:
+                raise self._drop(
+                    "replayed",
+                    f"Dropped a replayed {kind!r} {direction}: counter {counter} is not above "
+                    f"{last}, the last one seen from this sender.",
+                )
+            self._last_seen[key] = counter
+            self._last_seen.move_to_end(key)
+            while len(self._last_seen) > REPLAY_SENDERS:
+                self._last_seen.popitem(last=False)
+        return Message(kind=kind, body=body, sender=sender, counter=counter)
+
+    def _check_envelope(self, envelope: Any) -> tuple[str, bytes, int, dict[str, Any], str]:
+        """Check the payload map and the body; returns (kind, sender, counter, body, direction)."""
+        try:
+            _check_fields("payload", envelope, _ENVELOPE, None, SENDER_BYTES)
+            if len(envelope["s"]) != SENDER_BYTES:
+                raise _Rejected("schema", f"payload.s: expected {SENDER_BYTES} bytes")
+            if envelope["n"] < 1:
+                raise _Rejected("schema", "payload.n: a counter starts at 1")
+            kind: str = envelope["k"]
+            direction = self._receive_directions.get(kind)
+            if direction is None:
+                raise _Rejected("schema", f"a {self.role} does not receive {kind!r:.80} messages")
+            body: dict[str, Any] = envelope["b"]
+            _check_fields(kind, body, SCHEMAS[direction][kind], self.root, self.max_payload)
+        except _Rejected as rejected:
+            if rejected.reason == "path":
+                text = f"Dropped a message with an unsafe path: {rejected.detail}."
+            else:
+                text = f"Dropped a message that breaks the protocol schema: {rejected.detail}."
+            raise self._drop(rejected.reason, text) from None
+        return kind, envelope["s"], envelope["n"], body, direction
+
+    def _drop(self, reason: str, message: str) -> ProtocolError:
+        """Count and log a dropped message; returns the error for the caller to raise."""
+        self.dropped[reason] += 1
+        logger.debug("%s (reason %s)", message, reason)
+        return ProtocolError(message, reason=reason)
+
+
+def _as_bytes(frame: Any) -> bytes:
+    """A frame as bytes: bytes itself, or anything with the buffer protocol (zmq.Frame)."""
+    if isinstance(frame, bytes):
+        return frame
+    return bytes(memoryview(frame))
+
+
+def fuzz_one(codec: Codec, frames: Sequence[bytes]) -> str:
+    """Decode untrusted frames and say what happened: ``"ok"`` or the drop reason.
+
+    Any other exception escaping is a bug; fuzz tests and soaks call this in a loop.
+
+    >>> fuzz_one(Codec(new_key(), role="client"), [b"relmod/1", b"", b""])
+    'unsigned'
+    """
+    try:
+        codec.decode(frames)
+    except ProtocolError as err:
+        return err.reason
+    return "ok"
+
+
+def new_epoch() -> str:
+    """A fresh epoch: start time, pid and randomness, so a restarted broker never repeats one.
+
+    >>> new_epoch() != new_epoch()
+    True
+    """
+    return f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def new_key() -> bytes:
+    """A fresh 32-byte signing key."""
+    return secrets.token_bytes(32)
+
+
+def configure_socket(sock: zmq.Socket[Any], *, max_payload: int = MAX_PAYLOAD) -> None:
+    """Set the options every relmod socket needs; call before bind or connect.
+
+    LINGER 0 so that closing a socket (and exiting the interpreter) never waits on unsent
+    messages; MAXMSGSIZE so that ZeroMQ disconnects a peer sending a frame far larger than any
+    valid payload before we ever see it; high-water marks of :data:`SOCKET_HWM` messages.
+    To still deliver a last message (the broker's "bye"), close with a short linger:
+    ``sock.close(linger=100)``.
+
+    >>> import zmq
+    >>> ctx = zmq.Context()
+    >>> sock = ctx.socket(zmq.PUB)
+    >>> configure_socket(sock)
+    >>> sock.getsockopt(zmq.LINGER), sock.getsockopt(zmq.SNDHWM)
+    (0, 10000)
+    >>> sock.close(); ctx.term()
+    """
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_payload + 1024)
+    sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+    sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
