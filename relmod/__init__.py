@@ -25,6 +25,7 @@ from relmod.api import (
     use,
     wrap,
 )
+from relmod.autoimport import auto
 from relmod.errors import (
     BrokerError,
     BrokerNotFound,
@@ -33,6 +34,11 @@ from relmod.errors import (
     RelmodError,
     ReloadError,
 )
+from relmod.execution import execfile
+from relmod.sites import default_site as _default_site
+from relmod.testing import runtest, testfocus, testmod, testonly
+
+site = _default_site()
 
 __all__ = [
     "BrokerError",
@@ -43,15 +49,22 @@ __all__ = [
     "ReloadError",
     "__version__",
     "at",
+    "auto",
     "configure",
     "deps",
     "disable",
     "enable",
+    "execfile",
     "get_dependencies",
     "imp",
     "install",
     "reload",
+    "runtest",
+    "site",
     "sync",
+    "testfocus",
+    "testmod",
+    "testonly",
     "toplevel",
     "unwrap",
     "up",

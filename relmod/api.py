@@ -152,7 +152,7 @@ class _Imp:
         Example:
             >>> relmod.imp.site('tools', 'helper')  # doctest: +SKIP
         """
-        from relmod.site import default_site
+        from relmod.sites import default_site
 
         g = globals if globals is not None else _caller_globals()
         base, alias = _split_as(name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relmod.auto import AutoImport, auto
+from relmod.autoimport import AutoImport, auto
 
 
 def test_attribute_access_imports_the_module() -> None:

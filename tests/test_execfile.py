@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relmod.errors import ModuleNotFound, RelmodError
-from relmod.execfile import execfile
+from relmod.execution import execfile
 
 
 def test_runs_the_file_in_a_fresh_namespace_with_documented_defaults(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relmod.errors import ModuleNotFound
-from relmod.site import Site, site_import
+from relmod.sites import Site, site_import
 
 
 class Loaded:
@@ -138,7 +138,7 @@ def test_a_malformed_file_is_skipped_with_one_warning(
     bad = tmp_path / "work" / "relmod.site"
     bad.write_text('[["lib", "/from/cwd"],')
     write_site(home / ".relmod.site", [["lib", "/from/home"]])
-    with caplog.at_level(logging.WARNING, logger="relmod.site"):
+    with caplog.at_level(logging.WARNING, logger="relmod.sites"):
         assert site["lib"] == "/from/home"
         assert site["lib"] == "/from/home"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -175,7 +175,7 @@ def test_what_is_wrong_in_a_malformed_file_is_said(
         bad.write_bytes(content)
     else:
         bad.write_text(content)
-    with caplog.at_level(logging.WARNING, logger="relmod.site"):
+    with caplog.at_level(logging.WARNING, logger="relmod.sites"):
         assert site.paths() == {}
     assert f"Skipping site file {bad}:" in caplog.text
     assert problem in caplog.text
@@ -208,7 +208,7 @@ def test_a_star_entry_for_a_missing_folder_warns(
     site: Site[Loaded], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     write_site(tmp_path / "work" / "relmod.site", [["*", "gone"], ["lib", "/lib"]])
-    with caplog.at_level(logging.WARNING, logger="relmod.site"):
+    with caplog.at_level(logging.WARNING, logger="relmod.sites"):
         assert site.paths() == {"lib": "/lib"}
     assert "cannot be listed" in caplog.text
     assert str(tmp_path / "work" / "gone") in caplog.text
@@ -242,7 +242,7 @@ def test_a_missing_file_named_by_the_environment_is_warned_about_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("RELMOD_SITE", str(tmp_path / "typo.site"))
-    with caplog.at_level(logging.WARNING, logger="relmod.site"):
+    with caplog.at_level(logging.WARNING, logger="relmod.sites"):
         for _ in range(2):
             with pytest.raises(KeyError):
                 site["lib"]

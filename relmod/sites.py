@@ -22,7 +22,6 @@ warning that names the file and what is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from relmod.sources import file_hash
 from relmod.errors import ConfigurationError, ModuleNotFound
 from relmod.ignore import is_ignored
 
@@ -52,15 +52,6 @@ class _SiteFile:
     hash: str
     entries: tuple[tuple[str, str], ...]
     problem: str | None = None
-
-
-def _file_hash(path: str) -> str | None:
-    """The sha256 of a file's bytes, or None when it cannot be read (relmod.sources stand-in)."""
-    try:
-        with open(path, "rb") as file:
-            return hashlib.sha256(file.read()).hexdigest()
-    except OSError:
-        return None
 
 
 class Site(Generic[LoadedT]):
@@ -187,7 +178,7 @@ class Site(Generic[LoadedT]):
 
     def _read(self, path: str) -> _SiteFile | None:
         """The parsed site file, read again only when its content hash changed; None if absent."""
-        digest = _file_hash(path)
+        digest = file_hash(path)
         if digest is None:
             with self._lock:
                 self._files.pop(path, None)
