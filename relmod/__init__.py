@@ -11,6 +11,7 @@ from relmod._version import __version__
 from relmod.api import (
     at,
     configure,
+    connect,
     deps,
     disable,
     enable,
@@ -51,6 +52,7 @@ __all__ = [
     "at",
     "auto",
     "configure",
+    "connect",
     "deps",
     "disable",
     "enable",

@@ -206,6 +206,36 @@ def toplevel(name: str, path: str | types.ModuleType) -> types.ModuleType:
     return module
 
 
+def connect(
+    path: str | None = None, *, timeout: float = 5.0, path_map: dict[str, str] | None = None
+) -> Any:
+    """Subscribe this process to the broker of the project holding ``path`` (default: the cwd).
+
+    Idempotent: a second call returns the same connection. Processes started from this one
+    (spawned pool workers, subprocesses) connect to the same broker by themselves.
+
+    Args:
+        path: a folder inside the project; the broker is found by walking up from it, unless
+            ``RELMOD_BROKER`` names a connection file.
+        timeout: seconds to wait for the broker's first answer.
+        path_map: ``{broker_path: local_path}`` prefixes, for a process that sees the project
+            under another path (a container).
+
+    Returns:
+        The connection, with ``status()`` and ``close()``.
+
+    Raises:
+        BrokerNotFound: no live broker serves the project.
+
+    Example:
+        >>> conn = relmod.connect()        # doctest: +SKIP
+        >>> conn.status()['connected']     # doctest: +SKIP
+        True
+    """
+    start = normalize(path) if path is not None else os.getcwd()
+    return default_client().connect(start, timeout=timeout, path_map=path_map)
+
+
 def reload(target: Any) -> Any:
     """Reload now: a path, a relmod module, or an ordinary module, and everything depending on it.
 

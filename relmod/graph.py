@@ -238,7 +238,7 @@ class DependencyGraph:
             [('/p/a.py', '/p/b.py', ('runtime', 'static'))]
         """
         with self._lock:
-            found = [(a, b, tuple(sorted(origins))) for (a, b), origins in self._origins.items()]
+            found = self._edge_list()
         found.sort()
         return found
 
@@ -299,11 +299,12 @@ class DependencyGraph:
         """
         with self._lock:
             nodes = list(self._deps)
-        edges = self.edges()
+            edges = self._edge_list()
+        edges.sort()
         lines = ["digraph relmod {", "  rankdir=LR;", "  node [shape=box];"]
         lines += sorted(f"  {_dot_id(display_path(node, relative_to))};" for node in nodes)
         for dependent, dep, origins in edges:
-            style = " [style=dashed]" if STATIC not in origins else ""
+            style = " [style=dashed]" if origins == (RUNTIME,) else ""
             lines.append(
                 f"  {_dot_id(display_path(dependent, relative_to))} -> "
                 f"{_dot_id(display_path(dep, relative_to))}{style};"
@@ -335,6 +336,9 @@ class DependencyGraph:
         return "\n".join(lines)
 
     # -- under the lock -------------------------------------------------------------------------
+
+    def _edge_list(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        return [(a, b, tuple(sorted(origins))) for (a, b), origins in self._origins.items()]
 
     def _add_node(self, path: str) -> None:
         if path not in self._deps:

@@ -668,7 +668,8 @@ def configure_socket(sock: zmq.Socket[Any], *, max_payload: int = MAX_PAYLOAD) -
 
     LINGER 0 so that closing a socket (and exiting the interpreter) never waits on unsent
     messages; MAXMSGSIZE so that ZeroMQ disconnects a peer sending a frame far larger than any
-    valid payload before we ever see it; high-water marks of :data:`SOCKET_HWM` messages.
+    valid payload before we ever see it; high-water marks of :data:`SOCKET_HWM` messages, or of
+    ``$RELMOD_HWM`` (tests set a tiny one to make a stopped client's queue overflow).
     To still deliver a last message (the broker's "bye"), close with a short linger:
     ``sock.close(linger=100)``.
 
@@ -682,5 +683,16 @@ def configure_socket(sock: zmq.Socket[Any], *, max_payload: int = MAX_PAYLOAD) -
     """
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_payload + 1024)
-    sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
-    sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
+    hwm = _hwm()
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+
+
+def _hwm() -> int:
+    try:
+        return max(1, int(os.environ.get("RELMOD_HWM", SOCKET_HWM)))
+    except ValueError:
+        logger.warning(
+            "RELMOD_HWM=%r is not a whole number; using %d", os.environ["RELMOD_HWM"], SOCKET_HWM
+        )
+        return SOCKET_HWM

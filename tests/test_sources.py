@@ -140,7 +140,7 @@ def test_compiled_code_does_not_inherit_relmods_future_flags(tmp_path: Path) -> 
     # relmod's own modules use `from __future__ import annotations`; user code must not get it.
     path = write(tmp_path / "ann.py", b"def f(x: int) -> str: ...\n")
     f = run(path, read_source(path))["f"]
-    assert f.__annotations__ == {"x": int, "return": str}  # type: ignore[attr-defined]
+    assert f.__annotations__ == {"x": int, "return": str}
 
 
 # -- check_compiles and Broken ----------------------------------------------------------------

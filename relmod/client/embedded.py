@@ -75,6 +75,10 @@ class EmbeddedFeed:
         """Every change saved before the call is visible after it: check each file directly."""
         self._files_changed(list(self._known_files()))
 
+    def forked(self) -> EmbeddedFeed:
+        """A fresh watcher for a forked child (the parent's thread does not exist there)."""
+        return EmbeddedFeed(self._folders, self._files_changed, self._known_files, poll=self._poll)
+
     def stop(self) -> None:
         with self._lock:
             if self._watcher is not None:

@@ -91,6 +91,12 @@ class Registry:
         self.reloads = 0
         self.errors_logged = 0
 
+    def after_fork(self) -> None:
+        """In a forked child: locks another thread held at the fork would never be released."""
+        self._reload_lock = threading.RLock()
+        self._mark_lock = threading.Lock()
+        self.graph._lock = threading.Lock()  # the graph's own lock, for the same reason
+
     # -- loading ----------------------------------------------------------------------------
 
     def load(self, path: str, *, name: str | None = None) -> types.ModuleType:

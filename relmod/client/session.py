@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import types
+from pathlib import Path
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from relmod.client.embedded import EmbeddedFeed
 from relmod.client.imports import ImportHook, ToplevelFinder
 from relmod.client.registry import OnError, Registry
 from relmod.client.tracker import Tracker
-from relmod.errors import ConfigurationError
+from relmod.errors import BrokerNotFound, ConfigurationError
 from relmod.sources import file_hash
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Feed(Protocol):
 
     def start(self) -> None: ...
     def follow(self) -> None: ...
+    def forked(self) -> Feed: ...
     def sync(self, timeout: float) -> None: ...
     def stop(self) -> None: ...
 
@@ -66,21 +68,30 @@ class Client:
         """The current feed; starts the embedded watcher when nothing feeds us yet."""
         with self._feed_lock:
             if self.feed is None:
-                feed = EmbeddedFeed(
-                    self.watched_folders, self.files_changed, self.known_files, poll=self.poll
-                )
+                feed = self._default_feed()
                 feed.start()
                 self.feed = feed
             return self.feed
+
+    def _default_feed(self) -> Feed:
+        # A spawned child or a container names its broker in RELMOD_BROKER.
+        named = os.environ.get("RELMOD_BROKER")
+        if named:
+            from relmod.client.connection import BrokerFeed
+
+            return BrokerFeed(self, Path(named))
+        return EmbeddedFeed(
+            self.watched_folders, self.files_changed, self.known_files, poll=self.poll
+        )
 
     def use_feed(self, feed: Feed | None) -> None:
         """Replace the feed (a broker connection takes over from the embedded watcher)."""
         with self._feed_lock:
             old, self.feed = self.feed, feed
-        if old is not None and old is not feed:
-            old.stop()
         if feed is not None:
             feed.start()
+        if old is not None and old is not feed:
+            old.stop()
 
     def watched_folders(self) -> set[str]:
         return self.registry.folders() | self.tracker.folders()
@@ -155,6 +166,36 @@ class Client:
             f"relmod.reload() takes a path, a relmod module or a module, not {type(target).__name__}."
         )
 
+    def connect(
+        self, start: str, *, timeout: float = 5.0, path_map: dict[str, str] | None = None
+    ) -> Any:
+        """Switch this process's feed to the broker serving ``start`` (see relmod.connect)."""
+        from relmod.client.connection import BrokerFeed
+        from relmod.connfile import find_connection_file
+
+        found = find_connection_file(start)
+        if found is None:
+            raise BrokerNotFound(
+                f"No relmod broker serves {start}. Start one with `relmod-broker {start}`, or "
+                f"use relmod without connect(): it then watches files in this process."
+            )
+        current = self.feed
+        if isinstance(current, BrokerFeed) and current.path == found:
+            return current
+        feed = BrokerFeed(self, found, path_map=path_map)
+        feed.start()
+        if not feed.wait_connected(timeout):
+            why = feed.last_error or "it did not answer"
+            feed.stop()
+            raise BrokerNotFound(
+                f"Cannot connect to the relmod broker of {start} ({why}). Start it with "
+                f"`relmod-broker {start}` and connect again."
+            )
+        self.use_feed(feed)
+        # Spawned children, pools and notebooks started from here find the same broker.
+        os.environ["RELMOD_BROKER"] = str(found)
+        return feed
+
     def close(self) -> None:
         """Stop the feed and take relmod's hooks out of the interpreter."""
         self.use_feed(None)
@@ -182,13 +223,16 @@ def default_client() -> Client:
 
 
 def _after_fork_in_child() -> None:
-    # The parent's feed thread does not exist in the child; start a new feed on next use.
+    # The parent's feed thread and sockets do not exist in the child: abandon them untouched
+    # and start the same kind of feed anew, so the child keeps up with edits by itself.
     client = _default
     if client is not None:
-        client.feed = None
         client._feed_lock = threading.Lock()
-        if client.registry._records or client.tracker.names_by_file:
-            client.ensure_feed()
+        client.registry.after_fork()
+        old, client.feed = client.feed, None
+        if old is not None:
+            client.feed = old.forked()
+            client.feed.start()
 
 
 if hasattr(os, "register_at_fork"):

@@ -1,0 +1,524 @@
+"""A broker connection: one daemon thread owns every socket and only marks modules stale.
+
+The thread subscribes to the broker's PUB socket and talks to its ROUTER through a DEALER:
+
+1. ``hello`` -> ``welcome`` (the broker's epoch and sequence number);
+2. wait for the first message on the SUB socket, so the subscription is live;
+3. ``since(epoch, seq)`` -> ``changes``: what this process missed, or every file's hash when the
+   broker is a new instance (a new epoch); mismatching modules are marked stale;
+4. then apply each invalidation in sequence. A duplicate (seq <= last) is dropped; a jump
+   (seq > last + 1), a heartbeat ahead of us, or a new epoch triggers ``since`` again.
+
+When nothing arrives for :attr:`BrokerFeed.silence` seconds, the broker is presumed gone: the
+feed starts an embedded watcher so this process never runs code older than the disk, re-reads
+the connection file every half second, and resynchronises when a broker answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from relmod.client.embedded import EmbeddedFeed
+from relmod.connfile import ConnectionInfo, pid_alive, read_connection_file
+from relmod.errors import BrokerError, BrokerNotFound, ProtocolError, RelmodError
+from relmod.protocol import Codec, Message, configure_socket
+
+if TYPE_CHECKING:
+    from relmod.client.session import Client
+
+log = logging.getLogger(__name__)
+
+
+class _Lost(Exception):
+    """The broker stopped answering or said goodbye."""
+
+
+@dataclass
+class _Command:
+    kind: str  # "sync" | "stop"
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+
+
+class PathMap:
+    """Translates the broker's paths to this machine's and back (prefix replacement).
+
+    Example:
+        >>> pm = PathMap({'/srv/proj': '/home/me/proj'})
+        >>> pm.to_local('/srv/proj/a.py'), pm.to_broker('/home/me/proj/a.py')
+        ('/home/me/proj/a.py', '/srv/proj/a.py')
+    """
+
+    def __init__(self, mapping: dict[str, str] | None = None) -> None:
+        self._pairs = [(b.rstrip("/"), loc.rstrip("/")) for b, loc in (mapping or {}).items()]
+
+    def to_local(self, path: str) -> str:
+        return self._swap(path, 0, 1)
+
+    def to_broker(self, path: str) -> str:
+        return self._swap(path, 1, 0)
+
+    def _swap(self, path: str, src: int, dst: int) -> str:
+        for pair in self._pairs:
+            prefix = pair[src]
+            if path == prefix or path.startswith(prefix + "/"):
+                return pair[dst] + path[len(prefix) :]
+        return path
+
+
+class BrokerFeed:
+    """The client side of a broker connection (see the module docstring)."""
+
+    name = "broker"
+    silence = 3.0  # seconds without a message before the broker counts as gone
+    report_every = 20.0  # seconds between keep-alive reports
+
+    def __init__(
+        self, client: Client, connection_file: Path, *, path_map: dict[str, str] | None = None
+    ) -> None:
+        self.client = client
+        self.path = Path(connection_file)
+        self.path_map = PathMap(path_map)
+        self._path_map_raw = dict(path_map or {})
+        self.epoch: str | None = None
+        self.seq = 0
+        self.connected = threading.Event()
+        self.broken: dict[str, tuple[int | None, str]] = {}
+        self.dropped = 0
+        self.resyncs = 0
+        self.invalidations = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.info: ConnectionInfo | None = None
+        self._commands: queue.Queue[_Command] = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._fallback: EmbeddedFeed | None = None
+        self._sync_requests: deque[_Command] = deque()  # sent, awaiting "synced"
+        self._waiting_syncs: list[tuple[int, _Command]] = []  # synced at seq, awaiting that seq
+        self._pid = os.getpid()
+        self._edges_sent = 0
+
+    # -- Feed interface (user threads) ---------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="relmod-broker", daemon=True)
+            self._thread.start()
+
+    def follow(self) -> None:
+        fallback = self._fallback
+        if fallback is not None:
+            fallback.follow()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def sync(self, timeout: float) -> None:
+        """Return once every change saved before the call is applied to our stale marks."""
+        if self.connected.is_set():
+            command = self._send(_Command("sync"))
+            if command.done.wait(timeout) and command.result is True:
+                return
+            log.warning(
+                "the broker did not confirm sync within %.1fs; checking loaded files directly",
+                timeout,
+            )
+        # No broker to ask: check the files themselves (what the embedded watcher does).
+        self.client.files_changed(self.client.known_files())
+
+    def stop(self) -> None:
+        """Say goodbye, close the sockets and join the thread (never hangs)."""
+        self._stop.set()
+        if os.getpid() != self._pid:
+            return  # a forked child never touches its parent's sockets
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+        if self._fallback is not None:
+            self._fallback.stop()
+            self._fallback = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    close = stop
+
+    def forked(self) -> BrokerFeed:
+        """A fresh feed for a forked child: same broker, new sockets, new thread."""
+        return BrokerFeed(self.client, self.path, path_map=self._path_map_raw)
+
+    def status(self) -> dict[str, Any]:
+        """What this process knows of its broker connection.
+
+        Example:
+            >>> relmod.connect().status()['connected']  # doctest: +SKIP
+            True
+        """
+        return {
+            "connected": self.connected.is_set(),
+            "connection_file": str(self.path),
+            "broker_pid": self.info["pid"] if self.info else None,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "invalidations": self.invalidations,
+            "resyncs": self.resyncs,
+            "reconnects": self.reconnects,
+            "dropped": self.dropped,
+            "stale": self.client.registry.stale_count(),
+            "broken": {p: {"lineno": ln, "message": msg} for p, (ln, msg) in self.broken.items()},
+            "fallback": self._fallback is not None,
+            "last_error": self.last_error,
+        }
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected.is_set() else "not connected"
+        return f"<relmod connection to {self.path} ({state}, seq {self.seq})>"
+
+    def _send(self, command: _Command) -> _Command:
+        self._commands.put(command)
+        self._wake()
+        return command
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    # -- the connection thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        announced_loss = False
+        while not self._stop.is_set():
+            try:
+                self.info = info = self._read_info()
+                self._session(info)
+            except _Lost as err:
+                self._lose(f"{err}")
+                announced_loss = False
+            except (BrokerError, RelmodError, OSError, zmq.ZMQError) as err:
+                if not announced_loss:
+                    self._lose(f"{err}")
+                    announced_loss = True
+            except Exception:  # never let the feed thread die: log and retry
+                log.exception("relmod broker connection failed; retrying")
+                self._lose("internal error")
+            if self._stop.wait(0.5):
+                break
+        self._finish_syncs(False)
+
+    def _read_info(self) -> ConnectionInfo:
+        try:
+            info = read_connection_file(self.path)
+        except FileNotFoundError as err:
+            raise BrokerNotFound(f"No connection file at {self.path}; is the broker running?") from err
+        if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
+            raise BrokerNotFound(
+                f"The broker of {info['root']} (pid {info['pid']}) is not running; start it "
+                f"again with `relmod-broker {info['root']}`."
+            )
+        return info
+
+    def _lose(self, why: str) -> None:
+        self._finish_syncs(False)
+        if self.connected.is_set():
+            self.reconnects += 1
+        self.connected.clear()
+        self.last_error = why
+        if self._fallback is None and not self._stop.is_set():
+            log.warning(
+                "relmod broker unavailable (%s); watching loaded files in this process until it "
+                "returns",
+                why,
+            )
+            fallback = EmbeddedFeed(
+                self.client.watched_folders, self.client.files_changed, self.client.known_files
+            )
+            fallback.start()
+            self._fallback = fallback
+            # Edits made while we were not listening: compare every file with what ran.
+            self.client.files_changed(self.client.known_files())
+
+    def _session(self, info: ConnectionInfo) -> None:
+        key = bytes.fromhex(info["key"])
+        codec = Codec(key, role="client", root=info["root"])
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        dealer = ctx.socket(zmq.DEALER)
+        try:
+            for sock in (sub, dealer):
+                configure_socket(sock)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(info["pub"])
+            dealer.connect(info["router"])
+            self._handshake(codec, sub, dealer, info)
+            self._loop(codec, sub, dealer)
+        finally:
+            if os.getpid() == self._pid:
+                try:
+                    if self._stop.is_set() and self.connected.is_set():
+                        dealer.send_multipart(
+                            codec.encode("goodbye", {"client": self._client_id()}), zmq.NOBLOCK
+                        )
+                except zmq.ZMQError:
+                    pass
+                sub.close(0)
+                dealer.close(0)
+                ctx.term()
+            self.connected.clear()
+
+    def _client_id(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def _request(
+        self, codec: Codec, dealer: zmq.Socket[Any], kind: str, body: dict[str, Any],
+        expect: str, timeout: float = 3.0,
+    ) -> Message:
+        """Send a request and wait for its reply; other replies met meanwhile are handled."""
+        dealer.send_multipart(codec.encode(kind, body))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not dealer.poll(int(remaining * 1000)):
+                raise _Lost(f"the broker did not answer {kind!r} within {timeout:.0f}s")
+            try:
+                msg = codec.decode(dealer.recv_multipart())
+            except ProtocolError as err:
+                self.dropped += 1
+                log.debug("dropped a reply: %s", err)
+                continue
+            if msg.kind == expect:
+                return msg
+            self._on_reply(msg)
+
+    def _handshake(
+        self, codec: Codec, sub: zmq.Socket[Any], dealer: zmq.Socket[Any], info: ConnectionInfo
+    ) -> None:
+        self._request(
+            codec, dealer, "hello",
+            {"client": self._client_id(), "pid": os.getpid(), "host": socket.gethostname(),
+             "argv": " ".join(sys.argv)[:4000]},
+            expect="welcome",
+        )
+        # The subscription is live once anything arrives on it (a heartbeat within a second).
+        if not sub.poll(int(self.silence * 1000)):
+            raise _Lost("no heartbeat from the broker")
+        self._drain_sub(codec, sub, apply=False)
+        self._resync(codec, dealer)
+        self.connected.set()
+        self.last_error = None
+        if self._fallback is not None:
+            self._fallback.stop()
+            self._fallback = None
+        log.info("connected to the relmod broker of %s (pid %s)", info["root"], info["pid"])
+
+    def _resync(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
+        reply = self._request(
+            codec, dealer, "since", {"epoch": self.epoch or "", "seq": self.seq}, expect="changes"
+        )
+        body = reply.body
+        self.resyncs += 1
+        if body["full"]:
+            self._revalidate(body["hashes"])
+        else:
+            self._apply(body["affected"])
+        self.broken = {
+            self.path_map.to_local(b["path"]): (b["lineno"], b["message"]) for b in body["broken"]
+        }
+        self.epoch, self.seq = body["epoch"], body["seq"]
+        self._check_syncs()
+
+    def _revalidate(self, hashes: dict[str, str | None]) -> None:
+        """A new broker instance: mark whatever differs from what this process ran."""
+        ours = self.client.registry.files()
+        mismatched = []
+        for broker_path, digest in hashes.items():
+            local = self.path_map.to_local(broker_path)
+            if local in ours and ours[local] != digest:
+                mismatched.append(local)
+        tracked = self.client.tracker.hashes
+        mismatched += [
+            self.path_map.to_local(p) for p, d in hashes.items()
+            if self.path_map.to_local(p) in tracked and tracked[self.path_map.to_local(p)] != d
+        ]
+        if mismatched:
+            self.client.apply_invalidation(mismatched)
+
+    def _apply(self, affected: list[str]) -> None:
+        if affected:
+            self.client.apply_invalidation([self.path_map.to_local(p) for p in affected])
+            self.invalidations += 1
+
+    def _loop(self, codec: Codec, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        last_heard = time.monotonic()
+        last_report = 0.0
+        reported: tuple[Any, ...] = ()
+        while not self._stop.is_set():
+            events = dict(poller.poll(int(self.silence * 1000 / 3)))
+            now = time.monotonic()
+            if sub in events:
+                last_heard = now
+                if self._drain_sub(codec, sub, apply=True):
+                    self._resync(codec, dealer)
+            if dealer in events:
+                last_heard = now
+                self._drain_replies(codec, dealer)
+            if self._wake_r in events:
+                self._drain_commands(codec, dealer)
+            if now - last_heard > self.silence:
+                raise _Lost(f"nothing heard from the broker for {self.silence:.0f}s")
+            state = (self.seq, self.client.registry.stale_count(), self._last_reload_error())
+            if state != reported or now - last_report > self.report_every:
+                self._report(codec, dealer, state)
+                reported, last_report = state, now
+            self._send_edges(codec, dealer)
+
+    def _drain_sub(self, codec: Codec, sub: zmq.Socket[Any], *, apply: bool) -> bool:
+        """Handle every queued publication; True when a resync is needed."""
+        need_resync = False
+        while True:
+            try:
+                frames = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return need_resync
+            try:
+                msg = codec.decode(frames)
+            except ProtocolError as err:
+                self.dropped += 1
+                log.debug("dropped a publication: %s", err)
+                continue
+            if not apply:
+                continue  # handshake: the resync that follows covers these
+            need_resync |= self._on_publication(msg)
+
+    def _on_publication(self, msg: Message) -> bool:
+        body = msg.body
+        if msg.kind == "bye":
+            raise _Lost("the broker shut down")
+        if body.get("epoch") != self.epoch:
+            return True  # a new broker instance
+        seq = body["seq"]
+        if msg.kind == "heartbeat":
+            return bool(seq > self.seq)  # we lost the last update before a quiet period
+        if seq <= self.seq:
+            return False  # a duplicate
+        if seq > self.seq + 1:
+            return True  # a gap: ask what we missed
+        if msg.kind == "invalidate":
+            self._apply(body["affected"])
+            for path in body["changed"]:
+                self.broken.pop(self.path_map.to_local(path), None)
+        elif msg.kind == "broken":
+            local = self.path_map.to_local(body["path"])
+            self.broken[local] = (body["lineno"], body["message"])
+            if local in self.client.registry:
+                log.warning("%s", body["message"])
+        self.seq = seq
+        self._check_syncs()
+        return False
+
+    def _drain_replies(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
+        while True:
+            try:
+                frames = dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._on_reply(codec.decode(frames))
+            except ProtocolError:
+                self.dropped += 1
+
+    def _on_reply(self, msg: Message) -> None:
+        """Replies nobody waits for synchronously: acks, and the broker's answer to sync."""
+        if msg.kind == "synced" and self._sync_requests:
+            command = self._sync_requests.popleft()
+            if msg.body["epoch"] != self.epoch:
+                command.done.set()  # result stays None: the caller checks files directly
+                raise _Lost("the broker restarted during sync")
+            self._waiting_syncs.append((msg.body["seq"], command))
+            self._check_syncs()
+
+    def _drain_commands(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except OSError:
+            pass
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command.kind == "sync":
+                dealer.send_multipart(codec.encode("sync", {}))
+                self._sync_requests.append(command)
+
+    def _check_syncs(self) -> None:
+        for entry in list(self._waiting_syncs):
+            target, command = entry
+            if target <= self.seq:
+                self._waiting_syncs.remove(entry)
+                command.result = True
+                command.done.set()
+
+    def _finish_syncs(self, ok: bool) -> None:
+        pending = [c for _, c in self._waiting_syncs] + list(self._sync_requests)
+        for command in pending:
+            command.result = ok
+            command.done.set()
+        self._waiting_syncs.clear()
+        self._sync_requests.clear()
+
+    def _last_reload_error(self) -> str | None:
+        errors = [r.last_error for r in list(self.client.registry._records.values()) if r.last_error]
+        return errors[-1] if errors else None
+
+    def _report(self, codec: Codec, dealer: zmq.Socket[Any], state: tuple[Any, ...]) -> None:
+        seq, stale, error = state
+        body = {"client": self._client_id(), "seq": seq, "stale": stale,
+                "error": error[:16000] if error else None}
+        dealer.send_multipart(codec.encode("report", body))
+
+    def _send_edges(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
+        graph = self.client.registry.graph
+        count = graph.edge_count()
+        if count == self._edges_sent:
+            return
+        self._edges_sent = count
+        root = codec.root
+        edges = []
+        for dependent, dependency, origins in graph.edges():
+            if "runtime" not in origins:
+                continue
+            a, b = self.path_map.to_broker(dependent), self.path_map.to_broker(dependency)
+            if root is None or (_inside(a, root) and _inside(b, root)):
+                edges.append([a, b])
+        if edges:
+            dealer.send_multipart(codec.encode("edges", {"edges": edges[:200_000]}))
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+

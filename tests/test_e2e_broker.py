@@ -1,0 +1,223 @@
+"""End to end: a real broker, several real client processes, real edits on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import Broker, Worker, child_env, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp~")
+    tmp.write_text(textwrap.dedent(text))
+    os.replace(tmp, path)  # an atomic save, as editors do
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    write(root / "leaf.py", "VALUE = 1\n")
+    write(root / "mid.py", "from .leaf import VALUE\nDOUBLE = VALUE * 2\n")
+    write(root / "other.py", "OTHER = 'o'\n")
+    return root.resolve()
+
+
+@pytest.fixture
+def broker(project: Path) -> Iterator[Broker]:
+    b = Broker(project).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def workers(project: Path, broker: Broker) -> Iterator[list[Worker]]:
+    started = [Worker(cwd=project) for _ in range(3)]
+    for w in started:
+        assert w.call("connect", root=str(project)) is True
+        w.call("load", name="mid", path=str(project / "mid.py"))
+        w.call("load", name="leaf", path=str(project / "leaf.py"))
+        w.call("load", name="other", path=str(project / "other.py"))
+        assert w.call("get", name="mid", attr="DOUBLE") == 2
+    yield started
+    for w in started:
+        w.close()
+
+
+def test_an_edit_reaches_every_client_and_only_dependents(project: Path, workers: list[Worker]) -> None:
+    write(project / "leaf.py", "VALUE = 21\n")
+    for w in workers:
+        # No sync: the broker's invalidation alone must mark the module stale.
+        assert wait_for(lambda w=w: w.call("stale", name="mid"), 10, "mid stale in every client")
+        assert w.call("stale", name="other") is False
+        assert w.call("get", name="mid", attr="DOUBLE") == 42
+        assert w.call("status")["feed"] == "broker"
+
+
+def test_touch_and_identical_saves_reach_no_client(project: Path, workers: list[Worker]) -> None:
+    leaf = project / "leaf.py"
+    os.utime(leaf, None)
+    write(leaf, leaf.read_text())
+    for w in workers:
+        w.call("sync")
+        assert w.call("stale", name="leaf") is False
+        assert w.call("stale", name="mid") is False
+        assert w.call("status")["invalidations"] == 0
+
+
+def test_a_broken_save_keeps_last_good_code_and_the_fix_reloads(
+    project: Path, broker: Broker, workers: list[Worker]
+) -> None:
+    for w in workers:
+        w.call("configure", on_error="keep")
+    write(project / "leaf.py", "VALUE = (\n")
+    for w in workers:
+        w.call("sync")
+        assert w.call("get", name="mid", attr="DOUBLE") == 2
+        broken = w.call("status")["broken"]
+        assert str(project / "leaf.py") in broken
+    out = subprocess.run(
+        [sys.executable, "-m", "relmod", "status", str(project), "--json"],
+        capture_output=True, text=True, env=child_env(), timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert str(project / "leaf.py") in json.dumps(json.loads(out.stdout)["broken"])
+    write(project / "leaf.py", "VALUE = 5\n")
+    for w in workers:
+        w.call("sync")
+        assert w.call("get", name="mid", attr="DOUBLE") == 10
+        assert w.call("status")["broken"] == {}
+
+
+def test_broker_kill_edits_while_down_and_restart_lose_nothing(
+    project: Path, broker: Broker, workers: list[Worker]
+) -> None:
+    broker.kill(signal.SIGKILL)
+    write(project / "leaf.py", "VALUE = 7\n")
+    for w in workers:
+        # Without a broker the client falls back to watching files itself.
+        assert w.call("wait_value", name="mid", attr="DOUBLE", value=14, timeout=20) == 14
+        assert w.call("status")["fallback"] is True
+    restarted = Broker(project).start()
+    try:
+        write(project / "leaf.py", "VALUE = 8\n")
+        for w in workers:
+            wait_for(lambda w=w: w.call("status")["connected"], 20, "the client to reconnect")
+            w.call("sync")
+            assert w.call("get", name="mid", attr="DOUBLE") == 16
+            assert w.call("status")["fallback"] is False
+    finally:
+        restarted.stop()
+
+
+def test_a_stopped_client_whose_queue_overflowed_resynchronises(
+    project: Path, tmp_path: Path
+) -> None:
+    env = child_env(RELMOD_HWM="4")
+    broker = Broker(project, env=env).start()
+    w = Worker(env=env, cwd=project)
+    try:
+        w.call("connect", root=str(project))
+        w.call("load", name="leaf", path=str(project / "leaf.py"))
+        w.call("sync")
+        w.signal(signal.SIGSTOP)
+        for i in range(40):
+            write(project / "leaf.py", f"VALUE = {100 + i}\n")
+            time.sleep(0.03)
+        w.signal(signal.SIGCONT)
+        assert w.call("wait_value", name="leaf", attr="VALUE", value=139, timeout=20) == 139
+        assert w.call("status")["resyncs"] >= 2
+    finally:
+        w.signal(signal.SIGCONT)
+        w.close()
+        broker.stop()
+
+
+def test_fork_and_spawn_children_stay_in_sync(project: Path, broker: Broker, tmp_path: Path) -> None:
+    script = tmp_path / "children.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import multiprocessing as mp, sys, time
+            import relmod
+
+            ROOT = {str(project)!r}
+
+            def child(q, ready):
+                import relmod
+                leaf = relmod.at(ROOT + '/leaf.py')
+                ready.put(leaf.VALUE)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    if leaf.VALUE == 99:
+                        q.put('saw 99'); return
+                    time.sleep(0.01)
+                q.put('stale: %r' % leaf.VALUE)
+
+            if __name__ == '__main__':
+                relmod.connect(ROOT)
+                leaf = relmod.at(ROOT + '/leaf.py')
+                method = sys.argv[1]
+                ctx = mp.get_context(method)
+                q, ready = ctx.Queue(), ctx.Queue()
+                p = ctx.Process(target=child, args=(q, ready))
+                p.start()
+                print('ready', ready.get(timeout=30), flush=True)
+                sys.stdin.readline()
+                print(q.get(timeout=30), flush=True)
+                p.join(10)
+                print('exit', p.exitcode, flush=True)
+            """
+        )
+    )
+    for method in ("fork", "spawn"):
+        write(project / "leaf.py", "VALUE = 1\n")
+        proc = subprocess.Popen(
+            [sys.executable, str(script), method], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=child_env(), cwd=project,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().split() == ["ready", "1"], proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)  # let the child's feed connect before the edit
+        write(project / "leaf.py", "VALUE = 99\n")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+        assert out.split() == ["saw", "99", "exit", "0"], (method, out, err)
+        assert proc.returncode == 0
+
+
+def test_interpreter_exit_never_hangs_even_with_the_broker_frozen(
+    project: Path, broker: Broker
+) -> None:
+    w = Worker(cwd=project)
+    w.call("connect", root=str(project))
+    w.call("load", name="leaf", path=str(project / "leaf.py"))
+    broker.kill(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert w.close(timeout=15) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+
+
+def test_connect_without_a_broker_is_a_clear_error(tmp_path: Path) -> None:
+    w = Worker(cwd=tmp_path)
+    try:
+        with pytest.raises(Exception, match="No relmod broker serves"):
+            w.call("connect", root=str(tmp_path))
+    finally:
+        w.close()
