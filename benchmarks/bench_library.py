@@ -4,28 +4,28 @@ Run: .venv/bin/python benchmarks/bench_library.py [--quick] [--no-original] [--o
 
 Prints one Markdown table. The rows:
 
-1. **Attribute access** (``m.X``) on a plain module (the file imported normally), on the same file
-   loaded with ``relmod.at(path)``, and on the top module of a 10-file and a 50-file relmod chain
-   (module ``m{i}`` does ``from . import m{i-1}``). Measured in this process, interleaved in random
-   order, with ``timeit`` loops of 20 unrolled accesses (``m`` is a local, so the loop overhead is
-   under 1/20 of the figure). The value is the median ns per access over many repetitions; "vs plain"
-   is that median divided by the plain module's. The target is at most 1.5x, and the chain rows must
-   equal the one-file row: an up-to-date module does no work per access, whatever it depends on. A
-   control row, a bare ``types.ModuleType`` subclass holding the same names, shows what any module
-   subclass costs on this interpreter, relmod or not.
+1. **Attribute access** (``m.X``) on a plain module (the file imported normally), on the same
+   file loaded with ``relmod.at(path)``, and on the top module of a 10-file and a 50-file relmod
+   chain (module ``m{i}`` does ``from . import m{i-1}``). Measured in this process, interleaved in
+   random order, with ``timeit`` loops of 20 unrolled accesses (``m`` is a local, so the loop
+   overhead is under 1/20 of the figure). The value is the median ns per access over many
+   repetitions; "vs plain" is that median divided by the plain module's. The target is at most
+   1.5x, and the chain rows must equal the one-file row: an up-to-date module does no work per
+   access, whatever it depends on. A control row, a bare ``types.ModuleType`` subclass holding the
+   same names, shows what any module subclass costs on this interpreter, relmod or not.
 2. **The original relmod** (version 0.5.0 from the package registry), installed in its own virtual
-   environment (``~/.cache/relmod-bench/orig-venv``, created on the first run and reused) and run in
-   that interpreter by this same script (``--child original``). It measures its own plain module the
-   same way, so its "vs plain" is a ratio within its own process. It stats the file and every
-   dependency on every access, so its cost grows with the chain.
-3. **Deep reload**: the leaf of a 50-module chain is edited, then ``relmod.sync()`` and one access to
-   the top module; the time is from the write to the access returning the new value (median over
-   several edits; the notes split it into sync and access). Every module of the project appends its
-   file to an execution log when it runs; after each edit exactly the 50 chain modules must have run
-   once each, and none of 50 unrelated modules loaded from the same folder.
-4. **Marking**: what the feed's background thread pays for one change that affects a 50-module chain:
-   ``Registry.invalidate([leaf])`` (switch 50 classes) and ``Client.files_changed([leaf])`` (hash the
-   file, then invalidate). Median per call.
+   environment (``~/.cache/relmod-bench/orig-venv``, created on the first run and reused) and run
+   in that interpreter by this same script (``--child original``). It measures its own plain
+   module the same way, so its "vs plain" is a ratio within its own process. It stats the file and
+   every dependency on every access, so its cost grows with the chain.
+3. **Deep reload**: the leaf of a 50-module chain is edited, then ``relmod.sync()`` and one access
+   to the top module; the time is from the write to the access returning the new value (median
+   over several edits; the notes split it into sync and access). Every module of the project
+   appends its file to an execution log when it runs; after each edit exactly the 50 chain modules
+   must have run, once each, and none of 50 unrelated modules loaded from the same folder.
+4. **Marking**: what the feed's background thread pays for one change that affects a 50-module
+   chain: ``Registry.invalidate([leaf])`` (switch 50 classes) and ``Client.files_changed([leaf])``
+   (hash the file, then invalidate). Median per call.
 5. **sync() with nothing changed**, with 1, 100 and 1,000 modules loaded, each count in a fresh
    process of this interpreter (``--child sync``) so the registry holds exactly that many modules.
 
@@ -323,7 +323,9 @@ def measure_marking(deep: dict[str, Any], calls: int, cycles: int) -> dict[str, 
         marked = client.registry.invalidate([leaf])
         invalidate_us.append((time.perf_counter() - start) * 1e6)
         marked_counts.add(len(marked))
-        if not modules.is_stale(top) or top.X != value + 49:  # the access refreshes, runs nothing
+        stale = modules.is_stale(top)
+        seen = top.X  # the access refreshes; the content is unchanged, so nothing runs
+        if not stale or seen != value + 49:
             raise SystemExit("invalidate() did not mark the top of the chain stale")
     ran_after_invalidate = len(log.EXECUTED)
     files_changed_us = []
@@ -334,7 +336,8 @@ def measure_marking(deep: dict[str, Any], calls: int, cycles: int) -> dict[str, 
         marked = client.files_changed([leaf])
         files_changed_us.append((time.perf_counter() - start) * 1e6)
         marked_counts.add(len(marked))
-        if top.X != value + 49:
+        seen = top.X
+        if seen != value + 49:
             raise SystemExit(f"files_changed() cycle {n}: the top did not see the edit")
     return {"invalidate": invalidate_us, "files_changed": files_changed_us,
             "marked": sorted(marked_counts), "ran_after_invalidate": ran_after_invalidate}
@@ -521,14 +524,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     quick = args.quick
-    rounds, sample_s = (40, 0.002) if quick else (150, 0.005)
-    edits, settle_s = (8, 0.1) if quick else (30, 0.15)
-    calls, cycles = (100, 15) if quick else (500, 60)
-    sync_reps = 10 if quick else 40
+    # A full run takes about a minute, a quick one about 15 s (plus, once, creating the venv).
+    rounds, sample_s = (200, 0.005) if quick else (400, 0.01)
+    edits, settle_s = (20, 0.1) if quick else (40, 0.15)
+    calls, cycles = (200, 30) if quick else (1000, 100)
+    sync_reps = 20 if quick else 100
 
     started = time.perf_counter()
     original = (None if args.no_original
-                else measure_original(args.orig_venv, rounds // 2 if quick else 60, sample_s))
+                else measure_original(args.orig_venv, rounds // 2, sample_s))
     import relmod
 
     with tempfile.TemporaryDirectory(prefix="relmod-bench-") as tmp:

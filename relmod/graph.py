@@ -52,6 +52,10 @@ class DependencyGraph:
 
     # -- changing the graph -----------------------------------------------------------------
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock held by another thread at the fork would never be freed."""
+        self._lock = threading.Lock()
+
     def set_dependencies(
         self, path: str, dependencies: Iterable[str], *, origin: str = STATIC
     ) -> None:

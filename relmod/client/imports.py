@@ -43,7 +43,7 @@ class ImportHook:
         with self._lock:
             if getattr(builtins.__import__, "__self__", None) is not self:
                 self.original = builtins.__import__
-                builtins.__import__ = self.__call__
+                builtins.__import__ = self.__call__  # type: ignore[assignment]
 
     def uninstall(self) -> None:
         """Restore the ``__import__`` we replaced (tests use this)."""

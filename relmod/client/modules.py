@@ -150,7 +150,7 @@ def _make_stale_twin(fresh: type[RelmodModule]) -> type[RelmodModule]:
 
     def __dir__(self: types.ModuleType) -> list[str]:  # noqa: N807
         _refresh(self)
-        return fresh.__dir__(self)
+        return list(fresh.__dir__(self))
 
     return type(
         "Stale" + fresh.__name__,
@@ -170,3 +170,19 @@ FRESH_OF: dict[type[RelmodModule], type[RelmodModule]] = {
 def is_stale(module: types.ModuleType) -> bool:
     """Whether the module waits for a reload on its next use."""
     return type(module) in FRESH_OF
+
+
+def mark_stale(module: types.ModuleType) -> None:
+    """Switch a relmod module to its stale twin (idempotent; one assignment)."""
+    cls = type(module)
+    fresh = FRESH_OF.get(cls, cls)  # type: ignore[arg-type]
+    stale = STALE_TWIN.get(fresh)
+    if stale is not None:
+        module.__class__ = stale
+
+
+def mark_fresh(module: types.ModuleType) -> None:
+    """Switch a stale module back to its plain class: access costs what a module's costs."""
+    fresh = FRESH_OF.get(type(module))  # type: ignore[arg-type]
+    if fresh is not None:
+        module.__class__ = fresh

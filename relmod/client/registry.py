@@ -95,7 +95,7 @@ class Registry:
         """In a forked child: locks another thread held at the fork would never be released."""
         self._reload_lock = threading.RLock()
         self._mark_lock = threading.Lock()
-        self.graph._lock = threading.Lock()  # the graph's own lock, for the same reason
+        self.graph.after_fork()
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -245,8 +245,7 @@ class Registry:
             for key in affected:
                 rec = self._records[key]
                 rec.gen += 1
-                fresh = m.FRESH_OF.get(type(rec.module), type(rec.module))
-                rec.module.__class__ = m.STALE_TWIN[fresh]  # type: ignore[index]
+                m.mark_stale(rec.module)
         log.debug("marked %d module(s) stale", len(affected))
         return affected
 
@@ -292,9 +291,7 @@ class Registry:
 
     @staticmethod
     def _unmark(module: types.ModuleType) -> None:
-        fresh = m.FRESH_OF.get(type(module))  # type: ignore[call-overload]
-        if fresh is not None:
-            module.__class__ = fresh
+        m.mark_fresh(module)
 
     def reload(self, path_or_module: str | types.ModuleType) -> types.ModuleType:
         """Re-execute a module now, even if unchanged, then every module depending on it."""
