@@ -505,7 +505,7 @@ def default_venv() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a ~20 s run with fewer samples")
+    parser.add_argument("--quick", action="store_true", help="a short run, about 15 s")
     parser.add_argument("--no-original", action="store_true", help="skip the original relmod")
     parser.add_argument("--orig-venv", type=Path, default=default_venv(),
                         help="virtual environment for relmod==0.5.0 (created if missing)")

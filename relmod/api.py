@@ -236,6 +236,22 @@ def connect(
     return default_client().connect(start, timeout=timeout, path_map=path_map)
 
 
+def stale_objects() -> list[Any]:
+    """Live objects whose class comes from an older version of a relmod-loaded module.
+
+    After a reload, instances made before it keep their old class: ``isinstance`` against the
+    new class fails, pickling fails, old Enum members compare unequal to new ones. This finds
+    them (a walk over the garbage collector's objects: call it on demand, not in a loop).
+
+    Example:
+        >>> [type(o).__name__ for o in relmod.stale_objects()]  # doctest: +SKIP
+        ['Point', 'Point']
+    """
+    from relmod.client.registry import stale_objects as find
+
+    return find(default_client().registry.old_classes)
+
+
 def reload(target: Any) -> Any:
     """Reload now: a path, a relmod module, or an ordinary module, and everything depending on it.
 
@@ -255,13 +271,28 @@ def sync(timeout: float = 10.0) -> None:
     default_client().sync(timeout)
 
 
-def configure(*, on_error: str | None = None, poll: bool | None = None) -> None:
-    """Set how failed reloads surface (``'raise'`` or ``'keep'``) and force polling.
+def configure(
+    *,
+    on_error: str | None = None,
+    poll: bool | None = None,
+    count_stale_objects: bool | None = None,
+) -> None:
+    """Set how failed reloads surface, force polling, count stale objects in reload logs.
+
+    Args:
+        on_error: ``'raise'`` (default: the error surfaces at the access that triggered the
+            reload) or ``'keep'`` (workers: log it once and keep serving the old code).
+        poll: force the polling watcher (network mounts, containers); also ``RELMOD_POLL=1``.
+        count_stale_objects: say in each reload's log line how many live objects still have
+            a class of the replaced version (costs a walk over every object per reload).
 
     Example:
         >>> relmod.configure(on_error='keep')  # a worker: log once, keep the old code
     """
-    default_client().configure(on_error=on_error, poll=poll)
+    client = default_client()
+    client.configure(on_error=on_error, poll=poll)
+    if count_stale_objects is not None:
+        client.registry.count_stale_objects = count_stale_objects
 
 
 def enable(blacklist: Iterable[str] = ()) -> None:

@@ -424,3 +424,19 @@ def test_failed_ordinary_reload_keeps_the_old_module(tmp_path: Path) -> None:
     with pytest.raises(relmod.ReloadError, match="last good version stays in use"):
         relmod.reload(bad_o)
     assert bad_o.X == 1 and sys.modules["bad_o"] is bad_o
+
+
+def test_stale_objects_lists_instances_of_replaced_classes(tmp_path: Path) -> None:
+    path = write(tmp_path / "shapes.py", "class Point:\n    pass\nclass Keep:\n    pass\n")
+    shapes = relmod.at(str(path))
+    old_point = shapes.Point()
+    keep = shapes.Keep()
+    assert relmod.stale_objects() == []
+    path.write_text("class Point:\n    x = 1\nclass Keep:\n    pass\n")
+    relmod.sync()
+    new_point = shapes.Point()
+    stale = relmod.stale_objects()
+    assert any(o is old_point for o in stale)
+    assert not any(o is new_point for o in stale)
+    assert any(o is keep for o in stale)  # Keep was re-executed too: a new class object
+    assert not isinstance(old_point, shapes.Point)

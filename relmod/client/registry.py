@@ -13,12 +13,14 @@ it depends on ran again since; an identical save therefore re-executes nothing.
 
 from __future__ import annotations
 
+import gc
 import linecache
 import logging
 import os
 import threading
 import traceback
 import types
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
@@ -90,6 +92,10 @@ class Registry:
         self._load_listeners: list[Callable[[str], None]] = []
         self.reloads = 0
         self.errors_logged = 0
+        # Classes defined by a version of a module that a reload replaced: their live
+        # instances are what stale_objects() reports.
+        self.old_classes: weakref.WeakSet[type] = weakref.WeakSet()
+        self.count_stale_objects = False
 
     def after_fork(self) -> None:
         """In a forked child: locks another thread held at the fork would never be released."""
@@ -391,7 +397,34 @@ class Registry:
         linecache.checkcache(rec.key)
         if not first:
             self.reloads += 1
-            log.info("reloaded %s", rec.key)
+            replaced = self._note_replaced_classes(old_state, ns)
+            if replaced and self.count_stale_objects:
+                live = len(stale_objects(replaced))
+                log.info("reloaded %s (%d live object(s) of its old classes)", rec.key, live)
+            else:
+                log.info("reloaded %s", rec.key)
+
+    def _note_replaced_classes(
+        self, old_state: dict[str, Any], new_state: dict[str, Any]
+    ) -> set[type]:
+        name = old_state.get("__name__")
+        replaced = {
+            value
+            for key, value in old_state.items()
+            if isinstance(value, type)
+            and value.__module__ == name
+            and new_state.get(key) is not value
+        }
+        self.old_classes.update(replaced)
+        return replaced
+
+
+def stale_objects(classes: Iterable[type]) -> list[Any]:
+    """Live instances of the given classes (a walk over the garbage collector's objects)."""
+    wanted = set(classes)
+    if not wanted:
+        return []
+    return [obj for obj in gc.get_objects() if type(obj) in wanted]
 
 
 def _still_in_use(first: bool) -> str:
