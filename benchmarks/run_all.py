@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, str(script)]
         if args.quick and offers_quick(script):
             cmd.append("--quick")
-        print(f"`{' '.join([Path(sys.executable).name, *cmd[1:]])}`\n", flush=True)
+        shown = [Path(sys.executable).name, f"benchmarks/{name}", *cmd[2:]]
+        print(f"`{' '.join(shown)}`\n", flush=True)
         started = time.perf_counter()
         try:
             done = subprocess.run(cmd, cwd=HERE.parent, timeout=args.timeout)
