@@ -317,11 +317,8 @@ def get_dependencies(module: types.ModuleType | str) -> list[types.ModuleType]:
         [<module 'leaf' ...>]
     """
     client = default_client()
-    rec = client.registry.record_of(module)
-    if rec is not None:
-        reg = client.registry
-        return [reg._records[d].module for d in sorted(reg.graph.dependencies_of(rec.key))
-                if d in reg._records]
+    if client.registry.record_of(module) is not None:
+        return client.registry.dependencies(module)  # type: ignore[arg-type]
     return client.tracker.dependencies(module)
 
 

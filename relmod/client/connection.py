@@ -492,7 +492,7 @@ class BrokerFeed:
         self._sync_requests.clear()
 
     def _last_reload_error(self) -> str | None:
-        errors = [r.last_error for r in list(self.client.registry._records.values()) if r.last_error]
+        errors = [r.last_error for r in self.client.registry.records() if r.last_error]
         return errors[-1] if errors else None
 
     def _report(self, codec: Codec, dealer: zmq.Socket[Any], state: tuple[Any, ...]) -> None:

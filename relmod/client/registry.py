@@ -222,6 +222,16 @@ class Registry:
             out.add(rec.folder if rec.folder is not None else os.path.dirname(rec.key))
         return out
 
+    def records(self) -> list[Record]:
+        """A snapshot of every record (safe to iterate while other threads load)."""
+        return list(self._records.values())
+
+    def dependencies(self, module: types.ModuleType) -> list[types.ModuleType]:
+        """The relmod modules ``module`` imported or used while it ran, sorted by path."""
+        rec = self._by_id[id(module)]
+        deps = sorted(self.graph.dependencies_of(rec.key))
+        return [self._records[d].module for d in deps if d in self._records]
+
     def stale_count(self) -> int:
         return sum(1 for r in list(self._records.values()) if m.is_stale(r.module))
 

@@ -136,7 +136,7 @@ class Client:
 
     def apply_pending(self) -> None:
         """Reload now every stale module and tracked module (notebooks call this per cell)."""
-        for rec in list(self.registry._records.values()):
+        for rec in self.registry.records():
             if modules.is_stale(rec.module):
                 self.registry.refresh(rec.module)
         if self.tracker.pending:
