@@ -1,15 +1,18 @@
 """The module objects relmod hands out, and their stale twins.
 
-An up-to-date module is an instance of :class:`FileModule`, :class:`FolderModule` or
-:class:`PackageModule`: plain ``types.ModuleType`` subclasses that define no ``__getattribute__``,
-so attribute access costs what a plain module costs. When an invalidation arrives, a background
-thread switches the module's ``__class__`` to the stale twin of its class (one assignment). The
-twin's ``__getattribute__`` asks the registry to reload on the first use, in the user's thread,
-and the registry switches the class back.
+An up-to-date file module is a plain ``types.ModuleType`` object: CPython 3.11+ specialises
+attribute access only for exactly that type, so a subclass would cost about five times more.
+Folders (:class:`FolderModule`) and packages (:class:`PackageModule`) are subclasses, because
+``lib['../']`` and entries-as-attributes need methods on the type.
+
+When an invalidation arrives, a background thread switches the module's ``__class__`` to the
+stale twin of its class (one assignment). The twin's ``__getattribute__`` asks the registry to
+reload on the first use, in the user's thread, and the registry switches the class back.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import types
 from collections.abc import Callable
@@ -51,18 +54,36 @@ def fs_name_to_attr(name: str) -> str | None:
     return name
 
 
-class RelmodModule(types.ModuleType):
-    """A module loaded by relmod: not in ``sys.modules``, reloaded lazily in place."""
+class RelmodLoader(importlib.abc.Loader):
+    """The ``__loader__`` of a relmod module; its repr is what the module's repr shows.
+
+    A module whose spec has no origin shows its loader's repr: ``<module 'f' (relmod:
+    /p/f.py)>``, and ``(missing)`` is added when the file is gone.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
     def __repr__(self) -> str:
-        d = object.__getattribute__(self, "__dict__")
-        path = d.get("__file__") or d.get("__relmod_folder__", "?")
-        missing = "" if os.path.exists(path) else " (missing)"
-        return f"<relmod module {d.get('__name__')!r} from {path!r}{missing}>"
+        missing = "" if os.path.exists(self.path) else ", missing"
+        return f"relmod: {self.path}{missing}"
+
+    def get_source(self, fullname: str) -> str | None:
+        """The current source (tracebacks and ``inspect`` read it through linecache)."""
+        from relmod.sources import decode_source, read_source
+
+        try:
+            return decode_source(read_source(self.path))
+        except (OSError, UnicodeDecodeError, SyntaxError):
+            return None
 
 
-class FileModule(RelmodModule):
-    """A ``.py`` file loaded as a module."""
+FileModule = types.ModuleType
+"""A ``.py`` file loaded as a module: a plain module object, for the fastest attribute access."""
+
+
+class RelmodModule(types.ModuleType):
+    """Base of the module types that need methods of their own (folders and packages)."""
 
 
 class FolderModule(RelmodModule):
@@ -142,7 +163,7 @@ def set_folder_loaders(
     _item_loader[:] = [item]
 
 
-def _make_stale_twin(fresh: type[RelmodModule]) -> type[RelmodModule]:
+def _make_stale_twin(fresh: type[types.ModuleType]) -> type[types.ModuleType]:
     def __getattribute__(self: types.ModuleType, name: str) -> Any:  # noqa: N807
         if name not in _PASSTHROUGH:
             _refresh(self)
@@ -159,10 +180,10 @@ def _make_stale_twin(fresh: type[RelmodModule]) -> type[RelmodModule]:
     )
 
 
-STALE_TWIN: dict[type[RelmodModule], type[RelmodModule]] = {
+STALE_TWIN: dict[type[types.ModuleType], type[types.ModuleType]] = {
     cls: _make_stale_twin(cls) for cls in (FileModule, FolderModule, PackageModule)
 }
-FRESH_OF: dict[type[RelmodModule], type[RelmodModule]] = {
+FRESH_OF: dict[type[types.ModuleType], type[types.ModuleType]] = {
     stale: fresh for fresh, stale in STALE_TWIN.items()
 }
 
@@ -175,7 +196,7 @@ def is_stale(module: types.ModuleType) -> bool:
 def mark_stale(module: types.ModuleType) -> None:
     """Switch a relmod module to its stale twin (idempotent; one assignment)."""
     cls = type(module)
-    fresh = FRESH_OF.get(cls, cls)  # type: ignore[arg-type]
+    fresh = FRESH_OF.get(cls, cls)
     stale = STALE_TWIN.get(fresh)
     if stale is not None:
         module.__class__ = stale
@@ -183,6 +204,6 @@ def mark_stale(module: types.ModuleType) -> None:
 
 def mark_fresh(module: types.ModuleType) -> None:
     """Switch a stale module back to its plain class: access costs what a module's costs."""
-    fresh = FRESH_OF.get(type(module))  # type: ignore[arg-type]
+    fresh = FRESH_OF.get(type(module))
     if fresh is not None:
         module.__class__ = fresh

@@ -55,7 +55,7 @@ class Record:
 
     key: str  # the file that runs (for a package its __init__.py), or the folder of a namespace
     module: types.ModuleType
-    kind: type[m.RelmodModule]
+    kind: type[types.ModuleType]  # FileModule (plain module), FolderModule or PackageModule
     folder: str | None = None  # for folders and packages
     hash: str | None = None  # of the source last executed successfully
     failed_hash: str | None = None  # of a source that failed, reported once
@@ -136,7 +136,7 @@ class Registry:
         )
 
     def _create_module(
-        self, key: str, kind: type[m.RelmodModule], name: str | None, *, folder: str | None = None
+        self, key: str, kind: type[types.ModuleType], name: str | None, *, folder: str | None = None
     ) -> types.ModuleType:
         base = folder if folder is not None else key
         stem = os.path.basename(base.rstrip(os.sep))
@@ -144,8 +144,11 @@ class Registry:
             stem = stem[:-3]
         module = kind(name or stem or "root")
         ns = module.__dict__
-        ns["__spec__"] = ModuleSpec(module.__name__, None, origin=key, is_package=folder is not None)
-        ns["__loader__"] = None
+        loader = m.RelmodLoader(base if kind is m.FolderModule else key)
+        # No origin, so the module's repr shows the loader's: the path, and whether it is gone.
+        is_package = folder is not None
+        ns["__spec__"] = ModuleSpec(module.__name__, loader, origin=None, is_package=is_package)
+        ns["__loader__"] = loader
         ns["__package__"] = ""
         if folder is not None:
             ns["__relmod_folder__"] = folder
