@@ -139,7 +139,7 @@ class BrokerFeed:
                 timeout,
             )
         # No broker to ask: check the files themselves (what the embedded watcher does).
-        self.client.files_changed(self.client.known_files())
+        self.client.verify_files(self.client.known_files())
 
     def stop(self) -> None:
         """Say goodbye, close the sockets and join the thread (never hangs)."""
@@ -250,7 +250,8 @@ class BrokerFeed:
                 why,
             )
             fallback = EmbeddedFeed(
-                self.client.watched_folders, self.client.files_changed, self.client.known_files
+                self.client.watched_folders, self.client.files_changed, self.client.known_files,
+                verify_files=self.client.verify_files,
             )
             fallback.start()
             self._fallback = fallback

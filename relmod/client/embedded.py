@@ -28,9 +28,11 @@ class EmbeddedFeed:
         known_files: Callable[[], Iterable[str]],
         *,
         poll: bool | None = None,
+        verify_files: Callable[[Iterable[str]], object] | None = None,
     ) -> None:
         self._folders = folders
         self._files_changed = files_changed
+        self._verify_files = verify_files or files_changed
         self._known_files = known_files
         self._poll = poll
         self._watcher: Watcher | None = None
@@ -72,12 +74,16 @@ class EmbeddedFeed:
         self._files_changed(paths)
 
     def sync(self, timeout: float) -> None:
-        """Every change saved before the call is visible after it: check each file directly."""
-        self._files_changed(list(self._known_files()))
+        """Every change saved before the call is visible after it: check each file directly
+        (a stat per file; only files whose stat signature moved are read and hashed)."""
+        self._verify_files(list(self._known_files()))
 
     def forked(self) -> EmbeddedFeed:
         """A fresh watcher for a forked child (the parent's thread does not exist there)."""
-        return EmbeddedFeed(self._folders, self._files_changed, self._known_files, poll=self._poll)
+        return EmbeddedFeed(
+            self._folders, self._files_changed, self._known_files, poll=self._poll,
+            verify_files=self._verify_files,
+        )
 
     def stop(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 from collections.abc import Iterable
@@ -22,9 +23,11 @@ from relmod.client.imports import ImportHook, ToplevelFinder
 from relmod.client.registry import OnError, Registry
 from relmod.client.tracker import Tracker
 from relmod.errors import BrokerNotFound, ConfigurationError
-from relmod.sources import file_hash
+from relmod.sources import StatSignature, file_hash, stat_signature
 
 log = logging.getLogger(__name__)
+
+RACY_SECONDS = 2.0
 
 
 class Feed(Protocol):
@@ -49,6 +52,9 @@ class Client:
         self.finder = ToplevelFinder(self.registry)
         self.feed: Feed | None = None
         self.poll: bool | None = None
+        # path -> (stat signature, content hash) last seen on disk, so sync() re-reads only
+        # the files whose signature moved (or that changed too recently to trust it).
+        self._seen: dict[str, tuple[StatSignature, str | None]] = {}
         self._feed_lock = threading.Lock()
         self.registry.add_load_listener(self._on_load)
         modules.set_refresher(self.registry.refresh)
@@ -81,7 +87,8 @@ class Client:
 
             return BrokerFeed(self, Path(named))
         return EmbeddedFeed(
-            self.watched_folders, self.files_changed, self.known_files, poll=self.poll
+            self.watched_folders, self.files_changed, self.known_files, poll=self.poll,
+            verify_files=self.verify_files,
         )
 
     def use_feed(self, feed: Feed | None) -> None:
@@ -108,9 +115,14 @@ class Client:
         """
         files = self.registry.files()
         changed = []
+        tracked = self.tracker.names_by_file
         for path in paths:
-            if path in files:
-                if file_hash(path) != files[path]:
+            if path in files or path in tracked:
+                sig = stat_signature(path)
+                digest = file_hash(path)
+                if sig is not None:
+                    self._seen[path] = (sig, digest)
+                if path in files and digest != files[path]:
                     changed.append(path)
             elif path in self.registry:  # a folder
                 changed.append(path)
@@ -118,6 +130,23 @@ class Client:
         if self.tracker.enabled:
             marked |= self.tracker.invalidate(paths)
         return marked
+
+    def verify_files(self, paths: Iterable[str]) -> set[str]:
+        """Like :meth:`files_changed`, but skips files whose stat signature has not moved.
+
+        A signature younger than :data:`RACY_SECONDS` is not trusted (two saves within one
+        timestamp tick can share it), the same rule git uses for its index.
+        """
+        suspects = []
+        now_ns = time.time_ns()
+        for path in paths:
+            sig = stat_signature(path)
+            seen = self._seen.get(path)
+            if sig is None or seen is None or seen[0] != sig:
+                suspects.append(path)
+            elif now_ns - max(sig.mtime_ns, sig.ctime_ns) < RACY_SECONDS * 1e9:
+                suspects.append(path)
+        return self.files_changed(suspects) if suspects else set()
 
     def apply_invalidation(self, affected: Iterable[str]) -> set[str]:
         """Mark stale what a broker said is affected (it already compared hashes)."""
