@@ -686,6 +686,22 @@ def configure_socket(sock: zmq.Socket[Any], *, max_payload: int = MAX_PAYLOAD) -
     hwm = _hwm()
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    if hwm < SOCKET_HWM:
+        # A tiny HWM alone does not make a stopped peer's queue overflow: the kernel's socket
+        # buffers hold thousands of small messages first. Shrink them too.
+        sock.setsockopt(zmq.SNDBUF, 4096)
+        sock.setsockopt(zmq.RCVBUF, 4096)
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats: :data:`HEARTBEAT_INTERVAL`, or ``$RELMOD_HEARTBEAT``.
+
+    Tests set a tiny interval to flood a stopped client's queue.
+    """
+    try:
+        return max(0.001, float(os.environ.get("RELMOD_HEARTBEAT", HEARTBEAT_INTERVAL)))
+    except ValueError:
+        return HEARTBEAT_INTERVAL
 
 
 def _hwm() -> int:

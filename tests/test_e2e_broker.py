@@ -125,7 +125,8 @@ def test_broker_kill_edits_while_down_and_restart_lose_nothing(
 def test_a_stopped_client_whose_queue_overflowed_resynchronises(
     project: Path, tmp_path: Path
 ) -> None:
-    env = child_env(RELMOD_HWM="4")
+    # A tiny queue and a flood of heartbeats: the stopped client's queue must overflow.
+    env = child_env(RELMOD_HWM="4", RELMOD_HEARTBEAT="0.002")
     broker = Broker(project, env=env).start()
     w = Worker(env=env, cwd=project)
     try:
@@ -136,6 +137,7 @@ def test_a_stopped_client_whose_queue_overflowed_resynchronises(
         for i in range(40):
             write(project / "leaf.py", f"VALUE = {100 + i}\n")
             time.sleep(0.03)
+        time.sleep(1.0)  # heartbeats keep coming: far more than the queue holds
         w.signal(signal.SIGCONT)
         assert w.call("wait_value", name="leaf", attr="VALUE", value=139, timeout=20) == 139
         assert w.call("status")["resyncs"] >= 2
@@ -205,13 +207,13 @@ def test_interpreter_exit_never_hangs_even_with_the_broker_frozen(
     w = Worker(cwd=project)
     w.call("connect", root=str(project))
     w.call("load", name="leaf", path=str(project / "leaf.py"))
-    broker.kill(signal.SIGSTOP)
+    os.kill(broker.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
         assert w.close(timeout=15) == 0
         assert time.monotonic() - started < 15
     finally:
-        broker.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        os.kill(broker.pid, signal.SIGCONT)
 
 
 def test_connect_without_a_broker_is_a_clear_error(tmp_path: Path) -> None:
