@@ -37,6 +37,7 @@ from relmod.errors import (
     ReloadError,
 )
 from relmod.execution import execfile
+from relmod.ipython import load_ipython_extension, unload_ipython_extension
 from relmod.sites import default_site as _default_site
 from relmod.testing import runtest, testfocus, testmod, testonly
 
@@ -61,6 +62,7 @@ __all__ = [
     "get_dependencies",
     "imp",
     "install",
+    "load_ipython_extension",
     "reload",
     "runtest",
     "site",
@@ -70,6 +72,7 @@ __all__ = [
     "testmod",
     "testonly",
     "toplevel",
+    "unload_ipython_extension",
     "unwrap",
     "up",
     "use",

@@ -376,6 +376,8 @@ class BrokerFeed:
         last_heard = time.monotonic()
         last_report = 0.0
         reported: tuple[Any, ...] = ()
+        counted: tuple[int, int, int] = (-1, -1, -1)  # (seq, generation, reloads) last counted
+        state: tuple[Any, ...] = ()
         while not self._stop.is_set():
             events = dict(poller.poll(int(self.silence * 1000 / 3)))
             now = time.monotonic()
@@ -390,7 +392,11 @@ class BrokerFeed:
                 self._drain_commands(codec, dealer)
             if now - last_heard > self.silence:
                 raise _Lost(f"nothing heard from the broker for {self.silence:.0f}s")
-            state = (self.seq, self.client.registry.stale_count(), self._last_reload_error())
+            registry = self.client.registry
+            marks = (self.seq, registry.generation, registry.reloads + registry.errors_logged)
+            if marks != counted:  # walk the modules only when something moved
+                counted = marks
+                state = (self.seq, registry.stale_count(), self._last_reload_error())
             if state != reported or now - last_report > self.report_every:
                 self._report(codec, dealer, state)
                 reported, last_report = state, now

@@ -92,6 +92,7 @@ class Registry:
         self._load_listeners: list[Callable[[str], None]] = []
         self.reloads = 0
         self.errors_logged = 0
+        self.generation = 0  # bumps whenever invalidate() marks something: a cheap "any news?"
         # Classes defined by a version of a module that a reload replaced: their live
         # instances are what stale_objects() reports.
         self.old_classes: weakref.WeakSet[type] = weakref.WeakSet()
@@ -199,6 +200,11 @@ class Registry:
         """Call ``listener(path)`` after each new module loads (the embedded watcher follows)."""
         self._load_listeners.append(listener)
 
+    def remove_load_listener(self, listener: Callable[[str], None]) -> None:
+        """Stop calling a listener added with :meth:`add_load_listener`."""
+        if listener in self._load_listeners:
+            self._load_listeners.remove(listener)
+
     # -- what the import hook and the feeds need -----------------------------------------
 
     def record_of(self, module: object) -> Record | None:
@@ -265,6 +271,8 @@ class Registry:
                 rec = self._records[key]
                 rec.gen += 1
                 m.mark_stale(rec.module)
+            if affected:
+                self.generation += 1
         log.debug("marked %d module(s) stale", len(affected))
         return affected
 

@@ -22,7 +22,7 @@ from relmod.client.embedded import EmbeddedFeed
 from relmod.client.imports import ImportHook, ToplevelFinder
 from relmod.client.registry import OnError, Registry
 from relmod.client.tracker import Tracker
-from relmod.errors import BrokerNotFound, ConfigurationError
+from relmod.errors import BrokerNotFound, ConfigurationError, ReloadError
 from relmod.sources import StatSignature, file_hash, stat_signature
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Client:
         self._seen: dict[str, tuple[StatSignature, str | None]] = {}
         self._feed_lock = threading.Lock()
         self.registry.add_load_listener(self._on_load)
+        self.tracker.add_watch_listener(self._on_load)
         modules.set_refresher(self.registry.refresh)
         modules.set_folder_loaders(self.registry.child, self.registry.item)
         self.hook.install()
@@ -163,13 +164,22 @@ class Client:
         feed = self.ensure_feed()
         feed.sync(timeout)
 
-    def apply_pending(self) -> None:
-        """Reload now every stale module and tracked module (notebooks call this per cell)."""
+    def apply_pending(self) -> list[ReloadError]:
+        """Reload now every stale module and tracked module (notebooks call this per cell).
+
+        One failure does not stop the others; the failures are returned (and each failed
+        module keeps its last good version).
+        """
+        errors: list[ReloadError] = []
         for rec in self.registry.records():
             if modules.is_stale(rec.module):
-                self.registry.refresh(rec.module)
+                try:
+                    self.registry.refresh(rec.module)
+                except ReloadError as err:
+                    errors.append(err)
         if self.tracker.pending:
-            self.tracker.reload_pending()
+            errors += self.tracker.reload_pending()[1]
+        return errors
 
     def configure(self, *, on_error: str | None = None, poll: bool | None = None) -> None:
         if on_error is not None:

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from relmod.client.imports import ImportHook
@@ -47,6 +47,8 @@ class Tracker:
         self.hashes: dict[str, str | None] = {}  # file of a tracked module -> hash in use
         self.names_by_file: dict[str, str] = {}
         self.pending: set[str] = set()
+        self._judged: dict[str, int] = {}  # module name -> id of the module object judged
+        self._watch_listeners: list[Callable[[str], None]] = []
         self._lock = threading.RLock()
 
     def enable(self, blacklist: Iterable[str] = ()) -> None:
@@ -66,6 +68,7 @@ class Tracker:
         self.hashes.clear()
         self.names_by_file.clear()
         self.pending.clear()
+        self._judged.clear()
 
     def is_blacklisted(self, name: str) -> bool:
         """Blacklisted modules (and their submodules) stay in the graph but never reload."""
@@ -101,16 +104,29 @@ class Tracker:
                 self._watch(target)
         self._watch(importer)
 
+    def add_watch_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(path)`` when a tracked module's file is first seen (feeds follow)."""
+        self._watch_listeners.append(listener)
+
     def _watch(self, name: str) -> None:
         module = sys.modules.get(name)
+        # Imports run all the time (IPython imports a few modules per cell): judge each
+        # module object once, without touching the disk again.
+        if self._judged.get(name) == id(module):
+            return
+        self._judged[name] = id(module)
         path = getattr(module, "__file__", None)
         if not isinstance(path, str) or not path.endswith(".py"):
             return
+        if name == "relmod" or name.startswith("relmod."):
+            return  # relmod does not reload itself
         path = os.path.realpath(path)
         if path in self.names_by_file or _is_installed(path):
             return
         self.names_by_file[path] = name
         self.hashes[path] = file_hash(path)
+        for listener in list(self._watch_listeners):
+            listener(path)
 
     def dependencies(self, module: types.ModuleType | str) -> list[types.ModuleType]:
         """The modules ``module`` imported while it ran, sorted by name."""
@@ -180,14 +196,31 @@ class Tracker:
                 marked.add(name)
         return marked
 
-    def reload_pending(self) -> list[str]:
-        """Reload every tracked module whose file changed (and its dependents)."""
+    def reload_pending(self) -> tuple[list[str], list[ReloadError]]:
+        """Reload every tracked module whose file changed (and its dependents).
+
+        A failure does not stop the others: it is returned with the names that reloaded, and
+        the failed module keeps its last good version until its file changes again.
+        """
         with self._lock:
             names = self.graph.in_dependency_order(self.pending)
             self.pending.clear()
             done: list[str] = []
+            errors: list[ReloadError] = []
             for name in names:
                 if name in done or self.is_blacklisted(name) or name not in sys.modules:
                     continue
-                done.extend(self.reload(sys.modules[name]))
-            return done
+                try:
+                    done.extend(self.reload(sys.modules[name]))
+                except ReloadError as err:
+                    errors.append(err)
+                    self._accept_failed(name)
+            return done, errors
+
+    def _accept_failed(self, name: str) -> None:
+        """Remember the failed file's hash, so only a new save retries it."""
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if isinstance(path, str):
+            real = os.path.realpath(path)
+            if real in self.hashes:
+                self.hashes[real] = file_hash(real)
