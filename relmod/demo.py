@@ -29,8 +29,8 @@ def price(amount):
 '''
 PRICING_V2 = PRICING_V1.replace("v1: 10% tax", "v2: 20% tax").replace("1.10", "1.20")
 PRICING_BROKEN = PRICING_V2.replace("v2: 20% tax", "v3").replace("return round(", "return round((")
-PRICING_V3 = PRICING_V1.replace("v1: 10% tax", "v3: 5% tax plus a 1.00 fee").replace(
-    "round(amount * 1.10, 2)", "round(amount * 1.05 + 1.00, 2)"
+PRICING_V3 = PRICING_V1.replace("v1: 10% tax", "v3: 5% tax plus a 2.00 fee").replace(
+    "round(amount * 1.10, 2)", "round(amount * 1.05 + 2.00, 2)"
 )
 ORDERS = '''\
 """Orders: depends on pricing, so it reloads after pricing does."""
@@ -50,9 +50,11 @@ relmod.configure(on_error='keep')   # a worker logs a broken edit and keeps the 
 orders = relmod.at(os.path.join(root, 'orders.py'))
 conn = relmod.connect(root)
 while True:
-    held = len(conn.status()['broken'])
+    broken = conn.status()['broken']
+    held = '; '.join(f"line {b['lineno']}: {b['message']}" for b in broken.values())
+    held = held.replace('|', '/').replace(chr(10), ' ')
     print(f'{ident}|{orders.total([10, 20, 30])}|{orders.VERSION}|{held}|{os.getpid()}', flush=True)
-    time.sleep(0.25)
+    time.sleep(0.1)
 """
 
 
@@ -68,6 +70,7 @@ class Demo:
         self.procs: list[subprocess.Popen[str]] = []
         self.broker: subprocess.Popen[str] | None = None
         self.last: dict[str, tuple[str, str, int]] = {}
+        self.held: dict[str, str] = {}
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:6.2f}s] {text}", flush=True)
@@ -100,17 +103,21 @@ class Demo:
         self.say("EDIT 2: saving a BROKEN pricing.py (a syntax error) ...")
         saved = time.monotonic()
         self.save(PRICING_BROKEN)
-        if not self.wait_all(lambda v, h: v.startswith("v2") and h > 0, 20, "the broken edit",
+        if not self.wait_all(lambda v, h: v.startswith("v2") and h, 20, "the broken edit",
                              since=saved):
             return 1
-        self.say("The broker compiled it, found the error and held it back: every worker still "
-                 "serves v2 and keeps running.")
+        for ident in sorted(self.last):
+            value, version, _pid = self.last[ident]
+            self.say(f"  worker {ident}: still {value} [pricing {version}]; held back: "
+                     f"{self.held[ident]}")
+        self.say("The broker compiled the save, found the error and held it back: every worker "
+                 "keeps running the last good code (v2).")
         self.pause()
 
         self.say("EDIT 3: saving the fix (v3) ...")
         saved = time.monotonic()
         self.save(PRICING_V3)
-        if not self.wait_all(lambda v, h: v.startswith("v3") and h == 0, 20, "the fix",
+        if not self.wait_all(lambda v, h: v.startswith("v3") and not h, 20, "the fix",
                              since=saved):
             return 1
         self.say("Recovered: every worker runs v3. Same processes throughout:")
@@ -166,6 +173,7 @@ class Demo:
             self.lines.put((time.monotonic(), line.strip()))
 
     def drain(self, timeout: float) -> list[tuple[float, str, str, str, int]]:
+        """Read the workers' lines; print a line when a worker's pricing version changes."""
         seen = []
         try:
             when, line = self.lines.get(timeout=timeout)
@@ -175,6 +183,7 @@ class Demo:
                     ident, value, version, held, pid = parts
                     previous = self.last.get(ident)
                     self.last[ident] = (value, version, int(pid))
+                    self.held[ident] = held
                     if previous is None or previous[1] != version:
                         self.say(f"  worker {ident}: orders.total([10, 20, 30]) = {value:>6}"
                                  f"   [pricing {version}]")
@@ -189,7 +198,7 @@ class Demo:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and len(done) < self.n_workers:
             for when, ident, version, held, _pid in self.drain(0.1):
-                if ident not in done and ok(version, int(held)):
+                if ident not in done and ok(version, held):
                     done[ident] = when
         if len(done) < self.n_workers:
             self.say(f"FAILED: only {len(done)} of {self.n_workers} workers showed {what}.")
@@ -197,7 +206,7 @@ class Demo:
         if since is not None:
             worst = max(done.values()) - since
             self.say(f"  (all {self.n_workers} workers showed it within {worst * 1000:.0f} ms "
-                     f"of the save, counting their 250 ms print interval)")
+                     f"of the save, counting their 100 ms print interval)")
         return True
 
     def cleanup(self) -> None:

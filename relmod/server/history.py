@@ -76,9 +76,13 @@ class History:
     ) -> None:
         """Remember a published invalidation."""
         entry = Entry(
-            seq, time.time() if when is None else when, tuple(changed), tuple(affected),
-            dict(hashes), "invalidate",
-        )  # fmt: skip
+            seq,
+            time.time() if when is None else when,
+            tuple(changed),
+            tuple(affected),
+            dict(hashes),
+            "invalidate",
+        )
         self._add(entry)
 
     def record_broken(self, seq: int, path: str, when: float | None = None) -> None:

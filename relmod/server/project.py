@@ -30,9 +30,8 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from relmod.graph import RUNTIME, STATIC, DependencyGraph
 from relmod.ignore import is_ignored
@@ -47,6 +46,12 @@ logger = logging.getLogger(__name__)
 RECENT_SECONDS = 2.0
 """A file modified this recently is re-read by :meth:`Project.suspects`, whatever its stat says
 (mtime can have a one-second resolution, so an edit may leave the signature unchanged)."""
+EMPTY_HASH = content_hash(b"")
+SETTLE_TRIES = 3
+SETTLE_STEP = 0.02
+"""A file read empty that had content is read again up to SETTLE_TRIES times, SETTLE_STEP
+seconds apart: an in-place save truncates the file before writing it, and a writer stalled in
+between would otherwise make an identical save look like two changes."""
 DELETED_KEPT = 10_000
 """How many deleted paths are remembered, to report them (hash None) in a full answer."""
 
@@ -88,15 +93,23 @@ class Project:
     def __init__(self, root: str) -> None:
         self.root = os.path.realpath(root)
         self.graph = DependencyGraph()
-        self._hashes: dict[str, str] = {}  # path -> hash of the last good version
+        # path -> hash of the last good version; for a file broken since we first saw it, the
+        # hash of its broken bytes. Every tracked file is a key.
+        self._hashes: dict[str, str] = {}
         self._broken: dict[str, tuple[Broken, str]] = {}  # path -> (why, hash of broken bytes)
         self._signatures: dict[str, StatSignature] = {}
         self._by_hash: dict[str, set[str]] = {}  # hash -> paths whose last good version has it
         self._deleted: OrderedDict[str, None] = OrderedDict()
+        self._folder_cache: set[str] | None = None  # see _folders()
 
     # -- loading --------------------------------------------------------------------------------
 
-    def load_all(self, *, processes: int | None = None, should_stop: Any = None) -> int:
+    def load_all(
+        self,
+        *,
+        processes: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> int:
         """Scan every Python file under the root; returns how many were found.
 
         Args:
@@ -136,13 +149,13 @@ class Project:
     # -- questions ------------------------------------------------------------------------------
 
     def known(self) -> set[str]:
-        """Every file the project tracks (good or broken)."""
-        return set(self._hashes) | set(self._broken)
+        """Every file the project tracks (good or broken: a broken file keeps a hash too)."""
+        return set(self._hashes)
 
     @property
     def file_count(self) -> int:
         """How many Python files are tracked."""
-        return len(self._hashes.keys() | self._broken.keys())
+        return len(self._hashes)
 
     def full_hashes(self) -> dict[str, str | None]:
         """Every file's hash (last good version), and None for files deleted while we ran."""
@@ -179,14 +192,10 @@ class Project:
 
     # -- changes --------------------------------------------------------------------------------
 
-    def add_runtime_edges(self, edges: Iterable[tuple[str, str]]) -> int:
-        """Record edges a client saw at run time; returns how many were new."""
-        added = 0
+    def add_runtime_edges(self, edges: Iterable[tuple[str, str]]) -> None:
+        """Record edges a client saw at run time (an edge known already is left as it is)."""
         for dependent, dependency in edges:
-            if dependency not in self.graph.dependencies_of(dependent, origin=RUNTIME):
-                self.graph.add_edge(dependent, dependency, origin=RUNTIME)
-                added += 1
-        return added
+            self.graph.add_edge(dependent, dependency, origin=RUNTIME)
 
     def apply(self, paths: Iterable[str], *, rescan: bool = False) -> Update:
         """Decide what a batch of reported paths means.
@@ -228,12 +237,15 @@ class Project:
             path = os.path.normpath(raw)
             if not inside(path, self.root):
                 continue
-            if path.endswith(".py") and not os.path.isdir(path):
+            if os.path.isdir(path):
+                folders.add(path)
+            elif path.endswith(".py"):
                 real = os.path.realpath(path)
                 if inside(real, self.root) and not is_ignored(os.path.relpath(real, self.root)):
                     files.add(real)
-            else:
-                folders.add(path)
+            elif path in self._folders():
+                folders.add(path)  # a folder that held files and is gone (deleted, renamed)
+            # Anything else is not Python: a data file, an editor's temporary file.
         if folders:
             for folder in folders:
                 if os.path.isdir(folder):
@@ -248,11 +260,29 @@ class Project:
                     parent = os.path.dirname(parent)
         return {f for f in files if inside(f, self.root)}, folders
 
+    def _folders(self) -> set[str]:
+        """Every folder below the root that holds a tracked file, at any depth (cached)."""
+        if self._folder_cache is None:
+            found: set[str] = set()
+            for path in self.known():
+                parent = os.path.dirname(path)
+                while len(parent) > len(self.root) and parent not in found:
+                    found.add(parent)
+                    parent = os.path.dirname(parent)
+            self._folder_cache = found
+        return self._folder_cache
+
     def _check(self, path: str, update: Update, changed: set[str], unbroken: set[str]) -> None:
         """Re-read one file and record what it means in ``update`` and the two sets."""
         record = read_record(path, self.root)
         old = self._hashes.get(path)
         was_broken = self._broken.get(path)
+        if record.hash == EMPTY_HASH and old not in (None, EMPTY_HASH):
+            for _ in range(SETTLE_TRIES):
+                time.sleep(SETTLE_STEP)
+                record = read_record(path, self.root)
+                if record.hash != EMPTY_HASH:
+                    break
         if record.hash is None:  # gone
             if old is None and was_broken is None:
                 return
@@ -292,6 +322,7 @@ class Project:
             self._unindex(path, old)
         self._broken.pop(path, None)
         self._signatures.pop(path, None)
+        self._folder_cache = None
         self.graph.set_dependencies(path, (), origin=STATIC)
         self._deleted[path] = None
         self._deleted.move_to_end(path)
@@ -302,6 +333,8 @@ class Project:
         old = self._hashes.get(path)
         if old is not None:
             self._unindex(path, old)
+        else:
+            self._folder_cache = None  # a new file (broken files are in _hashes too)
         self._hashes[path] = digest
         self._by_hash.setdefault(digest, set()).add(path)
 

@@ -1,0 +1,306 @@
+"""``relmod``: look at a project's broker from the shell.
+
+Example:
+    $ relmod status            # the broker serving the current folder: clients, broken files, ...
+    $ relmod status ~/proj --json
+    $ relmod graph --dot | dot -Tsvg > graph.svg
+    $ relmod demo              # a guided demonstration with a broker and four workers
+
+Exit status: 0 on success, 1 when no live broker answers (one line on stderr says why), 2 for
+bad arguments. The broker itself is started with ``relmod-broker`` (see ``relmod.server``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import zmq
+
+from relmod._version import __version__
+from relmod.connfile import ConnectionInfo, find_connection_file, pid_alive, read_connection_file
+from relmod.errors import BrokerError, BrokerNotFound, BrokerTimeout, ProtocolError
+from relmod.graph import DependencyGraph
+from relmod.protocol import Codec, Message, configure_socket
+from relmod.sources import display_path
+
+__all__ = ["main"]
+
+DEFAULT_TIMEOUT = 5.0
+CLIENT_KEY_ENV = "RELMOD_CLIENT_KEY"
+"""Names a ZeroMQ certificate file (public and secret key) to talk to a broker using CURVE."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors take one line of stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+# -- talking to the broker ---------------------------------------------------------------------
+
+
+def find_broker(path: str | None) -> ConnectionInfo:
+    """The connection file of the live broker serving ``path`` (default: the current folder).
+
+    Raises:
+        BrokerNotFound: no connection file, or its broker is dead.
+        ConnectionFileError: the file is unsafe or unreadable.
+    """
+    start = os.path.abspath(path if path is not None else os.getcwd())
+    found = find_connection_file(start)
+    if found is None:
+        raise BrokerNotFound(
+            f"No relmod broker serves {start}; start one with 'relmod-broker {start}'."
+        )
+    info = read_connection_file(found)
+    if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
+        raise BrokerNotFound(
+            f"The relmod broker of {info['root']} (pid {info['pid']}) is not running; start it "
+            f"again with 'relmod-broker {info['root']}'."
+        )
+    return info
+
+
+def _curve_client(sock: zmq.Socket[Any], info: ConnectionInfo) -> None:
+    """Set a CURVE client's keys when the broker uses CURVE (``--tcp``)."""
+    server = info["curve_server_public"]
+    if server is None:
+        return
+    key_file = os.environ.get(CLIENT_KEY_ENV)
+    if not key_file:
+        raise BrokerError(
+            f"The broker of {info['root']} uses CURVE; set {CLIENT_KEY_ENV} to your certificate "
+            "file (public and secret key), whose public half is listed in the broker's clients "
+            "folder."
+        )
+    import zmq.auth
+
+    try:
+        public, secret = zmq.auth.load_certificate(key_file)
+    except (OSError, ValueError) as err:
+        raise BrokerError(f"Cannot read the CURVE certificate {key_file}: {err}.") from err
+    if secret is None:
+        raise BrokerError(f"The CURVE certificate {key_file} holds no secret key.")
+    sock.curve_serverkey = server.encode()
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+
+
+def ask(
+    info: ConnectionInfo,
+    kind: str,
+    body: dict[str, Any],
+    expect: str,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Message:
+    """Send one request to a broker and return its reply.
+
+    Raises:
+        BrokerTimeout: no valid reply within ``timeout`` seconds.
+        BrokerError: the broker answered with an error.
+    """
+    codec = Codec(bytes.fromhex(info["key"]), role="client", root=info["root"])
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    try:
+        configure_socket(dealer)
+        _curve_client(dealer, info)
+        dealer.connect(info["router"])
+        dealer.send_multipart(codec.encode(kind, body))
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not dealer.poll(int(remaining * 1000) + 1):
+                break
+            try:
+                reply = codec.decode(dealer.recv_multipart())
+            except ProtocolError:
+                continue  # counted in codec.dropped; a valid reply may still come
+            if reply.kind == "error":
+                raise BrokerError(f"The broker could not answer {kind!r}: {reply.body['message']}")
+            if reply.kind == expect:
+                return reply
+        raise BrokerTimeout(
+            f"The relmod broker of {info['root']} (pid {info['pid']}) did not answer {kind!r} "
+            f"within {timeout:g} s; it may be frozen or overloaded."
+        )
+    finally:
+        dealer.close(linger=0)
+        context.term()
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m {seconds % 60:.0f}s"
+    return f"{seconds // 3600:.0f}h {seconds % 3600 // 60:.0f}m"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A status reply as lines for a person to read."""
+    root = status["root"]
+    watcher = status["watcher"]
+    graph = status["graph"]
+    lines = [
+        f"relmod broker {status['version']} for {root}",
+        f"  pid {status['pid']} on {status['host']}, up {_ago(status['uptime'])}, "
+        f"epoch {status['epoch']}, seq {status['seq']}",
+        f"  watching {status['files']} Python files with {watcher['backend']}"
+        + (f" ({watcher['errors']} callback errors)" if watcher["errors"] else ""),
+        f"  graph: {graph['files']} files, {graph['edges']} edges",
+        f"  endpoints: PUB {status['endpoints']['pub']}, ROUTER {status['endpoints']['router']}"
+        + (" (CURVE)" if status["endpoints"]["curve"] else ""),
+    ]
+    if status["pending"]["git_hold"]:
+        lines.append(f"  holding {status['pending']['paths']} changed paths while git works")
+    clients = status["clients"]
+    lines.append(f"clients ({len(clients)}):" if clients else "clients: none connected")
+    for client in clients:
+        seq = "-" if client["seq"] is None else client["seq"]
+        lines.append(
+            f"  pid {client['pid'] or '?'} on {client['host'] or '?'}: seq {seq}, "
+            f"{client['stale']} stale, seen {_ago(client['last_seen_ago'])} ago"
+            + (f"  {client['argv'][:60]}" if client["argv"] else "")
+        )
+        if client["error"]:
+            lines.append(f"    last reload error: {client['error'].splitlines()[0][:200]}")
+    broken = status["broken"]
+    lines.append(f"broken files ({len(broken)}):" if broken else "broken files: none")
+    for entry in broken:
+        where = display_path(entry["path"], root)
+        line = f" line {entry['lineno']}" if entry["lineno"] is not None else ""
+        lines.append(f"  {where}{line}: {entry['message']}")
+    recent = status["recent"]
+    lines.append("recent publications (newest first):" if recent else "recent publications: none")
+    for entry in recent[:10]:
+        when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+        names = ", ".join(display_path(p, root) for p in entry["changed"][:3])
+        more = entry["changed_count"] - min(3, len(entry["changed"]))
+        names += f" and {more} more" if more > 0 else ""
+        what = "broken" if entry["kind"] == "broken" else f"{entry['affected']} affected"
+        lines.append(f"  #{entry['seq']} {when} {names} ({what})")
+    dropped = {k: v for k, v in status["dropped"].items() if k != "total" and v}
+    lines.append(
+        "messages dropped: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) if dropped else "none")
+    )
+    lines.append(f"request errors: {status['request_errors']}")
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    info = find_broker(args.path)
+    status = ask(info, "status", {}, "status", args.timeout).body["status"]
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True, default=_bytes_as_hex))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def _bytes_as_hex(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# -- graph --------------------------------------------------------------------------------------
+
+
+def _graph(args: argparse.Namespace) -> int:
+    info = find_broker(args.path)
+    edges = ask(info, "graph", {}, "graph", args.timeout).body["edges"]
+    graph = DependencyGraph()
+    for dependent, dependency, origins in edges:
+        for origin in origins:
+            graph.add_edge(dependent, dependency, origin=origin)
+    if args.dot:
+        sys.stdout.write(graph.to_dot(relative_to=info["root"]))
+    else:
+        text = graph.to_text(relative_to=info["root"])
+        print(text if text else "(no dependencies between the project's files)")
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        demo = importlib.import_module("relmod.demo")
+    except ImportError:
+        print("relmod: the demo is not available in this installation.", file=sys.stderr)
+        return 1
+    run: Callable[[list[str]], int] = demo.main
+    return run(list(args.demo_args))
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="relmod", description="Look at a project's relmod broker.")
+    parser.add_argument("--version", action="version", version=f"relmod {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    status = commands.add_parser("status", help="show the broker serving a project")
+    status.add_argument("path", nargs="?", help="a folder of the project (default: here)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
+    status.set_defaults(run=_status)
+
+    graph = commands.add_parser("graph", help="print the project's dependency graph")
+    graph.add_argument("path", nargs="?", help="a folder of the project (default: here)")
+    graph.add_argument("--dot", action="store_true", help="print Graphviz DOT")
+    graph.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
+    graph.set_defaults(run=_graph)
+
+    demo = commands.add_parser("demo", help="watch relmod reload modules in four processes")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="options for the demo")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``relmod`` with these arguments; returns the exit status.
+
+    Example:
+        >>> main(["status", "/no/broker/here"])  # doctest: +SKIP
+        relmod: No relmod broker serves /no/broker/here; start one with 'relmod-broker ...'.
+        1
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        # The demo parses its own options (argparse's REMAINDER cannot pass "--pace" through).
+        return _demo(argparse.Namespace(demo_args=argv[1:]))
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error (already printed)
+        return done.code if isinstance(done.code, int) else 1
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code: int = args.run(args)
+    except BrokerError as err:
+        print(f"relmod: {err}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,423 @@
+"""The broker process: one watcher, one project, a PUB and a ROUTER socket, one loop thread.
+
+Threads::
+
+    watcher thread ──ChangeBatch──> queue ──byte on the wake pipe──┐
+                                                                    v
+    loop thread (the only one touching ZeroMQ sockets): poll(ROUTER, wake pipe, timeout)
+        ├── batches -> PendingChanges (pacing, git hold) -> Project.apply -> publish on PUB
+        ├── requests on the ROUTER -> handlers -> one reply each
+        ├── syncs of one turn, together: re-check recently touched files, publish, answer
+        │   (while git holds changes back, the answers wait for them)
+        └── every heartbeat interval (relmod.protocol.heartbeat_interval()): heartbeat
+            {epoch, seq, time} on PUB
+
+The watcher thread never touches a socket: it puts the batch on a queue and writes one byte to a
+pipe the loop polls, so a burst of batches costs the loop one wake-up. Signal handlers use the
+same pipe to stop the loop.
+
+Start-up order matters: the lock first (a second broker must not steal the ipc paths), then the
+scan of every file (in worker processes, before any thread or ZeroMQ context exists), then the
+sockets and the watcher, then a catch-up pass for edits made during the scan, and only then the
+connection file, so a client that finds the file finds a broker ready to answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from relmod._version import __version__
+from relmod.connfile import (
+    CONNECTION_VERSION,
+    BrokerLock,
+    ConnectionInfo,
+    connection_path,
+    read_connection_file,
+    remove_stale_connection_file,
+    write_connection_file,
+)
+from relmod.errors import ConnectionFileError, ProtocolError
+from relmod.protocol import Codec, heartbeat_interval, new_epoch, new_key
+from relmod.server.clients import ClientTable
+from relmod.server.history import History
+from relmod.server.pending import PendingChanges
+from relmod.server.project import Project
+from relmod.server.requests import RequestHandlers
+from relmod.server.sockets import BrokerSockets
+from relmod.watch import ChangeBatch, Watcher, find_default_watcher
+
+__all__ = ["Broker", "BrokerConfig"]
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUESTS_PER_TURN = 256
+"""Requests handled before the loop looks at batches and heartbeats again (no starvation)."""
+CHUNK_PATHS = 5000
+"""Most changed (and most affected) paths in one invalidation; bigger ones are split."""
+WATCH_STEP_MS = 3
+"""The watcher's quiet period. watchfiles wakes once per step even when idle, so this trades
+latency against idle CPU; measured on 10,000 files (benchmarks/bench_broker.py): step 10 ms gives
+about 20 ms from write to invalidation at 0.3 % of a core idle, step 3 ms about 8 ms at 0.6 %.
+Bursts are coalesced by :class:`~relmod.server.pending.PendingChanges`, not by the step."""
+EXPIRE_EVERY = 5.0
+"""Seconds between two looks for clients that went silent."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """How to run a broker.
+
+    Attributes:
+        root: the project folder.
+        poll: force polling (True), native events (False), or let ``RELMOD_POLL`` decide (None).
+        tcp: ``(host, port)`` to bind PUB on ``port`` and ROUTER on ``port + 1`` with CURVE;
+            None for ipc in the runtime folder (or tcp on 127.0.0.1 when ipc is unavailable).
+        processes: worker processes for the first scan; None means one per CPU.
+    """
+
+    root: str
+    poll: bool | None = None
+    tcp: tuple[str, int] | None = None
+    processes: int | None = None
+
+
+class Broker:
+    """One project's broker (see the module docstring).
+
+    Example:
+        >>> broker = Broker(BrokerConfig("/path/to/project"))
+        >>> broker.start(); broker.serve()  # doctest: +SKIP
+        >>> broker.close()  # after request_stop(), from a signal handler
+    """
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.root = os.path.realpath(config.root)
+        self.epoch = new_epoch()
+        self.key = new_key()
+        self.seq = 0
+        self.heartbeat = heartbeat_interval()
+        self.started = time.time()
+        self._started_mono = time.monotonic()
+        self.codec = Codec(self.key, role="broker", root=self.root)
+        self.project = Project(self.root)
+        self.history = History()
+        self.clients = ClientTable()
+        self.pending = PendingChanges(None, root=self.root)
+        self.handlers = RequestHandlers(self)
+        self.sockets: BrokerSockets | None = None
+        self.watcher: Watcher | None = None
+        self.publish_errors = 0
+        self.batch_errors = 0
+        self._lock = BrokerLock(self.root)
+        self._batches: queue.SimpleQueue[ChangeBatch] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self._stopping = False
+        self._wrote_connection_file = False
+        self._next_heartbeat = 0.0
+        self._next_expiry = 0.0
+        self._sync_requests: list[bytes] = []  # asked this turn
+        self._waiting_syncs: list[bytes] = []  # checked, waiting for pending changes to go out
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the lock, scan the project, bind, watch, and write the connection file.
+
+        Returns early, without binding, when :meth:`request_stop` was called during the scan.
+
+        Raises:
+            BrokerAlreadyRunning: a live broker serves this root (nothing else was done).
+            ConnectionFileError: the runtime folder is unusable.
+            zmq.ZMQError: a socket could not be bound (a --tcp port in use, for example).
+        """
+        self._lock.acquire()
+        remove_stale_connection_file(self.root)
+        began = time.monotonic()
+        count = self.project.load_all(
+            processes=self.config.processes, should_stop=lambda: self._stopping
+        )
+        logger.info(
+            "Scanned %d Python files under %s in %.2f s: %d dependency edges, %d broken.",
+            count,
+            self.root,
+            time.monotonic() - began,
+            self.project.graph.edge_count(),
+            len(self.project.broken()),
+        )
+        if self._stopping:
+            return
+        self.sockets = sockets = BrokerSockets.bind(self.root, self.config.tcp)
+        watcher = find_default_watcher(
+            [self.root], self._on_change, poll=self.config.poll, step_ms=WATCH_STEP_MS
+        )
+        self.watcher = watcher
+        watcher.start()
+        if not watcher.wait_ready(10.0):
+            logger.warning("The %s watcher is not live after 10 s; continuing.", watcher.backend)
+        self.pending.add(self.project.catch_up(), rescan=False)
+        self._write_connection_file()
+        logger.info(
+            "relmod broker %s serving %s (pid %d, epoch %s); PUB %s, ROUTER %s.",
+            __version__,
+            self.root,
+            os.getpid(),
+            self.epoch,
+            sockets.pub_endpoint,
+            sockets.router_endpoint,
+        )
+
+    def _write_connection_file(self) -> None:
+        assert self.sockets is not None and self.watcher is not None
+        info = ConnectionInfo(
+            version=CONNECTION_VERSION,
+            root=self.root,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            epoch=self.epoch,
+            key=self.key.hex(),
+            pub=self.sockets.pub_endpoint,
+            router=self.sockets.router_endpoint,
+            started=self.started,
+            watcher=self.watcher.backend,
+            curve_server_public=self.sockets.curve_public,
+        )
+        write_connection_file(connection_path(self.root), info)
+        self._wrote_connection_file = True
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the broker started."""
+        return time.monotonic() - self._started_mono
+
+    @property
+    def wake_fd(self) -> int:
+        """The write end of the loop's wake-up pipe, for ``signal.set_wakeup_fd``.
+
+        A signal may be delivered to any thread (the watcher's, for one); Python runs the
+        handler on the main thread only once that thread wakes up. Writing to this pipe, as
+        the C-level handler does with ``set_wakeup_fd``, wakes the loop at once.
+        """
+        return self._wake_w
+
+    def request_stop(self) -> None:
+        """Ask the loop to end; safe to call from a signal handler or another thread."""
+        self._stopping = True
+        self._wake()
+
+    def close(self) -> None:
+        """Remove the connection file, say bye, stop watching, close everything, unlock.
+
+        The connection file goes first, so a client that hears the bye and looks for the
+        broker again does not find this one.
+        """
+        self._stopping = True
+        held = self._lock.held
+        if self._wrote_connection_file:
+            self._remove_connection_file()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.sockets is not None:
+            self.sockets.close(last=self.codec.encode("bye", {"epoch": self.epoch}))
+            self.sockets = None
+        self._lock.release()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        if held:
+            logger.info("relmod broker for %s stopped.", self.root)
+
+    def _remove_connection_file(self) -> None:
+        path = connection_path(self.root)
+        try:
+            if read_connection_file(path)["pid"] == os.getpid():
+                path.unlink()
+        except (ConnectionFileError, OSError) as err:
+            logger.debug("left connection file %s alone: %s", path, err)
+        self._wrote_connection_file = False
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run the loop until :meth:`request_stop` (returns at once if never started)."""
+        if self.sockets is None:
+            return
+        router = self.sockets.router
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        while not self._stopping:
+            events = dict(poller.poll(self._poll_timeout_ms()))
+            if self._wake_r in events:
+                self._drain_wake()
+            self._collect_batches()
+            if router in events:
+                self._serve_requests(router)
+            self._tick()
+
+    def _poll_timeout_ms(self) -> int:
+        now = time.monotonic()
+        deadline = min(self._next_heartbeat, self._next_expiry)
+        wait = self.pending.wait_seconds(now)
+        seconds = deadline - now if wait is None else min(wait, deadline - now)
+        return max(0, int(seconds * 1000 + 0.999))
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._sync_requests:
+            self._check_for_sync()
+        taken = self.pending.take(now, force=bool(self._waiting_syncs))
+        if taken is not None:
+            self._publish_changes(*taken)
+        if self._waiting_syncs and not self.pending:
+            waiting, self._waiting_syncs = self._waiting_syncs, []
+            for identity in waiting:
+                self.reply(identity, "synced", {"epoch": self.epoch, "seq": self.seq})
+        if now >= self._next_heartbeat:
+            self.publish("heartbeat", {"epoch": self.epoch, "seq": self.seq, "time": time.time()})
+            self._next_heartbeat = now + self.heartbeat
+        if now >= self._next_expiry:
+            for name in self.clients.expire(now):
+                logger.info(
+                    "client %s was not heard from for %.0f s; dropped it",
+                    name,
+                    self.clients.timeout,
+                )
+            self._next_expiry = now + EXPIRE_EVERY
+
+    def _on_change(self, batch: ChangeBatch) -> None:
+        """The watcher's callback, on the watcher's thread: queue the batch, wake the loop."""
+        self._batches.put(batch)
+        self._wake()
+
+    def _wake(self) -> None:
+        # A full pipe means the loop is awake anyway; a closed one that we are shutting down.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _collect_batches(self) -> None:
+        while True:
+            try:
+                batch = self._batches.get_nowait()
+            except queue.Empty:
+                return
+            self.pending.add(set(batch.paths), rescan=batch.rescan)
+
+    def _serve_requests(self, router: zmq.Socket[Any]) -> None:
+        for _ in range(MAX_REQUESTS_PER_TURN):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                identity, message = self.codec.decode_routed(frames)
+            except ProtocolError:
+                continue  # counted in codec.dropped and logged at debug level
+            self.handlers.handle(identity, message)
+
+    # -- sync ---------------------------------------------------------------------------------
+
+    def heartbeat_soon(self) -> None:
+        """Send the next heartbeat at the end of this turn of the loop.
+
+        A joining client waits for its first publication before asking what changed; an early
+        heartbeat after its hello spares it most of a heartbeat interval.
+        """
+        self._next_heartbeat = 0.0
+
+    def request_sync(self, identity: bytes) -> None:
+        """Answer "synced" once every save made before now is published (see :meth:`_tick`).
+
+        The syncs that arrive in one turn of the loop share one look at the files.
+        """
+        self._sync_requests.append(identity)
+
+    def _check_for_sync(self) -> None:
+        """Fold saves the watcher has not reported yet into the pending changes.
+
+        A file whose stat signature moved, or that was modified in the last seconds, is read
+        again; the content hash decides, as always. The waiting syncs are answered once nothing
+        is pending, at once unless git holds the changes back.
+        """
+        self._collect_batches()
+        suspects = self.project.suspects()
+        if suspects:
+            self.pending.add(suspects, rescan=False)
+        self._waiting_syncs += self._sync_requests
+        self._sync_requests = []
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def _publish_changes(self, paths: set[str], rescan: bool) -> None:
+        try:
+            update = self.project.apply(paths, rescan=rescan)
+        except Exception:  # a bug of ours; the loop must keep serving
+            self.batch_errors += 1
+            logger.exception("Failed to process a batch of %d paths; skipped it.", len(paths))
+            return
+        for broken in update.broken:
+            self.seq += 1
+            self.publish("broken", {"epoch": self.epoch, "seq": self.seq, **broken.to_wire()})
+            self.history.record_broken(self.seq, broken.path)
+        if not update.changed:
+            return
+        # Split a huge update so that no message outgrows the payload limit; clients apply
+        # each part in sequence, which marks the same modules stale as one message would.
+        parts = max(1, -(-max(len(update.changed), len(update.affected)) // CHUNK_PATHS))
+        for index in range(parts):
+            changed = update.changed[index::parts]
+            affected = update.affected[index::parts]
+            hashes = {path: update.hashes[path] for path in changed}
+            self.seq += 1
+            body = {"epoch": self.epoch, "seq": self.seq, "changed": changed}
+            self.publish("invalidate", {**body, "affected": affected, "hashes": hashes})
+            self.history.record_invalidation(self.seq, changed, affected, hashes)
+        logger.info(
+            "invalidation up to #%d: %d changed, %d affected (%d files read)",
+            self.seq,
+            len(update.changed),
+            len(update.affected),
+            update.checked,
+        )
+
+    def publish(self, kind: str, body: dict[str, Any]) -> None:
+        """Sign and publish one message on the PUB socket (never blocks)."""
+        if self.sockets is None:
+            return
+        try:
+            self.sockets.pub.send_multipart(self.codec.encode(kind, body), zmq.NOBLOCK)
+        except (ValueError, zmq.ZMQError):
+            self.publish_errors += 1
+            logger.exception("Could not publish a %r message.", kind)
+
+    def reply(self, identity: bytes, kind: str, body: dict[str, Any]) -> None:
+        """Sign and send one reply to the client behind ``identity`` (never blocks)."""
+        if self.sockets is None:
+            return
+        try:
+            frames = self.codec.encode(kind, body)
+        except ValueError as err:
+            self.handlers.errors += 1
+            logger.warning("Cannot send a %r reply: %s", kind, err)
+            frames = self.codec.encode("error", {"message": str(err)[:4000]})
+        try:
+            self.sockets.router.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as err:  # the peer left, or its queue is full
+            logger.debug("reply %r not delivered: %s", kind, err)

@@ -1,0 +1,159 @@
+"""The broker's table of connected client processes, for ``relmod status``.
+
+A client says ``hello`` when it connects, ``report`` when its state changes (and every few
+seconds as a keep-alive), and ``goodbye`` when it closes. Any request refreshes its entry; an
+entry not heard from for :data:`CLIENT_TIMEOUT` seconds is dropped (the process died, or froze).
+Entries are keyed by the client's name (``host:pid``); the ROUTER identity of its DEALER socket
+maps requests back to the name.
+
+Example:
+    >>> table = ClientTable()
+    >>> table.hello(b'id1', {'client': 'h:1', 'pid': 1, 'host': 'h', 'argv': 'app.py'}, now=0.0)
+    >>> table.report(b'id1', {'client': 'h:1', 'seq': 4, 'stale': 2, 'error': None}, now=1.0)
+    >>> [(row['pid'], row['seq'], row['stale']) for row in table.rows(now=2.0)]
+    [(1, 4, 2)]
+    >>> table.expire(now=100.0), len(table)
+    (['h:1'], 0)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CLIENT_TIMEOUT", "ClientRecord", "ClientTable"]
+
+CLIENT_TIMEOUT = 60.0
+"""Seconds of silence after which a client is dropped from the table."""
+MAX_CLIENTS = 10_000
+"""The table never grows beyond this many entries (the oldest-heard-from is dropped)."""
+
+
+@dataclass
+class ClientRecord:
+    """One client process as the broker knows it.
+
+    Attributes:
+        name: the name the client gave (``host:pid``).
+        identity: the ROUTER identity of its DEALER socket.
+        pid: its process id, when it said hello.
+        host: its host name, when it said hello.
+        argv: its command line, when it said hello.
+        connected_at: when it said hello (seconds since the epoch).
+        last_seen: when it was last heard from (monotonic seconds).
+        seq: the last sequence number it reported applying.
+        stale: how many of its modules it reported stale, waiting for their next use.
+        error: the last reload error it reported.
+    """
+
+    name: str
+    identity: bytes
+    pid: int | None = None
+    host: str | None = None
+    argv: str | None = None
+    connected_at: float | None = None
+    last_seen: float = 0.0
+    seq: int | None = None
+    stale: int = 0
+    error: str | None = None
+
+
+class ClientTable:
+    """Client records by name, with an identity index (see the module docstring)."""
+
+    def __init__(self, timeout: float = CLIENT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._records: dict[str, ClientRecord] = {}
+        self._names: dict[bytes, str] = {}  # ROUTER identity -> client name
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def hello(self, identity: bytes, body: Mapping[str, Any], now: float) -> None:
+        """Register a client that said hello (a reconnecting client replaces its old entry)."""
+        name = body["client"]
+        self._drop(name)
+        record = ClientRecord(
+            name=name,
+            identity=identity,
+            pid=body["pid"],
+            host=body["host"],
+            argv=body["argv"],
+            connected_at=time.time(),
+            last_seen=now,
+        )
+        self._records[name] = record
+        self._names[identity] = name
+        self._bound()
+
+    def report(self, identity: bytes, body: Mapping[str, Any], now: float) -> None:
+        """Update a client's progress; a client unknown so far (the broker restarted) is added."""
+        name = body["client"]
+        record = self._records.get(name)
+        if record is None:
+            record = self._records[name] = ClientRecord(name=name, identity=identity)
+            self._bound()
+        if record.identity != identity:
+            self._names.pop(record.identity, None)
+            record.identity = identity
+        self._names[identity] = name
+        record.seq = body["seq"]
+        record.stale = body["stale"]
+        record.error = body["error"]
+        record.last_seen = now
+
+    def touch(self, identity: bytes, now: float) -> None:
+        """Note that the client behind this identity was heard from."""
+        name = self._names.get(identity)
+        if name is not None and name in self._records:
+            self._records[name].last_seen = now
+
+    def goodbye(self, identity: bytes, name: str) -> bool:
+        """Drop a client that said goodbye; returns whether it was known."""
+        known = self._drop(name)
+        owner = self._names.pop(identity, None)
+        if owner is not None and owner != name:
+            known = self._drop(owner) or known
+        return known
+
+    def expire(self, now: float) -> list[str]:
+        """Drop clients silent for longer than the timeout; returns their names."""
+        gone = [n for n, r in self._records.items() if now - r.last_seen > self.timeout]
+        for name in gone:
+            self._drop(name)
+        return gone
+
+    def rows(self, now: float) -> list[dict[str, Any]]:
+        """The table as plain dicts (for the status reply), sorted by host and pid."""
+        rows = []
+        for record in self._records.values():
+            rows.append(
+                {
+                    "client": record.name,
+                    "pid": record.pid,
+                    "host": record.host,
+                    "argv": record.argv,
+                    "connected_at": record.connected_at,
+                    "last_seen_ago": round(max(0.0, now - record.last_seen), 3),
+                    "seq": record.seq,
+                    "stale": record.stale,
+                    "error": record.error,
+                }
+            )
+        rows.sort(key=lambda row: (row["host"] or "", row["pid"] or 0, row["client"]))
+        return rows
+
+    def _drop(self, name: str) -> bool:
+        record = self._records.pop(name, None)
+        if record is None:
+            return False
+        if self._names.get(record.identity) == name:
+            del self._names[record.identity]
+        return True
+
+    def _bound(self) -> None:
+        while len(self._records) > MAX_CLIENTS:
+            oldest = min(self._records.values(), key=lambda r: r.last_seen)
+            self._drop(oldest.name)

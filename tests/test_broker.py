@@ -1,0 +1,648 @@
+"""The real broker process, spoken to over raw ZeroMQ sockets as a client would.
+
+Each test starts ``python -m relmod.server ROOT`` on a small temporary project, waits for its
+connection file, and talks to it with a SUB and a DEALER socket and a client-side Codec. Waits
+have deadlines; "nothing was published" is shown by a sync barrier and a later heartbeat whose
+sequence number did not move.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from relmod.connfile import (
+    ConnectionInfo,
+    connection_path,
+    read_connection_file,
+    root_id,
+    runtime_dir,
+)
+from relmod.protocol import MAX_PAYLOAD, VERSION, Codec, Message, configure_socket, new_key
+from relmod.sources import content_hash
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)  # carries RELMOD_RUNTIME_DIR from the autouse fixture
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("RELMOD_POLL", None)
+    return env
+
+
+class BrokerProcess:
+    """A real broker serving ``root``; its stderr goes to a file for the test to read."""
+
+    def __init__(self, root: Path, log: Path, *args: str) -> None:
+        self.root = root
+        self.log = log
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> BrokerProcess:
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relmod.server", str(self.root), *self.args],
+                env=child_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        proc = self.proc
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"the broker exited:\n{self.stderr()}"
+            try:
+                return read_connection_file(connection_path(str(self.root)))["pid"] == proc.pid
+            except Exception:
+                return False
+
+        wait_for(ready, timeout, "the broker's connection file")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def info(self) -> ConnectionInfo:
+        return read_connection_file(connection_path(str(self.root)))
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> int:
+        """Send a signal and return the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(15)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Probe:
+    """A raw client: a SUB and a DEALER socket and a client Codec."""
+
+    def __init__(self, info: ConnectionInfo, codec: Codec | None = None) -> None:
+        self.info = info
+        self.codec = codec or Codec(bytes.fromhex(info["key"]), role="client", root=info["root"])
+        self.context = zmq.Context()
+        self.sub = self.context.socket(zmq.SUB)
+        self.dealer = self.context.socket(zmq.DEALER)
+        for sock in (self.sub, self.dealer):
+            configure_socket(sock)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(info["pub"])
+        self.dealer.connect(info["router"])
+        # The broker answers a hello with an early heartbeat, which shows the SUB is live.
+        self.welcome = self.request(
+            "hello", {"client": "probe", "pid": os.getpid(), "host": "test", "argv": "pytest"}
+        )
+        self.first_heartbeat = self.next("heartbeat", timeout=10)
+
+    def close(self) -> None:
+        self.sub.close(0)
+        self.dealer.close(0)
+        self.context.term()
+
+    def send(self, kind: str, body: dict[str, Any]) -> None:
+        self.dealer.send_multipart(self.codec.encode(kind, body))
+
+    def reply(self, timeout: float = 5.0) -> Message | None:
+        if not self.dealer.poll(int(timeout * 1000)):
+            return None
+        return self.codec.decode(self.dealer.recv_multipart())
+
+    def request(
+        self, kind: str, body: dict[str, Any] | None = None, timeout: float = 10
+    ) -> Message:
+        self.send(kind, body or {})
+        reply = self.reply(timeout)
+        assert reply is not None, f"no reply to {kind!r} within {timeout}s"
+        return reply
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.request("status").body["status"]
+        return status
+
+    def next(self, *kinds: str, timeout: float = 10.0) -> Message:
+        """The next publication of one of ``kinds`` (others are skipped)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.sub.poll(int(left * 1000) + 1):
+                message = self.codec.decode(self.sub.recv_multipart())
+                if message.kind in kinds:
+                    return message
+        raise AssertionError(f"no {kinds} publication within {timeout}s")
+
+    def sync(self) -> int:
+        reply = self.request("sync")
+        assert reply.kind == "synced", reply
+        seq: int = reply.body["seq"]
+        return seq
+
+
+def write(path: Path, text: str) -> None:
+    """Save the way most editors do: write a temporary file, rename it over the old one.
+
+    An in-place write truncates first, and a broker reading in between sees an empty file;
+    tests that count publications exactly use atomic saves (one test saves in place).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = (tmp_path / "proj").resolve()
+    write(root / "leaf.py", "VALUE = 1\n")
+    write(root / "mid.py", "import leaf\nDOUBLE = leaf.VALUE * 2\n")
+    write(root / "top.py", "from mid import DOUBLE\n")
+    write(root / "other.py", "OTHER = 'o'\n")
+    return root
+
+
+@pytest.fixture
+def broker(project: Path, tmp_path: Path) -> Iterator[BrokerProcess]:
+    process = BrokerProcess(project, tmp_path / "broker.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def probe(broker: BrokerProcess) -> Iterator[Probe]:
+    client = Probe(broker.info)
+    yield client
+    client.close()
+
+
+def assert_nothing_published(probe: Probe, seq: int) -> None:
+    """A sync answers with ``seq``, no change arrives, and the next heartbeat still says ``seq``."""
+    assert probe.sync() == seq
+    while True:
+        message = probe.next("heartbeat", "invalidate", "broken", timeout=5)
+        assert message.kind == "heartbeat", f"unexpected publication {message}"
+        if message.counter > probe.first_heartbeat.counter:
+            assert message.body["seq"] == seq
+            break
+    assert probe.sync() == seq
+
+
+# -- invalidations --------------------------------------------------------------------------------
+
+
+def test_an_edit_invalidates_the_file_and_its_dependents_only(project: Path, probe: Probe) -> None:
+    welcome = probe.welcome
+    assert welcome.kind == "welcome"
+    assert welcome.body["root"] == str(project) and welcome.body["seq"] == 0
+    (project / "leaf.py").write_text("VALUE = 21\n")  # saved in place
+    message = probe.next("invalidate")
+    names = {str(project / n) for n in ("leaf.py", "mid.py", "top.py")}
+    assert message.body["changed"] == [str(project / "leaf.py")]
+    assert set(message.body["affected"]) == names
+    assert message.body["hashes"] == {str(project / "leaf.py"): content_hash(b"VALUE = 21\n")}
+    assert message.body["epoch"] == probe.info["epoch"] and message.body["seq"] == 1
+
+    write(project / "other.py", "OTHER = 'p'\n")
+    message = probe.next("invalidate")
+    assert message.body["affected"] == [str(project / "other.py")]
+    assert message.body["seq"] == 2
+
+
+def test_touch_identical_save_and_identical_rename_publish_nothing(
+    project: Path, probe: Probe
+) -> None:
+    leaf = project / "leaf.py"
+    os.utime(leaf, None)  # touch
+    leaf.write_text(leaf.read_text())  # identical save
+    temp = project / "leaf.py.tmp"
+    temp.write_text(leaf.read_text())
+    os.replace(temp, leaf)  # an editor's atomic save of identical content
+    assert_nothing_published(probe, 0)
+
+
+def test_a_broken_save_is_announced_and_the_fix_invalidates(project: Path, probe: Probe) -> None:
+    leaf = str(project / "leaf.py")
+    good = content_hash(b"VALUE = 1\n")
+    write(project / "leaf.py", "VALUE = 1\nVALUE = (\n")
+    broken = probe.next("broken", "invalidate")
+    assert broken.kind == "broken"
+    assert broken.body["path"] == leaf and broken.body["lineno"] == 2
+    assert "SyntaxError" in broken.body["message"]
+    status = probe.status()
+    assert [b["path"] for b in status["broken"]] == [leaf]
+    changes = probe.request("since", {"epoch": probe.info["epoch"], "seq": 0}).body
+    assert changes["broken"][0]["path"] == leaf
+    full = probe.request("since", {"epoch": "another", "seq": 0}).body
+    assert full["full"] is True and full["hashes"][leaf] == good  # the last good version
+
+    # Fixed with the last good content: an invalidation of just that file ends the break.
+    write(project / "leaf.py", "VALUE = 1\n")
+    fixed = probe.next("invalidate", "broken")
+    assert fixed.kind == "invalidate"
+    assert fixed.body["changed"] == [leaf] and fixed.body["affected"] == [leaf]
+    assert fixed.body["hashes"] == {leaf: good}
+    assert probe.status()["broken"] == []
+
+    # Broken, then fixed with new content: the dependents are invalidated too.
+    write(project / "leaf.py", "VALUE = (\n")
+    assert probe.next("broken", "invalidate").kind == "broken"
+    write(project / "leaf.py", "VALUE = 3\n")
+    fixed = probe.next("invalidate", "broken")
+    assert len(fixed.body["affected"]) == 3
+
+
+def test_deleted_files_and_renamed_folders_are_invalidated(project: Path, probe: Probe) -> None:
+    (project / "other.py").unlink()
+    message = probe.next("invalidate")
+    assert message.body["hashes"] == {str(project / "other.py"): None}
+
+    write(project / "pkg" / "__init__.py", "")
+    write(project / "pkg" / "a.py", "A = 1\n")
+    created: set[str] = set()
+    while str(project / "pkg" / "a.py") not in created:  # a sync looks at known files only
+        created.update(probe.next("invalidate").body["changed"])
+    (project / "pkg").rename(project / "pkg2")
+    old, new = str(project / "pkg" / "a.py"), str(project / "pkg2" / "a.py")
+    changed: dict[str, str | None] = {}
+    while not {old, new} <= changed.keys():  # the watcher names the folders, not the files
+        changed.update(probe.next("invalidate").body["hashes"])
+    assert changed[old] is None
+    assert changed[str(project / "pkg2" / "a.py")] == content_hash(b"A = 1\n")
+
+
+def test_since_returns_missed_changes_or_every_hash_for_another_epoch(
+    project: Path, probe: Probe
+) -> None:
+    epoch = probe.info["epoch"]
+    for value in (2, 3, 4):
+        write(project / "leaf.py", f"VALUE = {value}\n")
+        probe.sync()
+    write(project / "other.py", "OTHER = 5\n")
+    current = probe.sync()
+    assert current == 4
+    delta = probe.request("since", {"epoch": epoch, "seq": 1}).body
+    assert delta["full"] is False and delta["seq"] == current
+    assert set(delta["affected"]) == {
+        str(project / n) for n in ("leaf.py", "mid.py", "top.py", "other.py")
+    }
+    assert delta["hashes"][str(project / "leaf.py")] == content_hash(b"VALUE = 4\n")
+    assert probe.request("since", {"epoch": epoch, "seq": current}).body["affected"] == []
+
+    full = probe.request("since", {"epoch": "an-old-epoch", "seq": 1}).body
+    assert full["full"] is True and full["affected"] == []
+    assert full["hashes"] == {
+        str(path): content_hash(path.read_bytes()) for path in project.glob("*.py")
+    }
+
+
+def test_a_burst_of_300_files_comes_out_as_a_few_invalidations(project: Path, probe: Probe) -> None:
+    paths = [project / "gen" / f"m{i:03}.py" for i in range(300)]
+    for i, path in enumerate(paths):  # like a formatter: one file after another
+        write(path, f"X = {i}\n")
+        if i % 30 == 0:
+            time.sleep(0.02)
+    seen: set[str] = set()
+    messages: list[Message] = []
+    while len(seen) < len(paths):
+        messages.append(probe.next("invalidate", timeout=10))
+        seen.update(messages[-1].body["changed"])
+    assert seen == {str(p) for p in paths}
+    assert len(messages) <= 8, [len(m.body["changed"]) for m in messages]
+
+
+def test_a_git_index_lock_holds_invalidations_until_it_is_gone(project: Path, probe: Probe) -> None:
+    lock = project / ".git" / "index.lock"
+    lock.parent.mkdir()
+    lock.write_text("")
+    write(project / "leaf.py", "VALUE = 100\n")
+    write(project / "other.py", "OTHER = 100\n")
+    probe.send("sync", {})
+    assert probe.reply(timeout=0.8) is None  # the sync waits for git, too
+    assert not probe.sub.poll(0) or probe.next("heartbeat", "invalidate").kind == "heartbeat"
+    lock.unlink()
+    message = probe.next("invalidate", timeout=5)
+    assert set(message.body["changed"]) == {str(project / "leaf.py"), str(project / "other.py")}
+    synced = probe.reply(timeout=5)
+    assert synced is not None and synced.kind == "synced"
+    assert synced.body["seq"] == message.body["seq"]
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+
+def test_graph_edges_and_source_requests(project: Path, probe: Probe) -> None:
+    leaf, mid, other = (str(project / n) for n in ("leaf.py", "mid.py", "other.py"))
+    edges = {(a, b): origins for a, b, origins in probe.request("graph").body["edges"]}
+    assert edges[mid, leaf] == ["static"]
+    assert probe.request("edges", {"edges": [[other, leaf]]}).kind == "ack"
+    edges = {(a, b): origins for a, b, origins in probe.request("graph").body["edges"]}
+    assert edges[other, leaf] == ["runtime"]
+    write(project / "leaf.py", "VALUE = 9\n")
+    message = probe.next("invalidate")
+    assert other in message.body["affected"]  # through the runtime edge
+
+    digest = content_hash(b"VALUE = 9\n")
+    assert probe.request("source", {"hash": digest}).body == {
+        "hash": digest,
+        "data": b"VALUE = 9\n",
+    }
+    assert probe.request("source", {"hash": "0" * 32}).body["data"] is None
+
+
+def test_clients_are_listed_in_status_until_goodbye(probe: Probe) -> None:
+    hello = {"client": "box:42", "pid": 42, "host": "box", "argv": "python app.py"}
+    probe.request("hello", hello)
+    report = {"client": "box:42", "seq": 0, "stale": 3, "error": "Cannot reload ./a.py: boom"}
+    assert probe.request("report", report).kind == "ack"
+    status = probe.status()
+    [client] = [c for c in status["clients"] if c["client"] == "box:42"]
+    assert (client["pid"], client["host"], client["seq"], client["stale"]) == (42, "box", 0, 3)
+    assert client["error"] == report["error"] and client["last_seen_ago"] < 5
+    for key in ("pid", "root", "uptime", "epoch", "seq", "watcher", "files", "graph",
+                "endpoints", "broken", "recent", "dropped", "request_errors"):  # fmt: skip
+        assert key in status
+    assert status["files"] == 4 and status["graph"]["edges"] == 2
+    assert probe.request("goodbye", {"client": "box:42"}).kind == "ack"
+    assert [c["client"] for c in probe.status()["clients"]] == ["probe"]
+
+
+def test_bad_requests_are_dropped_counted_and_harmless(
+    project: Path, broker: BrokerProcess, probe: Probe
+) -> None:
+    key = bytes.fromhex(probe.info["key"])
+    signer = Codec(key, role="client")  # no root: it will sign a path outside the project
+    good = probe.codec.encode("status", {})
+
+    def signed(payload: bytes, version: bytes = VERSION) -> list[bytes]:
+        return [version, payload, signer.sign(version, payload)]
+
+    envelope = {"k": "status", "s": b"s" * 16, "n": 1, "b": {"unexpected": 1}}
+    attacks = {
+        "forged": Codec(new_key(), role="client").encode("status", {}),
+        "unsigned": [good[0], good[1], b""],
+        "malformed": signed(b"\xc1 not msgpack"),
+        "oversized": signed(b"x" * (MAX_PAYLOAD + 1)),
+        "version": signed(good[1], version=b"relmod/0"),
+        "path": signer.encode("edges", {"edges": [["/etc/passwd", str(project / "leaf.py")]]}),
+        "schema": signed(msgpack.packb(envelope, use_bin_type=True)),
+        "frames": [VERSION, good[1]],
+    }
+    for frames in attacks.values():
+        probe.dealer.send_multipart(frames)
+    probe.dealer.send_multipart(good)
+    assert probe.reply() is not None  # the good request is answered
+    probe.dealer.send_multipart(good)  # the same frames again
+    status = probe.status()  # answered after all of the above
+    dropped = status["dropped"]
+    for reason in [*attacks, "replayed"]:
+        assert dropped[reason] == 1, (reason, dropped)
+    assert dropped["total"] == len(attacks) + 1
+    assert status["request_errors"] == 0
+    assert broker.proc is not None and broker.proc.poll() is None
+
+
+# -- the process ----------------------------------------------------------------------------------
+
+
+def test_a_second_broker_for_the_same_root_is_refused(project: Path, broker: BrokerProcess) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "relmod.server", str(project)],
+        env=child_env(), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"pid {broker.pid}" in lines[0] and str(project) in lines[0]
+    assert broker.info["pid"] == broker.pid  # the first one's file is untouched
+
+
+def test_after_kill_9_a_new_broker_takes_over(project: Path, tmp_path: Path) -> None:
+    first = BrokerProcess(project, tmp_path / "first.log").start()
+    old = first.info
+    assert first.signal(signal.SIGKILL) == -signal.SIGKILL
+    assert read_connection_file(connection_path(str(project)))["pid"] == old["pid"]  # stale
+    second = BrokerProcess(project, tmp_path / "second.log").start()
+    try:
+        new = second.info
+        assert new["pid"] == second.pid and new["epoch"] != old["epoch"]
+        assert "dead broker" in second.stderr()
+        probe = Probe(new)
+        try:
+            assert probe.welcome.body["epoch"] == new["epoch"]
+        finally:
+            probe.close()
+    finally:
+        second.stop()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_says_bye_removes_the_connection_file_and_exits_0(
+    project: Path, broker: BrokerProcess, probe: Probe, stop: signal.Signals
+) -> None:
+    runtime = runtime_dir()
+    assert broker.signal(stop) == 0
+    assert probe.next("bye").body == {"epoch": probe.info["epoch"]}
+    assert not connection_path(str(project)).exists()
+    leftovers = [p.name for p in runtime.iterdir() if not p.name.endswith((".lock", ".clients"))]
+    assert leftovers == []  # no connection file, no ipc socket files
+
+
+def test_polling_broker_sees_edits(project: Path, tmp_path: Path) -> None:
+    broker = BrokerProcess(project, tmp_path / "broker.log", "--poll").start()
+    probe = Probe(broker.info)
+    try:
+        assert broker.info["watcher"] == "polling"
+        write(project / "other.py", "OTHER = 'polled'\n")
+        assert probe.next("invalidate").body["changed"] == [str(project / "other.py")]
+    finally:
+        probe.close()
+        broker.stop()
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return int(port)
+    raise AssertionError("no two free consecutive ports")
+
+
+def test_tcp_uses_curve_and_admits_only_listed_clients(project: Path, tmp_path: Path) -> None:
+    import zmq.auth
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    listed = runtime_dir() / f"{root_id(str(project))}.clients"
+    listed.mkdir(mode=0o700)
+    public_file, secret_file = zmq.auth.create_certificates(keys, "alice")
+    shutil.copy(public_file, listed / "alice.key")
+    _, stranger_file = zmq.auth.create_certificates(keys, "mallory")
+    port = _free_port_pair()
+    broker = BrokerProcess(project, tmp_path / "broker.log", "--tcp", f"127.0.0.1:{port}").start()
+    try:
+        info = broker.info
+        assert info["curve_server_public"] and info["router"].endswith(f":{port + 1}")
+        codec = Codec(bytes.fromhex(info["key"]), role="client", root=info["root"])
+        hello = {"client": "c", "pid": 1, "host": "h", "argv": ""}
+        with zmq.Context() as context:
+            for certificate, admitted in ((secret_file, True), (stranger_file, False)):
+                public, secret = zmq.auth.load_certificate(certificate)
+                dealer = context.socket(zmq.DEALER)
+                configure_socket(dealer)
+                dealer.curve_serverkey = info["curve_server_public"].encode()
+                dealer.curve_publickey, dealer.curve_secretkey = public, secret
+                dealer.connect(info["router"])
+                dealer.send_multipart(codec.encode("hello", hello))
+                answered = dealer.poll(5000 if admitted else 1000)
+                assert bool(answered) is admitted
+                if admitted:
+                    assert codec.decode(dealer.recv_multipart()).kind == "welcome"
+                dealer.close(0)
+    finally:
+        broker.stop()
+    assert "not listed" in broker.stderr()
+
+
+# -- the parts, without a process -----------------------------------------------------------------
+
+
+def test_project_decides_by_content_and_keeps_the_last_good_version(project: Path) -> None:
+    from relmod.server.project import Project
+
+    state = Project(str(project))
+    assert state.load_all(processes=1) == 4
+    leaf, mid = str(project / "leaf.py"), str(project / "mid.py")
+    os.utime(leaf, None)
+    assert state.apply([leaf]).empty  # a touch
+    (project / "notes.txt").write_text("not python")
+    write(project / "__pycache__" / "junk.py", "x = (")
+    assert state.apply([str(project / "notes.txt"), str(project / "__pycache__" / "junk.py")]).empty
+
+    write(project / "leaf.py", "VALUE = (\n")
+    update = state.apply([leaf])
+    assert update.changed == [] and [b.path for b in update.broken] == [leaf]
+    assert state.full_hashes()[leaf] == content_hash(b"VALUE = 1\n")
+    assert mid in state.graph.affected_by([leaf])  # the edges of the last good version stay
+    write(project / "leaf.py", "VALUE = 1\n")
+    update = state.apply([leaf])
+    assert (update.changed, update.affected, update.broken) == ([leaf], [leaf], [])
+
+    shutil.rmtree(project / "__pycache__")
+    write(project / "pkg" / "a.py", "A = 1\n")
+    assert state.apply([str(project / "pkg")]).changed == [str(project / "pkg" / "a.py")]
+    shutil.rmtree(project / "pkg")
+    update = state.apply([str(project / "pkg")])  # a deleted folder is reported once
+    assert update.hashes == {str(project / "pkg" / "a.py"): None}
+    assert state.full_hashes()[str(project / "pkg" / "a.py")] is None
+
+
+def test_pending_changes_pace_bursts_but_never_a_lone_save(tmp_path: Path) -> None:
+    from relmod.server.pending import MAX_GAP, PendingChanges
+
+    pending = PendingChanges(str(tmp_path / ".git"))
+    taken_at = []
+    now = 100.0
+    while now < 105.0:  # a batch every 20 ms for five seconds
+        pending.add({f"/p/{now}.py"}, rescan=False)
+        if pending.take(now) is not None:
+            taken_at.append(now)
+        now = round(now + 0.02, 2)
+    assert 5 <= len(taken_at) <= 12
+    assert max(b - a for a, b in zip(taken_at, taken_at[1:], strict=False)) <= MAX_GAP + 0.03
+    now += 2 * MAX_GAP  # quiet, then a lone save goes at once
+    pending.take(now)
+    pending.add({"/p/lone.py"}, rescan=False)
+    assert pending.take(now + 2 * MAX_GAP) == ({"/p/lone.py"}, False)
+
+
+def test_pending_changes_wait_for_git_but_not_for_a_stale_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relmod.server import pending as module
+
+    (tmp_path / ".git").mkdir()
+    lock = tmp_path / ".git" / "index.lock"
+    lock.write_text("")
+    pending = module.PendingChanges(None, root=str(tmp_path))
+    pending.add({"/p/a.py"}, rescan=False)
+    assert pending.take(10.0, force=True) is None and pending.holding
+    lock.unlink()
+    assert pending.take(10.1) == ({"/p/a.py"}, False)
+
+    lock.write_text("")
+    monkeypatch.setattr(module, "HOLD_MAX", 1.0)
+    pending.add({"/p/b.py"}, rescan=False)
+    assert pending.take(20.0, force=True) is None
+    assert pending.take(21.5, force=True) == ({"/p/b.py"}, False)  # presumed left by a crash
+
+
+def test_history_answers_only_what_it_still_covers() -> None:
+    from relmod.server.history import History
+
+    history = History(max_entries=3)
+    for seq in range(1, 6):
+        history.record_invalidation(seq, [f"/p/{seq}.py"], [f"/p/{seq}.py"], {f"/p/{seq}.py": "h"})
+    assert [e.seq for e in history.recent(10)] == [5, 4, 3]
+    assert history.covers(2, current=5) and not history.covers(1, current=5)
+    assert history.covers(5, current=5) and not history.covers(6, current=5)
+    assert history.since(3) == (["/p/4.py", "/p/5.py"], {"/p/4.py": "h", "/p/5.py": "h"})
+
+
+def test_project_waits_out_an_in_place_save_caught_half_way(project: Path) -> None:
+    import threading
+
+    from relmod.server.project import Project
+
+    state = Project(str(project))
+    state.load_all(processes=1)
+    leaf = project / "leaf.py"
+    content = leaf.read_bytes()
+    leaf.write_bytes(b"")  # truncated by an in-place save whose writer stalls for 30 ms
+    writer = threading.Timer(0.03, leaf.write_bytes, args=(content,))
+    writer.start()
+    try:
+        assert state.apply([str(leaf)]).empty  # identical in the end: nothing to publish
+    finally:
+        writer.join()
