@@ -90,6 +90,7 @@ class Registry:
         self._reload_lock = threading.RLock()
         self._mark_lock = threading.Lock()
         self._load_listeners: list[Callable[[str], None]] = []
+        self._invalidate_listeners: list[Callable[[set[str]], None]] = []
         self.reloads = 0
         self.errors_logged = 0
         self.generation = 0  # bumps whenever invalidate() marks something: a cheap "any news?"
@@ -200,6 +201,13 @@ class Registry:
         """Call ``listener(path)`` after each new module loads (the embedded watcher follows)."""
         self._load_listeners.append(listener)
 
+    def add_invalidate_listener(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener(keys)`` on the feed's thread after modules are marked stale.
+
+        It must be quick and must not reload: it runs where the marking runs.
+        """
+        self._invalidate_listeners.append(listener)
+
     def remove_load_listener(self, listener: Callable[[str], None]) -> None:
         """Stop calling a listener added with :meth:`add_load_listener`."""
         if listener in self._load_listeners:
@@ -274,6 +282,8 @@ class Registry:
             if affected:
                 self.generation += 1
         log.debug("marked %d module(s) stale", len(affected))
+        for listener in list(self._invalidate_listeners):
+            listener(affected)
         return affected
 
     # -- reloading (user threads) -----------------------------------------------------
