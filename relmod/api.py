@@ -199,7 +199,7 @@ def toplevel(name: str, path: str | types.ModuleType) -> types.ModuleType:
         target = rec.folder or rec.key
     else:
         target = normalize(path)
-    module = client.registry.load(target)
+    module = client.registry.load(target, name=name)
     object.__getattribute__(module, "__dict__")["__name__"] = name
     client.hook.install()
     client.finder.register(name, target)
@@ -234,6 +234,41 @@ def connect(
     """
     start = normalize(path) if path is not None else os.getcwd()
     return default_client().connect(start, timeout=timeout, path_map=path_map)
+
+
+def pool_options(**options: Any) -> dict[str, Any]:
+    """``initializer``/``initargs`` for a process pool whose workers follow edits.
+
+    Works for ``concurrent.futures.ProcessPoolExecutor`` and ``multiprocessing.Pool``, with the
+    fork and the spawn start methods: each worker re-registers the ``toplevel`` names, connects
+    to the same broker (or watches files itself), and keeps the last good code on a broken save.
+    Pass your own ``initializer=f, initargs=(...)`` to chain it.
+
+    Example:
+        >>> relmod.toplevel('tasks', './tasks.py')                            # doctest: +SKIP
+        >>> with ProcessPoolExecutor(4, **relmod.pool_options()) as pool:   # doctest: +SKIP
+        ...     pool.submit(tasks.run, 1).result()
+    """
+    from relmod.workers import pool_options as make
+
+    return make(**options)
+
+
+def connect_remote(
+    connection_file: str,
+    *,
+    path_map: dict[str, str] | None = None,
+    client_key: str | None = None,
+    timeout: float = 5.0,
+) -> Any:
+    """Subscribe to a broker whose project is not on this disk: sources come from the broker.
+
+    Example:
+        >>> relmod.connect_remote('/run/relmod/conn.json', path_map={'/srv/p': '/app'})  # doctest: +SKIP
+    """
+    from relmod.client.remote import connect_remote as connect
+
+    return connect(connection_file, path_map=path_map, client_key=client_key, timeout=timeout)
 
 
 def stale_objects() -> list[Any]:

@@ -162,9 +162,9 @@ class ToplevelFinder(importlib.abc.MetaPathFinder):
             target_path = base
         else:
             target_path = os.path.join(base, *rest.split("."))
-            if not os.path.exists(target_path):
+            if self.registry.sources.kind(target_path) is None:
                 target_path += ".py"
-            if not os.path.exists(target_path):
+            if self.registry.sources.kind(target_path) is None:
                 return None
         module = self.registry.load(target_path)
         ns = object.__getattribute__(module, "__dict__")

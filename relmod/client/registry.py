@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from relmod.client import modules as m
 from relmod.errors import ModuleNotFound, ReloadError
@@ -34,6 +34,37 @@ from relmod.sources import compile_source, content_hash, read_source
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "keep"]
+SourceKind = Literal["file", "folder"]
+
+
+class SourceProvider(Protocol):
+    """Where a registry finds files and folders and reads their bytes.
+
+    :class:`DiskSources` (the default) is the local disk; a process that does not share the
+    project's file system sets ``registry.sources`` to one answered by the broker
+    (:class:`relmod.client.remote.RemoteSources`).
+    """
+
+    def kind(self, path: str) -> SourceKind | None:
+        """``"file"``, ``"folder"``, or None when nothing is at ``path``."""
+        ...
+
+    def read(self, path: str) -> bytes:
+        """The bytes of the file at ``path``; raises OSError when it cannot be read."""
+        ...
+
+
+class DiskSources:
+    """The local disk, as a :class:`SourceProvider`."""
+
+    def kind(self, path: str) -> SourceKind | None:
+        if os.path.isdir(path):
+            return "folder"
+        return "file" if os.path.isfile(path) else None
+
+    def read(self, path: str) -> bytes:
+        return read_source(path)
+
 
 # Keys of a module's namespace that survive a re-execution (everything else is cleared first,
 # so a name deleted from the file disappears from the module).
@@ -83,6 +114,7 @@ class Registry:
     def __init__(self) -> None:
         self.graph = DependencyGraph()
         self.on_error: OnError = "raise"
+        self.sources: SourceProvider = DiskSources()
         self._records: dict[str, Record] = {}
         self._by_id: dict[int, Record] = {}
         self._by_namespace: dict[int, Record] = {}
@@ -110,7 +142,7 @@ class Registry:
     def load(self, path: str, *, name: str | None = None) -> types.ModuleType:
         """The module for a file or folder path (absolute, or relative to the cwd)."""
         full = normalize(path)
-        if not os.path.exists(full) and os.path.exists(full + ".py"):
+        if self.sources.kind(full) is None and self.sources.kind(full + ".py") == "file":
             full += ".py"
         key = self._aliases.get(full, full)
         rec = self._records.get(key)
@@ -123,12 +155,13 @@ class Registry:
             return self._create(full, name)
 
     def _create(self, full: str, name: str | None) -> types.ModuleType:
-        if os.path.isdir(full):
+        kind = self.sources.kind(full)
+        if kind == "folder":
             init = os.path.join(full, "__init__.py")
-            if os.path.isfile(init):
+            if self.sources.kind(init) == "file":
                 return self._create_module(init, m.PackageModule, name, folder=full)
             return self._create_module(full, m.FolderModule, name, folder=full)
-        if os.path.isfile(full):
+        if kind == "file":
             if not full.endswith(".py"):
                 log.debug("loading %s, which does not end in .py", full)
             return self._create_module(full, m.FileModule, name)
@@ -187,7 +220,7 @@ class Registry:
         """``folder.name``: the folder's ``name.py`` or ``name/``, cached in the folder."""
         folder = m.folder_of(folder_module)
         for candidate in (os.path.join(folder, name + ".py"), os.path.join(folder, name)):
-            if os.path.exists(candidate):
+            if self.sources.kind(candidate) is not None:
                 module = self.load(candidate)
                 object.__getattribute__(folder_module, "__dict__")[name] = module
                 return module
@@ -302,7 +335,19 @@ class Registry:
                 d for d in deps if d in self._records and m.is_stale(self._records[d].module)
             ]
             for key in self.graph.in_dependency_order(todo):
-                self._refresh_record(self._records[key])
+                dep = self._records[key]
+                if key != rec.key and not self._on_disk(dep):
+                    # A dependency whose file is gone (deleted, or turned into a package:
+                    # util.py -> util/). Whether a module still needs it is for its own run to
+                    # say, so its dependents must run again (a new version makes them): if one
+                    # still imports it, that run fails naming it; if not, it just works.
+                    dep.version += 1
+                    continue
+                self._refresh_record(dep)
+
+    @staticmethod
+    def _on_disk(rec: Record) -> bool:
+        return os.path.isdir(rec.key) if rec.kind is m.FolderModule else os.path.isfile(rec.key)
 
     def _refresh_record(self, rec: Record) -> None:
         if rec.reloading:
@@ -359,7 +404,7 @@ class Registry:
     def _execute(self, rec: Record, *, first: bool = False, force: bool = False) -> None:
         """Run the module's source in its own namespace; on failure restore the last good one."""
         try:
-            data = read_source(rec.key)
+            data = self.sources.read(rec.key)
         except OSError as err:
             if first:
                 raise ModuleNotFound(f"Cannot load {rec.key}: {err.strerror}.") from err
