@@ -409,6 +409,11 @@ def remove_stale_connection_file(root: str) -> bool:
         path.unlink()
     except FileNotFoundError:
         return False
+    except OSError as err:  # a folder (or something else we may not remove) took its place
+        raise ConnectionFileError(
+            f"Cannot remove the unusable connection file {path}: {err.strerror}. Remove it "
+            "yourself and start the broker again."
+        ) from err
     return True
 
 
@@ -446,11 +451,24 @@ class BrokerLock:
         Raises:
             BrokerAlreadyRunning: another live process (possibly this one, through another
                 BrokerLock) holds it; ``pid`` names that process when it is known.
+            ConnectionFileError: the lock file cannot be opened (a symbolic link or a folder
+                took its place).
             RuntimeError: this object already holds the lock.
         """
         if self._fd is not None:
             raise RuntimeError(f"This BrokerLock already holds {self.path}.")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            what = (
+                "is a symbolic link"
+                if err.errno == errno.ELOOP
+                else f"cannot be opened ({err.strerror})"
+            )
+            raise ConnectionFileError(
+                f"The broker lock file {self.path} {what}, so no broker can lock {self.root}. "
+                "Remove it and start the broker again."
+            ) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from relmod.client.embedded import EmbeddedFeed
+from relmod.client.registry import DiskSources
 from relmod.connfile import ConnectionInfo, pid_alive, read_connection_file
 from relmod.errors import BrokerError, BrokerNotFound, ProtocolError, RelmodError
 from relmod.protocol import Codec, Message, configure_socket
@@ -112,18 +113,23 @@ class BrokerFeed:
         self._waiting_syncs: list[tuple[int, _Command]] = []  # synced at seq, awaiting that seq
         self._pid = os.getpid()
         self._edges_sent = 0
+        self._heard_at = 0.0  # monotonic time of the last message that passed every check
+        self._replaced_checked = 0.0
+        self._outside: EmbeddedFeed | None = None  # watches loaded folders outside the root
+        self._outside_lock = threading.Lock()
 
     # -- Feed interface (user threads) ---------------------------------------------------
 
     def start(self) -> None:
         if self._thread is None:
+            self.client.registry.add_load_listener(self._on_load)
             self._thread = threading.Thread(target=self._run, name="relmod-broker", daemon=True)
             self._thread.start()
 
     def follow(self) -> None:
-        fallback = self._fallback
-        if fallback is not None:
-            fallback.follow()
+        for feed in (self._fallback, self._outside):
+            if feed is not None:
+                feed.follow()
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -133,6 +139,7 @@ class BrokerFeed:
         if self.connected.is_set():
             command = self._send(_Command("sync"))
             if command.done.wait(timeout) and command.result is True:
+                self.client.verify_files(self._outside_files())  # what the broker does not serve
                 return
             log.warning(
                 "the broker did not confirm sync within %.1fs; checking loaded files directly",
@@ -146,6 +153,7 @@ class BrokerFeed:
         self._stop.set()
         if os.getpid() != self._pid:
             return  # a forked child never touches its parent's sockets
+        self.client.registry.remove_load_listener(self._on_load)
         self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -153,6 +161,10 @@ class BrokerFeed:
         if self._fallback is not None:
             self._fallback.stop()
             self._fallback = None
+        with self._outside_lock:
+            if self._outside is not None:
+                self._outside.stop()
+                self._outside = None
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -160,6 +172,45 @@ class BrokerFeed:
                 pass
 
     close = stop
+
+    def _is_outside(self, path: str) -> bool:
+        info = self.info
+        return info is not None and not _inside(path, self.path_map.to_local(info["root"]))
+
+    def _outside_files(self) -> list[str]:
+        return [f for f in self.client.known_files() if self._is_outside(f)]
+
+    def _on_load(self, path: str) -> None:
+        """A module loaded: the first one outside the broker's root starts the local watch."""
+        if os.getpid() == self._pid and self._outside is None and self._is_outside(path):
+            self._follow_outside()
+
+    def _follow_outside(self) -> None:
+        """Watch, in this process, the folders of loaded modules that the broker does not serve.
+
+        The broker speaks only of files inside its root. A module loaded from elsewhere (through
+        a symbolic link that leads out of the project, or by an absolute path) is watched here,
+        as it would be without a broker, and :meth:`sync` checks its file directly.
+        """
+        if self.info is None or not isinstance(self.client.registry.sources, DiskSources):
+            return  # modules read through the broker (a remote client) have no local folders
+        with self._outside_lock:
+            if self._stop.is_set():
+                return
+            if self._outside is not None:
+                self._outside.follow()
+                return
+            if not any(self._is_outside(f) for f in self.client.watched_folders()):
+                return
+            outside = EmbeddedFeed(
+                lambda: {f for f in self.client.watched_folders() if self._is_outside(f)},
+                self.client.files_changed,
+                self._outside_files,
+                verify_files=self.client.verify_files,
+            )
+            outside.start()
+            self._outside = outside
+            log.info("watching loaded folders outside the broker's root in this process")
 
     def forked(self) -> BrokerFeed:
         """A fresh feed for a forked child: same broker, new sockets, new thread."""
@@ -306,6 +357,7 @@ class BrokerFeed:
                 self.dropped += 1
                 log.debug("dropped a reply: %s", err)
                 continue
+            self._heard_at = time.monotonic()
             if msg.kind == expect:
                 return msg
             self._on_reply(msg)
@@ -329,6 +381,7 @@ class BrokerFeed:
         if self._fallback is not None:
             self._fallback.stop()
             self._fallback = None
+        self._follow_outside()
         log.info("connected to the relmod broker of %s (pid %s)", info["root"], info["pid"])
 
     def _resync(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
@@ -373,7 +426,10 @@ class BrokerFeed:
         poller.register(sub, zmq.POLLIN)
         poller.register(dealer, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        last_heard = time.monotonic()
+        # Only a message that passed every check counts as hearing from the broker: a broker
+        # restarted on the same ipc paths keeps our sockets busy with messages signed with its
+        # new key, which we drop, and must not keep this session alive.
+        self._heard_at = time.monotonic()
         last_report = 0.0
         reported: tuple[Any, ...] = ()
         counted: tuple[int, int, int] = (-1, -1, -1)  # (seq, generation, reloads) last counted
@@ -381,16 +437,13 @@ class BrokerFeed:
         while not self._stop.is_set():
             events = dict(poller.poll(int(self.silence * 1000 / 3)))
             now = time.monotonic()
-            if sub in events:
-                last_heard = now
-                if self._drain_sub(codec, sub, apply=True):
-                    self._resync(codec, dealer)
+            if sub in events and self._drain_sub(codec, sub, apply=True):
+                self._resync(codec, dealer)
             if dealer in events:
-                last_heard = now
                 self._drain_replies(codec, dealer)
             if self._wake_r in events:
                 self._drain_commands(codec, dealer)
-            if now - last_heard > self.silence:
+            if now - self._heard_at > self.silence:
                 raise _Lost(f"nothing heard from the broker for {self.silence:.0f}s")
             registry = self.client.registry
             marks = (self.seq, registry.generation, registry.reloads + registry.errors_logged)
@@ -415,7 +468,10 @@ class BrokerFeed:
             except ProtocolError as err:
                 self.dropped += 1
                 log.debug("dropped a publication: %s", err)
+                if err.reason == "forged":
+                    self._check_replaced()
                 continue
+            self._heard_at = time.monotonic()
             if not apply:
                 continue  # handshake: the resync that follows covers these
             need_resync |= self._on_publication(msg)
@@ -453,9 +509,30 @@ class BrokerFeed:
             except zmq.Again:
                 return
             try:
-                self._on_reply(codec.decode(frames))
+                msg = codec.decode(frames)
             except ProtocolError:
                 self.dropped += 1
+                continue
+            self._heard_at = time.monotonic()
+            self._on_reply(msg)
+
+    def _check_replaced(self) -> None:
+        """After a forged publication: if the connection file names a new broker, reconnect.
+
+        A broker killed and restarted within :attr:`silence` seconds binds the same ipc paths,
+        so our sockets reconnect to it by themselves and everything it sends fails our (old)
+        key. Look at the file at most twice a second.
+        """
+        now = time.monotonic()
+        if now - self._replaced_checked < 0.5 or self.info is None:
+            return
+        self._replaced_checked = now
+        try:
+            info = read_connection_file(self.path)
+        except (RelmodError, OSError):
+            return  # no usable file: the silence rule decides
+        if (info["epoch"], info["key"]) != (self.info["epoch"], self.info["key"]):
+            raise _Lost(f"the broker was replaced by pid {info['pid']} (a new connection file)")
 
     def _on_reply(self, msg: Message) -> None:
         """Replies nobody waits for synchronously: acks, and the broker's answer to sync."""

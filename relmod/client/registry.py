@@ -345,9 +345,9 @@ class Registry:
                     continue
                 self._refresh_record(dep)
 
-    @staticmethod
-    def _on_disk(rec: Record) -> bool:
-        return os.path.isdir(rec.key) if rec.kind is m.FolderModule else os.path.isfile(rec.key)
+    def _on_disk(self, rec: Record) -> bool:
+        """Whether the module's file (or folder) is still there, as its sources see it."""
+        return self.sources.kind(rec.key) == ("folder" if rec.kind is m.FolderModule else "file")
 
     def _refresh_record(self, rec: Record) -> None:
         if rec.reloading:

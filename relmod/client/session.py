@@ -23,7 +23,7 @@ from relmod.client.embedded import EmbeddedFeed
 from relmod.client.imports import ImportHook, ToplevelFinder
 from relmod.client.registry import OnError, Registry
 from relmod.client.tracker import Tracker
-from relmod.errors import BrokerNotFound, ConfigurationError, ReloadError
+from relmod.errors import BrokerNotFound, ConfigurationError, ConnectionFileError, ReloadError
 from relmod.sources import StatSignature, file_hash, stat_signature
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class Client:
     ) -> Any:
         """Switch this process's feed to the broker serving ``start`` (see relmod.connect)."""
         from relmod.client.connection import BrokerFeed
-        from relmod.connfile import find_connection_file
+        from relmod.connfile import find_connection_file, read_connection_file
 
         found = find_connection_file(start)
         if found is None:
@@ -222,6 +222,15 @@ class Client:
         current = self.feed
         if isinstance(current, BrokerFeed) and current.path == found:
             return current
+        if os.path.lexists(found):
+            # An unsafe or unusable connection file does not mend itself: say so at once
+            # instead of after the timeout (a missing one may still appear: a broker starting).
+            try:
+                read_connection_file(found)
+            except ConnectionFileError as err:
+                raise BrokerNotFound(
+                    f"Cannot connect to the relmod broker of {start}: {err}"
+                ) from err
         feed = BrokerFeed(self, found, path_map=path_map)
         feed.start()
         if not feed.wait_connected(timeout):

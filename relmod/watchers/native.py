@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 from relmod.errors import ConfigurationError
@@ -67,6 +68,43 @@ def _overflow_suspect_size() -> int:
             return max(1024, int(file.read()) // 8)
     except (OSError, ValueError):
         return 2048
+
+
+_STORM_WINDOW = 2.0
+"""Seconds over which the distinct paths of consecutive batches add up (see :class:`_Storm`)."""
+
+
+class _Storm:
+    """Tells when the batches of the last :data:`_STORM_WINDOW` seconds suggest an overflow.
+
+    A watcher that falls behind (a frozen or starved process) while thousands of files change
+    finds the kernel queue overflowed, and drains what it kept as several batches: watchfiles
+    ends a batch whenever one step passes without a new path, so no single batch need reach the
+    suspect size. The distinct paths of recent batches are counted together instead.
+    """
+
+    def __init__(self, suspect: int) -> None:
+        self._suspect = suspect
+        self._batches: deque[tuple[float, set[str]]] = deque()
+        self._counts: Counter[str] = Counter()
+
+    def overflowed(self, raw: Iterable[tuple[object, str]]) -> bool:
+        now = time.monotonic()
+        while self._batches and now - self._batches[0][0] > _STORM_WINDOW:
+            for path in self._batches.popleft()[1]:
+                self._counts[path] -= 1
+                if not self._counts[path]:
+                    del self._counts[path]
+        paths = {path for _, path in raw}
+        if not paths:
+            return False
+        self._batches.append((now, paths))
+        self._counts.update(paths)
+        if len(self._counts) < self._suspect:
+            return False
+        self._batches.clear()
+        self._counts.clear()
+        return True
 
 
 class WatchfilesWatcher(_ThreadedWatcher):
@@ -187,11 +225,12 @@ class WatchfilesWatcher(_ThreadedWatcher):
             ignore_permission_denied=self._ignore_permission_denied,
         )
         next_recheck = time.monotonic() + _RECHECK_SECONDS
+        storm = _Storm(self._overflow_suspect)
         try:
             for raw in changes:
                 scope = self._scope
                 paths = {path for _, path in raw if scope.accepts(path)}
-                if len(raw) >= self._overflow_suspect:
+                if storm.overflowed(raw):
                     rescan_due = True
                 if paths or rescan_due:
                     self._deliver(paths, rescan_due)
