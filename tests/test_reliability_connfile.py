@@ -115,13 +115,6 @@ def test_a_runtime_folder_open_to_others_is_refused_by_the_client(
         broker.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relmod/server/cli.py builds Broker(...) outside its try block; Broker.__init__ "
-    "takes BrokerLock(root), whose lock_path() calls runtime_dir(), which raises "
-    "ConnectionFileError for a runtime folder open to others: relmod-broker exits 1 with a full "
-    "traceback on stderr instead of its one-line message",
-)
 def test_a_runtime_folder_open_to_others_is_refused_by_the_broker_in_one_line(
     project: Path,
 ) -> None:

@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     _configure_logging(args.log_level)
-    broker = Broker(BrokerConfig(root, poll=args.poll or None, tcp=args.tcp))
+    try:
+        broker = Broker(BrokerConfig(root, poll=args.poll or None, tcp=args.tcp))
+    except BrokerError as err:  # e.g. an unsafe runtime folder: one line, no traceback
+        print(f"relmod-broker: {err}", file=sys.stderr)
+        return 1
 
     def stop(signum: int, frame: FrameType | None) -> None:
         logger.info("received %s; stopping", signal.Signals(signum).name)
