@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     broker = subprocess.Popen(
         [sys.executable, "-m", "relmod.server", str(root), "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     clients: list[subprocess.Popen[str]] = []
     try:
@@ -88,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         marks: queue.Queue[tuple[int, float]] = queue.Queue()
         for i in range(args.clients):
             proc = subprocess.Popen(
-                [sys.executable, "-c", CLIENT, str(root)], env=env, text=True,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                [sys.executable, "-c", CLIENT, str(root)],
+                env=env,
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
             )
             clients.append(proc)
         for proc in clients:
@@ -139,22 +145,26 @@ def main(argv: list[str] | None = None) -> int:
         before = {p.pid: cpu_seconds(p.pid) for p in clients}
         broker_before = cpu_seconds(broker.pid)
         time.sleep(args.idle)
-        client_pct = [
-            (cpu_seconds(p.pid) - before[p.pid]) / args.idle * 100 for p in clients
-        ]
+        client_pct = [(cpu_seconds(p.pid) - before[p.pid]) / args.idle * 100 for p in clients]
         broker_pct = (cpu_seconds(broker.pid) - broker_before) / args.idle * 100
 
         print(f"\n{len(clients)} client processes, {args.edits} saves, on {os.cpu_count()} cores\n")
         print("| measurement | median | p99 | max |")
         print("| --- | ---: | ---: | ---: |")
         if all_marked:
-            print(f"| write -> every client marked stale (ms) | {statistics.median(all_marked):.1f} "
-                  f"| {percentile(all_marked, 0.99):.1f} | {max(all_marked):.1f} |")
-            print(f"| write -> one client marked stale (ms) | {statistics.median(each):.1f} "
-                  f"| {percentile(each, 0.99):.1f} | {max(each):.1f} |")
-        print(f"| idle client CPU (% of a core, {args.idle:.0f} s) | "
-              f"{statistics.median(client_pct):.3f} | {percentile(client_pct, 0.99):.3f} | "
-              f"{max(client_pct):.3f} |")
+            print(
+                f"| write -> every client marked stale (ms) | {statistics.median(all_marked):.1f} "
+                f"| {percentile(all_marked, 0.99):.1f} | {max(all_marked):.1f} |"
+            )
+            print(
+                f"| write -> one client marked stale (ms) | {statistics.median(each):.1f} "
+                f"| {percentile(each, 0.99):.1f} | {max(each):.1f} |"
+            )
+        print(
+            f"| idle client CPU (% of a core, {args.idle:.0f} s) | "
+            f"{statistics.median(client_pct):.3f} | {percentile(client_pct, 0.99):.3f} | "
+            f"{max(client_pct):.3f} |"
+        )
         print(f"| idle broker CPU (% of a core) | {broker_pct:.2f} | | |")
         print(f"\nmarks missing (a client never marked within 5 s): {missing}")
         return 0 if missing == 0 else 1

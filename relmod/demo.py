@@ -89,7 +89,9 @@ class Demo:
         self.start_workers()
         if not self.wait_all(lambda v, h: v.startswith("v1"), 30, "start"):
             return 1
-        self.say(f"All {self.n_workers} workers compute orders.total([10, 20, 30]) with pricing v1.")
+        self.say(
+            f"All {self.n_workers} workers compute orders.total([10, 20, 30]) with pricing v1."
+        )
         self.pause()
 
         self.say("EDIT 1: saving pricing.py with a new tax rate (v2), while the workers run ...")
@@ -103,22 +105,26 @@ class Demo:
         self.say("EDIT 2: saving a BROKEN pricing.py (a syntax error) ...")
         saved = time.monotonic()
         self.save(PRICING_BROKEN)
-        if not self.wait_all(lambda v, h: v.startswith("v2") and h, 20, "the broken edit",
-                             since=saved):
+        if not self.wait_all(
+            lambda v, h: v.startswith("v2") and h, 20, "the broken edit", since=saved
+        ):
             return 1
         for ident in sorted(self.last):
             value, version, _pid = self.last[ident]
-            self.say(f"  worker {ident}: still {value} [pricing {version}]; held back: "
-                     f"{self.held[ident]}")
-        self.say("The broker compiled the save, found the error and held it back: every worker "
-                 "keeps running the last good code (v2).")
+            self.say(
+                f"  worker {ident}: still {value} [pricing {version}]; held back: "
+                f"{self.held[ident]}"
+            )
+        self.say(
+            "The broker compiled the save, found the error and held it back: every worker "
+            "keeps running the last good code (v2)."
+        )
         self.pause()
 
         self.say("EDIT 3: saving the fix (v3) ...")
         saved = time.monotonic()
         self.save(PRICING_V3)
-        if not self.wait_all(lambda v, h: v.startswith("v3") and not h, 20, "the fix",
-                             since=saved):
+        if not self.wait_all(lambda v, h: v.startswith("v3") and not h, 20, "the fix", since=saved):
             return 1
         self.say("Recovered: every worker runs v3. Same processes throughout:")
         for ident in sorted(self.last):
@@ -142,15 +148,19 @@ class Demo:
 
         self.broker = subprocess.Popen(
             [sys.executable, "-m", "relmod.server", str(self.root), "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         path = connection_path(str(self.root))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 if read_connection_file(path)["pid"] == self.broker.pid:
-                    self.say(f"Started relmod-broker (pid {self.broker.pid}): it watches the "
-                             f"project and publishes what changed.")
+                    self.say(
+                        f"Started relmod-broker (pid {self.broker.pid}): it watches the "
+                        f"project and publishes what changed."
+                    )
                     return
             except Exception:
                 time.sleep(0.05)
@@ -160,12 +170,16 @@ class Demo:
         for i in range(1, self.n_workers + 1):
             proc = subprocess.Popen(
                 [sys.executable, "-c", WORKER_CODE, str(self.root), str(i)],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
             )
             self.procs.append(proc)
             threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-        self.say(f"Started {self.n_workers} worker processes; each called relmod.connect() and "
-                 f"loads orders.py with relmod.at().")
+        self.say(
+            f"Started {self.n_workers} worker processes; each called relmod.connect() and "
+            f"loads orders.py with relmod.at()."
+        )
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -185,8 +199,10 @@ class Demo:
                     self.last[ident] = (value, version, int(pid))
                     self.held[ident] = held
                     if previous is None or previous[1] != version:
-                        self.say(f"  worker {ident}: orders.total([10, 20, 30]) = {value:>6}"
-                                 f"   [pricing {version}]")
+                        self.say(
+                            f"  worker {ident}: orders.total([10, 20, 30]) = {value:>6}"
+                            f"   [pricing {version}]"
+                        )
                     seen.append((when, ident, version, held, int(pid)))
                 when, line = self.lines.get_nowait()
         except queue.Empty:
@@ -205,8 +221,10 @@ class Demo:
             return False
         if since is not None:
             worst = max(done.values()) - since
-            self.say(f"  (all {self.n_workers} workers showed it within {worst * 1000:.0f} ms "
-                     f"of the save, counting their 100 ms print interval)")
+            self.say(
+                f"  (all {self.n_workers} workers showed it within {worst * 1000:.0f} ms "
+                f"of the save, counting their 100 ms print interval)"
+            )
         return True
 
     def cleanup(self) -> None:

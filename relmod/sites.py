@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from relmod.sources import file_hash
 from relmod.errors import ConfigurationError, ModuleNotFound
 from relmod.ignore import is_ignored
+from relmod.sources import file_hash
 
 __all__ = ["DEFAULT_SITE_FILES", "SITE_ENV", "Site", "default_site", "site_import"]
 

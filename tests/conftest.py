@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 _INSTALLED = tuple({sys.prefix, sys.base_prefix})
 
 

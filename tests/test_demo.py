@@ -14,7 +14,10 @@ pytestmark = pytest.mark.timeout(120)
 def test_relmod_demo_runs_to_completion() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "relmod", "demo", "--pace", "0.2"],
-        capture_output=True, text=True, env=child_env(), timeout=110,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=110,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout

@@ -56,7 +56,9 @@ def workers(project: Path, broker: Broker) -> Iterator[list[Worker]]:
         w.close()
 
 
-def test_an_edit_reaches_every_client_and_only_dependents(project: Path, workers: list[Worker]) -> None:
+def test_an_edit_reaches_every_client_and_only_dependents(
+    project: Path, workers: list[Worker]
+) -> None:
     write(project / "leaf.py", "VALUE = 21\n")
     for w in workers:
         # No sync: the broker's invalidation alone must mark the module stale.
@@ -90,7 +92,10 @@ def test_a_broken_save_keeps_last_good_code_and_the_fix_reloads(
         assert str(project / "leaf.py") in broken
     out = subprocess.run(
         [sys.executable, "-m", "relmod", "status", str(project), "--json"],
-        capture_output=True, text=True, env=child_env(), timeout=30,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert str(project / "leaf.py") in json.dumps(json.loads(out.stdout)["broken"])
@@ -148,7 +153,9 @@ def test_a_stopped_client_whose_queue_overflowed_resynchronises(
         broker.stop()
 
 
-def test_fork_and_spawn_children_stay_in_sync(project: Path, broker: Broker, tmp_path: Path) -> None:
+def test_fork_and_spawn_children_stay_in_sync(
+    project: Path, broker: Broker, tmp_path: Path
+) -> None:
     script = tmp_path / "children.py"
     script.write_text(
         textwrap.dedent(
@@ -188,11 +195,18 @@ def test_fork_and_spawn_children_stay_in_sync(project: Path, broker: Broker, tmp
     for method in ("fork", "spawn"):
         write(project / "leaf.py", "VALUE = 1\n")
         proc = subprocess.Popen(
-            [sys.executable, str(script), method], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=child_env(), cwd=project,
+            [sys.executable, str(script), method],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            cwd=project,
         )
         assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().split() == ["ready", "1"], proc.stderr.read() if proc.stderr else ""
+        assert proc.stdout.readline().split() == ["ready", "1"], (
+            proc.stderr.read() if proc.stderr else ""
+        )
         time.sleep(0.2)  # let the child's feed connect before the edit
         write(project / "leaf.py", "VALUE = 99\n")
         proc.stdin.write("go\n")

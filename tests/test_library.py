@@ -132,12 +132,16 @@ def test_relative_imports_at_any_depth_record_edges(tmp_path: Path) -> None:
     write(tmp_path / "proj" / "sub" / "sibling.py", "S = 1\n")
     a = relmod.at(str(tmp_path / "proj" / "sub" / "a.py"))
     assert a.b.B == "b" and a.X == "x" and a.B == "b" and a.sibling.S == 1
-    deps = {os.path.basename(m.__file__) for m in relmod.get_dependencies(a) if hasattr(m, "__file__")}
+    deps = {
+        os.path.basename(m.__file__) for m in relmod.get_dependencies(a) if hasattr(m, "__file__")
+    }
     assert {"b.py", "c.py", "sibling.py"} <= deps
     assert "a.py" in repr(relmod.deps())
 
 
-def test_at_and_up_use_the_cwd_and_expand_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_at_and_up_use_the_cwd_and_expand_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(tmp_path / "home" / "h.py", "H = 'home'\n")
     write(tmp_path / "dir" / "f.py", "F = 1\n")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -148,7 +152,10 @@ def test_at_and_up_use_the_cwd_and_expand_home(tmp_path: Path, monkeypatch: pyte
 
 
 def test_use_and_imp_resolve_against_the_callers_file(tmp_path: Path) -> None:
-    write(tmp_path / "code" / "helper.py", "def add(x, y):\n    return x + y\ndef sub(x, y):\n    return x - y\n")
+    write(
+        tmp_path / "code" / "helper.py",
+        "def add(x, y):\n    return x + y\ndef sub(x, y):\n    return x - y\n",
+    )
     script = write(
         tmp_path / "code" / "main.py",
         """
@@ -201,7 +208,10 @@ def test_install_in_a_script_and_in_cell_mode(tmp_path: Path) -> None:
 
     os.chdir(tmp_path / "proj")
     cell_ns: dict[str, object] = {"__name__": "__main__"}
-    exec("import relmod\nhere = relmod.install(globals())\nfrom . import myfunc\nR = myfunc.add(2, 2)", cell_ns)
+    exec(
+        "import relmod\nhere = relmod.install(globals())\nfrom . import myfunc\nR = myfunc.add(2, 2)",
+        cell_ns,
+    )
     assert cell_ns["R"] == 4
 
 
@@ -306,7 +316,9 @@ def test_runtime_error_never_leaves_a_half_executed_module(tmp_path: Path) -> No
     assert (mod.A, mod.B) == (1, 1)
 
 
-def test_on_error_keep_logs_once_and_serves_old_code(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_on_error_keep_logs_once_and_serves_old_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     relmod.configure(on_error="keep")
     path = write(tmp_path / "m.py", "X = 1\n")
     mod = relmod.at(str(path))
@@ -364,7 +376,7 @@ def test_the_watcher_marks_stale_and_the_user_thread_reloads(tmp_path: Path) -> 
     path.write_text("import threading\nV = 2\nTHREAD = threading.current_thread().name\n")
     wait_for(lambda: modules.is_stale(mod), what="the embedded watcher to mark m.py stale")
     assert mod.V == 2
-    assert mod.THREAD == threading.current_thread().name
+    assert threading.current_thread().name == mod.THREAD
 
 
 # -- ordinary modules ------------------------------------------------------------------
@@ -385,10 +397,9 @@ def test_enable_tracks_ordinary_imports_and_reloads_deeply(tmp_path: Path) -> No
     )
     sys.path.insert(0, str(tmp_path))
     relmod.enable(blacklist=["os"])
+    import leaf_o  # type: ignore[import-not-found]
     import mid_o  # type: ignore[import-not-found]
     import stateful_o  # type: ignore[import-not-found]
-
-    import leaf_o  # type: ignore[import-not-found]
 
     assert leaf_o in relmod.get_dependencies(mid_o)
     write(tmp_path / "leaf_o.py", "X = 10\n")

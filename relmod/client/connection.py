@@ -280,7 +280,9 @@ class BrokerFeed:
         try:
             info = read_connection_file(self.path)
         except FileNotFoundError as err:
-            raise BrokerNotFound(f"No connection file at {self.path}; is the broker running?") from err
+            raise BrokerNotFound(
+                f"No connection file at {self.path}; is the broker running?"
+            ) from err
         if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
             raise BrokerNotFound(
                 f"The broker of {info['root']} (pid {info['pid']}) is not running; start it "
@@ -301,7 +303,9 @@ class BrokerFeed:
                 why,
             )
             fallback = EmbeddedFeed(
-                self.client.watched_folders, self.client.files_changed, self.client.known_files,
+                self.client.watched_folders,
+                self.client.files_changed,
+                self.client.known_files,
                 verify_files=self.client.verify_files,
             )
             fallback.start()
@@ -341,8 +345,13 @@ class BrokerFeed:
         return f"{socket.gethostname()}:{os.getpid()}"
 
     def _request(
-        self, codec: Codec, dealer: zmq.Socket[Any], kind: str, body: dict[str, Any],
-        expect: str, timeout: float = 3.0,
+        self,
+        codec: Codec,
+        dealer: zmq.Socket[Any],
+        kind: str,
+        body: dict[str, Any],
+        expect: str,
+        timeout: float = 3.0,
     ) -> Message:
         """Send a request and wait for its reply; other replies met meanwhile are handled."""
         dealer.send_multipart(codec.encode(kind, body))
@@ -366,9 +375,15 @@ class BrokerFeed:
         self, codec: Codec, sub: zmq.Socket[Any], dealer: zmq.Socket[Any], info: ConnectionInfo
     ) -> None:
         self._request(
-            codec, dealer, "hello",
-            {"client": self._client_id(), "pid": os.getpid(), "host": socket.gethostname(),
-             "argv": " ".join(sys.argv)[:4000]},
+            codec,
+            dealer,
+            "hello",
+            {
+                "client": self._client_id(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "argv": " ".join(sys.argv)[:4000],
+            },
             expect="welcome",
         )
         # The subscription is live once anything arrives on it (a heartbeat within a second).
@@ -410,7 +425,8 @@ class BrokerFeed:
                 mismatched.append(local)
         tracked = self.client.tracker.hashes
         mismatched += [
-            self.path_map.to_local(p) for p, d in hashes.items()
+            self.path_map.to_local(p)
+            for p, d in hashes.items()
             if self.path_map.to_local(p) in tracked and tracked[self.path_map.to_local(p)] != d
         ]
         if mismatched:
@@ -581,8 +597,12 @@ class BrokerFeed:
 
     def _report(self, codec: Codec, dealer: zmq.Socket[Any], state: tuple[Any, ...]) -> None:
         seq, stale, error = state
-        body = {"client": self._client_id(), "seq": seq, "stale": stale,
-                "error": error[:16000] if error else None}
+        body = {
+            "client": self._client_id(),
+            "seq": seq,
+            "stale": stale,
+            "error": error[:16000] if error else None,
+        }
         dealer.send_multipart(codec.encode("report", body))
 
     def _send_edges(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
@@ -605,4 +625,3 @@ class BrokerFeed:
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
-

@@ -81,7 +81,10 @@ class EmbeddedFeed:
     def forked(self) -> EmbeddedFeed:
         """A fresh watcher for a forked child (the parent's thread does not exist there)."""
         return EmbeddedFeed(
-            self._folders, self._files_changed, self._known_files, poll=self._poll,
+            self._folders,
+            self._files_changed,
+            self._known_files,
+            poll=self._poll,
             verify_files=self._verify_files,
         )
 

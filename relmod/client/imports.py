@@ -170,7 +170,9 @@ class ToplevelFinder(importlib.abc.MetaPathFinder):
         ns = object.__getattribute__(module, "__dict__")
         ns["__name__"] = fullname
         is_pkg = isinstance(module, m.FolderModule)
-        spec = ModuleSpec(fullname, _Loader(module), origin=normalize(target_path), is_package=is_pkg)
+        spec = ModuleSpec(
+            fullname, _Loader(module), origin=normalize(target_path), is_package=is_pkg
+        )
         if is_pkg:
             spec.submodule_search_locations = [m.folder_of(module)]
         return spec

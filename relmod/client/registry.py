@@ -68,8 +68,16 @@ class DiskSources:
 
 # Keys of a module's namespace that survive a re-execution (everything else is cleared first,
 # so a name deleted from the file disappears from the module).
-_KEPT_KEYS = ("__name__", "__file__", "__loader__", "__spec__", "__package__", "__path__",
-              "__relmod_folder__", "__builtins__")
+_KEPT_KEYS = (
+    "__name__",
+    "__file__",
+    "__loader__",
+    "__spec__",
+    "__package__",
+    "__path__",
+    "__relmod_folder__",
+    "__builtins__",
+)
 
 
 def normalize(path: str, base: str | None = None) -> str:
@@ -521,4 +529,3 @@ def _line_in(err: BaseException, path: str) -> int | None:
 def module_name_of(module: types.ModuleType) -> str:
     """A module's ``__name__`` without triggering a reload."""
     return str(object.__getattribute__(module, "__dict__").get("__name__", "?"))
-

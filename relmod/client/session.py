@@ -14,8 +14,8 @@ import sys
 import threading
 import time
 import types
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from relmod.client import modules
@@ -89,7 +89,10 @@ class Client:
 
             return BrokerFeed(self, Path(named))
         return EmbeddedFeed(
-            self.watched_folders, self.files_changed, self.known_files, poll=self.poll,
+            self.watched_folders,
+            self.files_changed,
+            self.known_files,
+            poll=self.poll,
             verify_files=self.verify_files,
         )
 
@@ -144,9 +147,12 @@ class Client:
         for path in paths:
             sig = stat_signature(path)
             seen = self._seen.get(path)
-            if sig is None or seen is None or seen[0] != sig:
-                suspects.append(path)
-            elif now_ns - max(sig.mtime_ns, sig.ctime_ns) < RACY_SECONDS * 1e9:
+            if (
+                sig is None
+                or seen is None
+                or seen[0] != sig
+                or now_ns - max(sig.mtime_ns, sig.ctime_ns) < RACY_SECONDS * 1e9
+            ):
                 suspects.append(path)
         return self.files_changed(suspects) if suspects else set()
 

@@ -132,7 +132,9 @@ class Tracker:
         """The modules ``module`` imported while it ran, sorted by name."""
         name = module if isinstance(module, str) else module.__name__
         return [
-            sys.modules[dep] for dep in sorted(self.graph.dependencies_of(name)) if dep in sys.modules
+            sys.modules[dep]
+            for dep in sorted(self.graph.dependencies_of(name))
+            if dep in sys.modules
         ]
 
     def reload(self, module: types.ModuleType) -> list[str]:
