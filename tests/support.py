@@ -30,7 +30,8 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
 
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    # No empty entry: an empty PYTHONPATH item would put the child's cwd on its path.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 import relmod
 from relmod.client import modules
@@ -34,16 +34,6 @@ def logging_module(path: Path, name: str, body: str = "", log: Path | None = Non
         f"with open({str(log)!r}, 'a') as _f:\n    _f.write({name!r} + ' ')\n"
         + textwrap.dedent(body),
     )
-
-
-def wait_for(condition, timeout: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- files and folders as modules --------------------------------------------------------

@@ -328,18 +328,24 @@ class BrokerFeed:
             self._handshake(codec, sub, dealer, info)
             self._loop(codec, sub, dealer)
         finally:
-            if os.getpid() == self._pid:
-                try:
-                    if self._stop.is_set() and self.connected.is_set():
-                        dealer.send_multipart(
-                            codec.encode("goodbye", {"client": self._client_id()}), zmq.NOBLOCK
-                        )
-                except zmq.ZMQError:
-                    pass
-                sub.close(0)
-                dealer.close(0)
-                ctx.term()
-            self.connected.clear()
+            self._end_session(codec, ctx, sub, dealer)
+
+    def _end_session(
+        self, codec: Codec, ctx: zmq.Context[Any], sub: zmq.Socket[Any], dealer: zmq.Socket[Any]
+    ) -> None:
+        """Say goodbye when stopping, then close the sockets (never in a forked child)."""
+        if os.getpid() == self._pid:
+            try:
+                if self._stop.is_set() and self.connected.is_set():
+                    dealer.send_multipart(
+                        codec.encode("goodbye", {"client": self._client_id()}), zmq.NOBLOCK
+                    )
+            except zmq.ZMQError:
+                pass
+            sub.close(0)
+            dealer.close(0)
+            ctx.term()
+        self.connected.clear()
 
     def _client_id(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"

@@ -508,21 +508,10 @@ class RemoteFeed(BrokerFeed):
             self._handshake(codec, sub, dealer, info)
             self._loop(codec, sub, dealer)
         finally:
-            if os.getpid() == self._pid:
-                if monitor is not None:
-                    dealer.disable_monitor()
-                    monitor.close(0)
-                try:
-                    if self._stop.is_set() and self.connected.is_set():
-                        dealer.send_multipart(
-                            codec.encode("goodbye", {"client": self._client_id()}), zmq.NOBLOCK
-                        )
-                except zmq.ZMQError:
-                    pass
-                sub.close(0)
-                dealer.close(0)
-                ctx.term()
-            self.connected.clear()
+            if os.getpid() == self._pid and monitor is not None:
+                dealer.disable_monitor()
+                monitor.close(0)
+            self._end_session(codec, ctx, sub, dealer)
 
     def _request(
         self,
