@@ -1,4 +1,4 @@
-"""relmod.watch: both backends against real files on disk, waiting with deadlines."""
+"""relmod.watch: every backend against real files on disk, waiting with deadlines."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ import pytest
 from relmod.errors import ConfigurationError
 from relmod.watch import (
     ChangeBatch,
+    InotifyWatcher,
     PollingWatcher,
     WatchfilesWatcher,
     find_default_watcher,
 )
 
-BACKENDS = ["watchfiles", "polling"]
+LINUX = sys.platform.startswith("linux")
+BACKENDS = ["watchfiles", "polling"] + (["inotify"] if LINUX else [])
+CLASSES = {"watchfiles": WatchfilesWatcher, "polling": PollingWatcher, "inotify": InotifyWatcher}
 DEADLINE = 5.0
 
 
@@ -59,18 +62,19 @@ class Recorder:
         return sum(batch.rescan for batch in self.snapshot()[since:])
 
 
-Factory = Callable[..., "WatchfilesWatcher | PollingWatcher"]
+AnyWatcher = WatchfilesWatcher | PollingWatcher | InotifyWatcher
+Factory = Callable[..., AnyWatcher]
 
 
 @pytest.fixture(params=BACKENDS)
 def make_watcher(request: pytest.FixtureRequest) -> Iterator[Factory]:
     """Build, start and (at teardown) stop a watcher of the parametrized backend."""
-    started: list[WatchfilesWatcher | PollingWatcher] = []
+    started: list[AnyWatcher] = []
 
     def make(
         paths: list[Path], on_change: Callable[[ChangeBatch], None], **kw: object
-    ) -> WatchfilesWatcher | PollingWatcher:
-        cls = WatchfilesWatcher if request.param == "watchfiles" else PollingWatcher
+    ) -> AnyWatcher:
+        cls = CLASSES[request.param]
         if cls is PollingWatcher:
             kw.setdefault("interval", 0.05)
         watcher = cls([str(p) for p in paths], on_change, **kw)  # type: ignore[arg-type]
@@ -322,30 +326,83 @@ def test_find_default_watcher_polls_when_relmod_poll_says_so(
     )
 
 
+NATIVE = "inotify" if LINUX else "watchfiles"
+
+
 @pytest.mark.parametrize("value", [None, "0", "false", ""])
-def test_find_default_watcher_uses_watchfiles_otherwise(
+def test_find_default_watcher_uses_the_native_backend_otherwise(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     value: str | None,
 ) -> None:
+    monkeypatch.delenv("RELMOD_WATCHER", raising=False)
     if value is None:
         monkeypatch.delenv("RELMOD_POLL", raising=False)
     else:
         monkeypatch.setenv("RELMOD_POLL", value)
     with caplog.at_level(logging.INFO, logger="relmod.watch"):
         watcher = find_default_watcher([str(tmp_path)], Recorder(), recursive=False)
-    assert isinstance(watcher, WatchfilesWatcher)
-    assert watcher.backend == "watchfiles"
+    watcher.stop()
+    assert isinstance(watcher, CLASSES[NATIVE])
+    assert watcher.backend == NATIVE
     assert not watcher.recursive
-    assert any("watchfiles" in r.getMessage() for r in caplog.records)
+    assert any(NATIVE in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("value", "backend"),
+    [
+        ("inotify", "inotify"),
+        ("watchfiles", "watchfiles"),
+        ("poll", "polling"),
+        ("POLLING", "polling"),
+    ],
+)
+def test_relmod_watcher_forces_a_backend_and_the_choice_is_logged(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+    backend: str,
+) -> None:
+    if backend == "inotify" and not LINUX:
+        pytest.skip("inotify exists only on Linux")
+    monkeypatch.delenv("RELMOD_POLL", raising=False)
+    monkeypatch.setenv("RELMOD_WATCHER", value)
+    with caplog.at_level(logging.INFO, logger="relmod.watch"):
+        watcher = find_default_watcher([str(tmp_path)], Recorder())
+    watcher.stop()
+    assert watcher.backend == backend
+    assert any(f"RELMOD_WATCHER={value}" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unknown_relmod_watcher_is_reported_and_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("RELMOD_POLL", raising=False)
+    monkeypatch.setenv("RELMOD_WATCHER", "fsevents-please")
+    watcher = find_default_watcher([str(tmp_path)], Recorder())
+    watcher.stop()
+    assert watcher.backend == NATIVE
+    assert any("fsevents-please" in r.getMessage() for r in caplog.records)
 
 
 def test_find_default_watcher_argument_beats_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("RELMOD_WATCHER", raising=False)
     monkeypatch.setenv("RELMOD_POLL", "1")
+    native = find_default_watcher([str(tmp_path)], Recorder(), poll=False)
+    native.stop()
+    assert native.backend == NATIVE
+    monkeypatch.setenv("RELMOD_WATCHER", "poll")
+    native = find_default_watcher([str(tmp_path)], Recorder(), poll=False)
+    native.stop()
+    assert native.backend == NATIVE
+    monkeypatch.setenv("RELMOD_WATCHER", "watchfiles")
     assert find_default_watcher([str(tmp_path)], Recorder(), poll=False).backend == "watchfiles"
+    monkeypatch.setenv("RELMOD_WATCHER", "inotify")
     monkeypatch.delenv("RELMOD_POLL")
     assert find_default_watcher([str(tmp_path)], Recorder(), poll=True).backend == "polling"
 
@@ -354,6 +411,7 @@ def test_find_default_watcher_falls_back_to_polling_without_watchfiles(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("RELMOD_POLL", raising=False)
+    monkeypatch.setenv("RELMOD_WATCHER", "watchfiles")
     monkeypatch.setitem(sys.modules, "watchfiles", None)  # makes `import watchfiles` fail
     with caplog.at_level(logging.INFO, logger="relmod.watch"):
         watcher = find_default_watcher([str(tmp_path)], Recorder())
@@ -374,6 +432,8 @@ def test_poll_interval_comes_from_the_environment(
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         WatchfilesWatcher([str(tmp_path)], Recorder(), step_ms=0)
+    with pytest.raises(ConfigurationError):
+        InotifyWatcher([str(tmp_path)], Recorder(), step_ms=0)
     with pytest.raises(ConfigurationError):
         PollingWatcher([str(tmp_path)], Recorder(), interval=0)
 

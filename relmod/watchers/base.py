@@ -252,6 +252,7 @@ class _ThreadedWatcher:
         """
         self._stop_requested.set()
         self._reconfigure.set()
+        self._wake()
         thread = self._thread
         if thread is None or thread is threading.current_thread():
             return
@@ -281,6 +282,8 @@ class _ThreadedWatcher:
                 self._generation += 1
                 self._ready.clear()
                 self._reconfigure.set()
+        if rebuild:
+            self._wake()
         _log_missing(sorted(set(scope.missing) - set(old.missing)))
         logger.debug("%s watcher now covers %d paths", self.backend, len(scope.requested))
 
@@ -294,6 +297,13 @@ class _ThreadedWatcher:
 
     def _roots_of(self, scope: _Scope) -> tuple[str, ...]:
         raise NotImplementedError
+
+    def _wake(self) -> None:
+        """Hook: interrupt the thread's wait after stop or reconfigure was requested.
+
+        Backends that wait on the two events need nothing here; one that blocks in ``poll`` on a
+        file descriptor (inotify) writes to its wake-up descriptor.
+        """
 
     def _run(self) -> None:
         raise NotImplementedError
@@ -332,6 +342,7 @@ class _ThreadedWatcher:
                 self._generation += 1
                 self._ready.clear()
                 self._reconfigure.set()
+        self._wake()
 
     def _deliver(self, paths: Iterable[str], rescan: bool) -> None:
         batch = ChangeBatch(frozenset(paths), rescan)
