@@ -1,0 +1,791 @@
+"""Give references held elsewhere the new code after a module re-executes.
+
+relmod re-executes a changed module in its own module object, so ``mod.f`` is the new function
+at once. Everything that took a reference before the run, though (``from mod import f``, a
+bound method, an instance of ``mod.Cls``, a callback in another module's registry), still holds
+the previous version's objects. :func:`patch_namespace` gives those objects the new code:
+
+- a function of the module gets the new version's ``__code__``, defaults, doc, annotations and
+  ``__dict__``; its closure cells get the new values. The module name is then bound to the
+  *previous* function object again, so ``mod.f is f`` still holds for every holder;
+- a class of the module is kept when its shape did not change (same metaclass, bases, layout,
+  ``__slots__``, dataclass fields, Enum members): the new version's attributes are copied onto
+  the previous class object and the module name is bound to it, so existing instances run the
+  new methods and ``isinstance``, ``pickle`` and ``==`` keep working;
+- what cannot be patched is left as the new version and listed in :class:`PatchReport`.
+
+Functions and classes are matched by *where they are reached*: the module name (``f``), the
+class attribute (``Cls.method``), a property part (``Cls.prop/fget``), the function behind a
+``functools.wraps`` wrapper (``f/wrapped``), the ``func`` of a partial or cached property. When a
+function object was both defined and reached there (its ``__qualname__`` is that place), it is
+matched before aliases. Every version of a function ever seen at a place stays known (weakly),
+so a copy that escaped into a container (a ``dict`` of callbacks, a web framework's route table,
+a ``functools.partial``) is patched on every later run too.
+
+:class:`CallGuard` makes a held function a use of its module: armed functions run a trampoline
+that first brings the module up to date, then calls the function with its new code.
+
+Example::
+
+    snapshot = dict(module.__dict__)
+    exec(code, module.__dict__)                      # the module's new version runs
+    report = patch_namespace(snapshot, module.__dict__, module.__name__)
+
+Known limits (the new class is kept instead, or the object is left as it is):
+
+- ``__init_subclass__`` hooks and class registries saw the new class being created; a kept
+  class puts the previous object back under the module name, so such a registry holds a class
+  object nobody else uses;
+- a function whose closure shape changed (other free variables) keeps its old code;
+- instances of a replaced class keep their old class and methods (they are stale objects);
+- async generator functions are never armed by :class:`CallGuard`; they get the new code when
+  the module is patched, as any function does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import logging
+import sys
+import threading
+import types
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CallGuard", "PatchReport", "patch_namespace"]
+
+FunctionType = types.FunctionType
+_MISSING: Any = object()
+
+# Class attributes that belong to the class object itself, never copied from the new version.
+_CLASS_OWN = frozenset(
+    {"__dict__", "__weakref__", "__module__", "__qualname__", "__slots__", "_abc_impl"}
+)
+# Function-like class attributes: the only ones touched on a kept Enum (the rest are members).
+_CALLABLE_KINDS = (FunctionType, staticmethod, classmethod, property)
+_LAYOUT_KINDS = (types.MemberDescriptorType, types.GetSetDescriptorType)
+
+# Serialises every ``__code__`` swap, so a trampoline restoring the original code can never
+# overwrite new code that patch_namespace assigned a moment before.
+_SWAP_LOCK = threading.RLock()
+
+# (module name, place) -> weak references to every version of the function seen there.
+_VERSIONS: dict[str, dict[str, list[weakref.ref[types.FunctionType]]]] = {}
+_VERSIONS_LOCK = threading.Lock()
+# (module name, qualname, reason) already logged, so a long session logs each problem once.
+_LOGGED: set[tuple[str, str, str]] = set()
+
+
+@dataclasses.dataclass
+class PatchReport:
+    """What :func:`patch_namespace` did.
+
+    Attributes:
+        patched: Functions and classes of the previous version updated in place.
+        unpatchable: One line each, ``"<qualname>: <why>"``, for previous objects left as they
+            were (their holders run the previous code or hold stale instances).
+        replaced_classes: Previous classes that could not be kept; the module now holds the new
+            class, and live instances of these are stale objects.
+    """
+
+    patched: int = 0
+    unpatchable: list[str] = dataclasses.field(default_factory=list)
+    replaced_classes: set[type] = dataclasses.field(default_factory=set)
+
+
+@dataclasses.dataclass
+class _Found:
+    """Module functions and classes of one namespace, by the place they are reached."""
+
+    functions: dict[str, tuple[types.FunctionType, bool, str | None]]  # fn, canonical, owner
+    classes: dict[str, type]
+
+
+def _is_own_function(obj: object, module_name: str, ns: dict[str, Any]) -> bool:
+    return (
+        type(obj) is FunctionType
+        and obj.__globals__ is ns
+        and obj.__module__ == module_name
+    )
+
+
+def _own_class(obj: object, module_name: str, place: str) -> type | None:
+    """``obj`` if it is a class the module defined at ``place``, else None."""
+    if not isinstance(obj, type):
+        return None
+    try:
+        if obj.__module__ == module_name and obj.__qualname__ == place:
+            return obj
+    except Exception:  # a metaclass with odd properties is simply not ours to patch
+        return None
+    return None
+
+
+def _discover(items: Iterable[tuple[str, Any]], module_name: str, ns: dict[str, Any]) -> _Found:
+    found = _Found({}, {})
+    _walk(items, module_name, ns, "", None, found)
+    return found
+
+
+def _walk(
+    items: Iterable[tuple[str, Any]],
+    module_name: str,
+    ns: dict[str, Any],
+    prefix: str,
+    owner: str | None,
+    found: _Found,
+) -> None:
+    for name, value in items:
+        place = prefix + name
+        if isinstance(value, type):
+            cls = _own_class(value, module_name, place)
+            if cls is not None and place not in found.classes:
+                found.classes[place] = cls
+                _walk(list(cls.__dict__.items()), module_name, ns, place + ".", place, found)
+            continue
+        _collect(value, place, place, owner, module_name, ns, found, 0)
+
+
+def _collect(
+    value: Any,
+    key: str,
+    place: str,
+    owner: str | None,
+    module_name: str,
+    ns: dict[str, Any],
+    found: _Found,
+    depth: int,
+) -> None:
+    """Record the module functions inside ``value`` (a function, method container, wrapper)."""
+    if depth > 8:
+        return
+    kind = type(value)
+    if kind is FunctionType:
+        if _is_own_function(value, module_name, ns):
+            found.functions[key] = (value, value.__qualname__ == place, owner)
+        inner = value.__dict__.get("__wrapped__")
+        if inner is not None:
+            _collect(inner, key + "/wrapped", place, owner, module_name, ns, found, depth + 1)
+    elif kind is staticmethod or kind is classmethod:
+        _collect(value.__func__, key, place, owner, module_name, ns, found, depth + 1)
+    elif kind is property:
+        for part in ("fget", "fset", "fdel"):
+            fn = getattr(value, part)
+            if fn is not None:
+                _collect(fn, f"{key}/{part}", place, owner, module_name, ns, found, depth + 1)
+    elif kind in (functools.partial, functools.partialmethod, functools.cached_property):
+        _collect(value.func, key + "/func", place, owner, module_name, ns, found, depth + 1)
+    elif kind is functools._lru_cache_wrapper:
+        _collect(value.__wrapped__, key + "/wrapped", place, owner, module_name, ns, found, depth)
+
+
+# --------------------------------------------------------------------------------------------
+# patch_namespace
+
+
+def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -> PatchReport:
+    """Update the previous version's functions and classes in place after a re-execution.
+
+    Call it right after the module's code ran successfully in its own namespace. Previous
+    function objects get the new code; previous classes are kept where their shape allows and
+    get the new attributes; ``ns`` is rebound to the previous objects wherever they now stand
+    for the new ones, so holders of old objects and the module agree. Objects of other modules
+    found in ``ns`` are left alone. Never call it after a failed run: restore the namespace
+    instead.
+
+    Args:
+        old: A snapshot (``dict(module.__dict__)``) taken before the new version ran.
+        ns: The module's own ``__dict__`` after the new version ran; updated in place.
+        module_name: The module's ``__name__``.
+
+    Returns:
+        What was patched, what could not be, and which classes were replaced.
+
+    Example::
+
+        >>> import types
+        >>> mod = types.ModuleType("demo_patch")
+        >>> exec("def f(): return 1", mod.__dict__)
+        >>> held = mod.f
+        >>> snapshot = dict(mod.__dict__)
+        >>> exec("def f(): return 2", mod.__dict__)
+        >>> patch_namespace(snapshot, mod.__dict__, "demo_patch").patched
+        1
+        >>> held(), mod.f is held
+        (2, True)
+    """
+    report = PatchReport()
+    before = _discover(old.items(), module_name, ns)
+    after = _discover(list(ns.items()), module_name, ns)
+    # id(new object) -> the previous object that stands for it from now on.
+    successor: dict[int, Any] = {}
+    kept_places = _decide_classes(before.classes, after.classes, successor, report, module_name)
+    pairs = _function_pairs(before, after, kept_places, module_name, ns)
+    sources: dict[int, types.FunctionType] = {}  # id(previous function) -> its new version
+    with _SWAP_LOCK:
+        for old_fn, new_fn, from_snapshot in pairs:
+            if old_fn is new_fn or id(old_fn) in sources:
+                continue
+            if old_fn.__code__.co_freevars != new_fn.__code__.co_freevars:
+                _unpatchable(report, module_name, old_fn.__qualname__, "closure shape changed")
+                continue
+            _patch_function(old_fn, new_fn)
+            sources[id(old_fn)] = new_fn
+            if from_snapshot and id(new_fn) not in successor:
+                successor[id(new_fn)] = old_fn
+    report.patched += len(sources)
+    for fn, _canonical, _owner in after.functions.values():
+        _map_cells(fn, successor)
+    olds: dict[int, types.FunctionType] = {}
+    for old_fn, _new, _snap in pairs:
+        olds[id(old_fn)] = old_fn
+    for key, new_fn in sources.items():
+        _copy_function_state(olds[key], new_fn, successor)
+    for new_cls in after.classes.values():
+        old_cls = successor.get(id(new_cls))
+        if old_cls is not None:
+            _update_class(old_cls, new_cls, successor, report, module_name)
+    for name, value in list(ns.items()):
+        if name in old:
+            target = _successor_of(old[name], value, successor)
+            if target is not None and target is not value:
+                ns[name] = target
+    _remember_versions(module_name, after, successor)
+    logger.debug(
+        "Patched %s: %d objects updated in place, %d left, %d classes replaced.",
+        module_name,
+        report.patched,
+        len(report.unpatchable),
+        len(report.replaced_classes),
+    )
+    return report
+
+
+def _function_pairs(
+    before: _Found, after: _Found, kept_places: set[str], module_name: str, ns: dict[str, Any]
+) -> list[tuple[types.FunctionType, types.FunctionType, bool]]:
+    """(previous, new, previous-is-from-the-snapshot), canonical places first."""
+    first: list[tuple[types.FunctionType, types.FunctionType, bool]] = []
+    rest: list[tuple[types.FunctionType, types.FunctionType, bool]] = []
+    with _VERSIONS_LOCK:
+        versions = _VERSIONS.get(module_name, {})
+        for key, (new_fn, canonical, owner) in after.functions.items():
+            if owner is not None and owner not in kept_places:
+                continue  # a replaced class: its previous methods stay with its stale instances
+            bucket = first if canonical else rest
+            previous = before.functions.get(key)
+            if previous is not None:
+                bucket.append((previous[0], new_fn, True))
+            for ref in versions.get(key, ()):
+                fn = ref()
+                if fn is not None and fn.__globals__ is ns:  # not a deleted, re-imported module
+                    bucket.append((fn, new_fn, False))
+    return first + rest
+
+
+def _patch_function(old: types.FunctionType, new: types.FunctionType) -> None:
+    old.__code__ = new.__code__
+    old.__defaults__ = new.__defaults__
+    old.__kwdefaults__ = new.__kwdefaults__
+    old.__doc__ = new.__doc__
+    old.__annotations__ = new.__annotations__
+    type_params = getattr(new, "__type_params__", None)  # Python 3.12+
+    if type_params is not None:
+        setattr(old, "__type_params__", type_params)  # noqa: B010 (3.12+ attribute)
+
+
+def _copy_function_state(
+    old: types.FunctionType, new: types.FunctionType, successor: dict[int, Any]
+) -> None:
+    """The new version's closure values and ``__dict__``, with new objects mapped to kept ones."""
+    if old.__closure__:
+        for old_cell, new_cell in zip(old.__closure__, new.__closure__ or (), strict=True):
+            try:
+                value = new_cell.cell_contents
+            except ValueError:  # an empty cell: the new version has not filled it yet
+                continue
+            value = successor.get(id(value), value)
+            try:
+                if old_cell.cell_contents is value:
+                    continue
+            except ValueError:
+                pass
+            old_cell.cell_contents = value
+    if old.__dict__ or new.__dict__:
+        state = dict(new.__dict__)
+        inner = state.get("__wrapped__")
+        if inner is not None:
+            state["__wrapped__"] = successor.get(id(inner), inner)
+        old.__dict__ = state
+
+
+def _map_cells(fn: types.FunctionType, successor: dict[int, Any]) -> None:
+    """Point a new function's cells at kept objects (``__class__`` of zero-arg super())."""
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        target = successor.get(id(value))
+        if target is not None:
+            cell.cell_contents = target
+
+
+def _successor_of(old_value: Any, new_value: Any, successor: dict[int, Any]) -> Any:
+    """The previous object that can stand for ``new_value`` after patching, or None."""
+    target = successor.get(id(new_value))
+    if target is not None or old_value is _MISSING or old_value is new_value:
+        return target
+    kind = type(new_value)
+    if type(old_value) is not kind:
+        return None
+    if kind is staticmethod or kind is classmethod:
+        if successor.get(id(new_value.__func__)) is old_value.__func__:
+            return old_value
+    elif kind is property:
+        for part in ("fget", "fset", "fdel"):
+            new_part, old_part = getattr(new_value, part), getattr(old_value, part)
+            if new_part is None and old_part is None:
+                continue
+            if new_part is None or successor.get(id(new_part)) is not old_part:
+                return None
+        if old_value.__doc__ != new_value.__doc__:
+            try:
+                old_value.__doc__ = new_value.__doc__
+            except AttributeError:
+                return None
+        return old_value
+    elif kind is functools.cached_property:
+        if successor.get(id(new_value.func)) is old_value.func:
+            old_value.__doc__ = new_value.__doc__
+            return old_value
+    elif kind is FunctionType:
+        return _same_decoration(old_value, new_value, successor)
+    return None
+
+
+def _same_decoration(
+    old: types.FunctionType, new: types.FunctionType, successor: dict[int, Any]
+) -> types.FunctionType | None:
+    """``old`` when both are the same outside decorator's wrapper around a patched function."""
+    inner = new.__dict__.get("__wrapped__")
+    if inner is None or old.__code__ is not new.__code__:
+        return None
+    for old_cell, new_cell in zip(old.__closure__ or (), new.__closure__ or (), strict=True):
+        try:
+            new_value = new_cell.cell_contents
+            old_value = old_cell.cell_contents
+        except ValueError:
+            return None
+        if old_value is not new_value and successor.get(id(new_value)) is not old_value:
+            return None
+    if successor.get(id(inner)) is not old.__dict__.get("__wrapped__"):
+        return None
+    old.__doc__ = new.__doc__
+    old.__annotations__ = new.__annotations__
+    state = dict(new.__dict__)
+    state["__wrapped__"] = old.__dict__["__wrapped__"]
+    old.__dict__ = state
+    return old
+
+
+# --------------------------------------------------------------------------------------------
+# classes
+
+
+def _decide_classes(
+    before: dict[str, type],
+    after: dict[str, type],
+    successor: dict[int, Any],
+    report: PatchReport,
+    module_name: str,
+) -> set[str]:
+    """Keep every previous class whose shape allows it; return the places of the kept ones.
+
+    A class is decided after its bases and the class it is nested in, so their mapping is known.
+    """
+    pending = {place: (before[place], new) for place, new in after.items() if place in before}
+    pending = {place: pair for place, pair in pending.items() if pair[0] is not pair[1]}
+    kept: set[str] = set()
+    decided: set[str] = set()
+    places_by_id = {id(cls): place for place, cls in after.items()}
+    while pending:
+        progress = False
+        for place, (old_cls, new_cls) in list(pending.items()):
+            owner = place.rpartition(".")[0]
+            waits = [places_by_id.get(id(base)) for base in new_cls.__bases__]
+            waits.append(owner if owner in after else None)
+            if any(w is not None and w in pending and w != place for w in waits):
+                continue
+            del pending[place]
+            decided.add(place)
+            progress = True
+            if owner in after and owner in before and owner not in kept:
+                reason: str | None = "the class it is nested in was replaced"
+            else:
+                reason = _why_not_kept(old_cls, new_cls, successor)
+            if reason is None:
+                successor[id(new_cls)] = old_cls
+                kept.add(place)
+            else:
+                report.replaced_classes.add(old_cls)
+                _unpatchable(report, module_name, place, reason)
+        if not progress:  # only a cycle can stop progress; decide the rest without waiting
+            for place, (old_cls, _new) in pending.items():
+                report.replaced_classes.add(old_cls)
+                _unpatchable(report, module_name, place, "its bases could not be ordered")
+            break
+    report.patched += len(kept)
+    return kept
+
+
+def _why_not_kept(old: type, new: type, successor: dict[int, Any]) -> str | None:
+    """Why the previous class cannot stand for the new one, or None when it can."""
+    old_meta, new_meta = type(old), type(new)
+    if old_meta is not new_meta and successor.get(id(new_meta)) is not old_meta:
+        return f"metaclass changed ({old_meta.__qualname__} -> {new_meta.__qualname__})"
+    bases = [successor.get(id(base), base) for base in new.__bases__]
+    if len(bases) != len(old.__bases__) or any(
+        a is not b for a, b in zip(bases, old.__bases__, strict=False)
+    ):
+        names = ", ".join(base.__qualname__ for base in new.__bases__)
+        return f"bases changed or were replaced (now {names})"
+    for layout in ("__basicsize__", "__itemsize__", "__dictoffset__", "__weakrefoffset__"):
+        if getattr(old, layout) != getattr(new, layout):
+            return "instance layout changed"
+    if old.__dict__.get("__slots__") != new.__dict__.get("__slots__"):
+        return "__slots__ changed"
+    if isinstance(new, enum.EnumMeta) and _members(old) != _members(new):
+        return "Enum members changed (old members stay instances of the old class)"
+    if dataclasses.is_dataclass(new) and _fields(old) != _fields(new):
+        return "dataclass fields or parameters changed"
+    for marker in ("_fields", "__attrs_attrs__", "__match_args__"):
+        if _names(old.__dict__.get(marker)) != _names(new.__dict__.get(marker)):
+            return f"{marker} changed"
+    return None
+
+
+def _members(cls: type) -> list[tuple[str, str, str]]:
+    members: dict[str, Any] = getattr(cls, "__members__", {})
+    return [(name, type(m.value).__qualname__, repr(m.value)) for name, m in members.items()]
+
+
+def _fields(cls: type) -> list[Any]:
+    fields: dict[str, Any] = cls.__dict__.get("__dataclass_fields__", {})
+    shape: list[Any] = [repr(cls.__dict__.get("__dataclass_params__"))]
+    for f in fields.values():
+        shape.append(
+            (
+                f.name,
+                _type_name(f.type),
+                f.init,
+                f.repr,
+                f.compare,
+                f.hash,
+                getattr(f, "kw_only", None),
+                _value_name(f.default),
+                _value_name(f.default_factory),
+                str(getattr(f, "_field_type", "")),
+            )
+        )
+    return shape
+
+
+def _type_name(tp: Any) -> str:
+    return tp if isinstance(tp, str) else getattr(tp, "__qualname__", None) or repr(tp)
+
+
+def _value_name(value: Any) -> str:
+    """A comparable name: qualname for callables (new objects each run), else repr."""
+    qualname = getattr(value, "__qualname__", None)
+    if isinstance(qualname, str):
+        return f"{getattr(value, '__module__', '')}.{qualname}"
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__}>"
+
+
+def _names(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return tuple(getattr(item, "name", item) for item in value)
+    except TypeError:
+        return repr(value)
+
+
+def _update_class(
+    old: type, new: type, successor: dict[int, Any], report: PatchReport, module_name: str
+) -> None:
+    """Copy the new version's attributes onto the kept previous class."""
+    only_callables = isinstance(new, enum.EnumMeta)  # the rest of an Enum's dict are members
+    old_dict, new_dict = dict(old.__dict__), dict(new.__dict__)
+    named: list[tuple[str, Any]] = []
+    for name, value in new_dict.items():
+        if name in _CLASS_OWN or (type(value) in _LAYOUT_KINDS and value.__objclass__ is new):
+            continue  # __slots__ members and __dict__/__weakref__ describe the old layout
+        if only_callables and not isinstance(value, _CALLABLE_KINDS):
+            continue
+        current = old_dict.get(name, _MISSING)
+        target = _successor_of(current, value, successor)
+        if target is None:
+            target = value
+        if target is current:
+            continue
+        try:
+            type.__setattr__(old, name, target)
+        except (AttributeError, TypeError) as err:
+            _unpatchable(report, module_name, f"{old.__qualname__}.{name}", str(err))
+            continue
+        if target is value and hasattr(type(value), "__set_name__"):
+            named.append((name, value))
+    for name, current in old_dict.items():
+        if name in new_dict or name in _CLASS_OWN:
+            continue
+        if type(current) in _LAYOUT_KINDS and current.__objclass__ is old:
+            continue
+        if only_callables and not isinstance(current, _CALLABLE_KINDS):
+            continue
+        try:
+            type.__delattr__(old, name)
+        except (AttributeError, TypeError) as err:
+            _unpatchable(report, module_name, f"{old.__qualname__}.{name}", str(err))
+    for name, value in named:
+        try:
+            value.__set_name__(old, name)
+        except Exception as err:  # user code: report, the class is still usable
+            _unpatchable(report, module_name, f"{old.__qualname__}.{name}", repr(err))
+
+
+def _unpatchable(report: PatchReport, module_name: str, qualname: str, why: str) -> None:
+    report.unpatchable.append(f"{qualname}: {why}")
+    key = (module_name, qualname, why)
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        logger.warning(
+            "%s.%s keeps its previous version for objects that already hold it: %s.",
+            module_name,
+            qualname,
+            why,
+        )
+
+
+def _remember_versions(module_name: str, after: _Found, successor: dict[int, Any]) -> None:
+    """Keep weak references to every function version, so escaped copies are patched later."""
+    with _VERSIONS_LOCK:
+        versions = _VERSIONS.setdefault(module_name, {})
+        for key, (fn, _canonical, _owner) in after.functions.items():
+            live = [ref for ref in versions.get(key, ()) if ref() is not None]
+            kept = successor.get(id(fn))
+            for candidate in (fn, kept):
+                if candidate is not None and not any(ref() is candidate for ref in live):
+                    live.append(weakref.ref(candidate))
+            versions[key] = live
+
+
+def _known_versions(module_name: str) -> list[types.FunctionType]:
+    with _VERSIONS_LOCK:
+        places = list(_VERSIONS.get(module_name, {}).values())
+    return [fn for refs in places for ref in refs if (fn := ref()) is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# CallGuard
+
+_CO_GENERATOR = 0x20
+_CO_COROUTINE = 0x80
+_CO_ITERABLE_COROUTINE = 0x100
+_CO_ASYNC_GENERATOR = 0x200
+_SENTINEL = "__relmod_call_guard__"
+# The trampoline's body per kind. Its only constant is replaced by the per-function
+# _Trampoline, so the code never looks anything up in the user's module namespace.
+_BODIES = {
+    "function": 'return "%s".enter(__relmod_args, __relmod_kwargs)',
+    "generator": 'return (yield from "%s".enter(__relmod_args, __relmod_kwargs))',
+    "coroutine": 'return await "%s".enter(__relmod_args, __relmod_kwargs)',
+}
+_TEMPLATES: dict[tuple[str, tuple[str, ...]], types.CodeType] = {}
+# id(trampoline code) -> its _Trampoline, for every armed function of every CallGuard.
+_ARMED: dict[int, _Trampoline] = {}
+_running = threading.local()
+
+
+def _template(kind: str, freevars: tuple[str, ...]) -> types.CodeType:
+    """Trampoline code with exactly ``freevars``, so ``func.__code__ = ...`` is legal."""
+    key = (kind, freevars)
+    code = _TEMPLATES.get(key)
+    if code is None:
+        prefix = "async " if kind == "coroutine" else ""
+        names = "".join(f"{name}, " for name in freevars)
+        source = (
+            "def __relmod_outer__():\n"
+            + "".join(f"    {name} = None\n" for name in freevars)
+            + f"    {prefix}def __relmod_trampoline__(*__relmod_args, **__relmod_kwargs):\n"
+            # Never runs: only makes the names free variables of the trampoline.
+            + (f"        if 0:\n            ({names})\n" if freevars else "")
+            + f"        {_BODIES[kind] % _SENTINEL}\n"
+            + "    return __relmod_trampoline__\n"
+        )
+        scope: dict[str, Any] = {}
+        exec(compile(source, "<relmod call guard>", "exec", dont_inherit=True), scope)
+        code = scope["__relmod_outer__"]().__code__
+        _TEMPLATES[key] = code
+    return code
+
+
+class _Trampoline:
+    """One armed function: its original code, the trampoline code, and the call-through."""
+
+    __slots__ = ("func", "original", "code", "on_call", "disarmed")
+
+    def __init__(self, func: types.FunctionType, on_call: Callable[[], None], kind: str) -> None:
+        self.func = func
+        self.original = func.__code__
+        self.on_call = on_call
+        self.disarmed = False
+        template = _template(kind, self.original.co_freevars)
+        consts = tuple(self if c == _SENTINEL else c for c in template.co_consts)
+        flags = template.co_flags | (self.original.co_flags & _CO_ITERABLE_COROUTINE)
+        code = template.replace(co_consts=consts, co_flags=flags, co_name=self.original.co_name)
+        if sys.version_info >= (3, 11):  # tracebacks name the armed function
+            code = code.replace(co_qualname=self.original.co_qualname)
+        self.code = code
+
+    def enter(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run by the trampoline: bring the module up to date, then call the function again."""
+        running: set[int] | None = getattr(_running, "ids", None)
+        if running is None:
+            running = _running.ids = set()
+        if self.disarmed or id(self) in running:
+            # Disarmed while this call was on its way in, or called again from inside on_call
+            # (the module's own re-execution): run whatever is current, never loop.
+            return self._call_current(args, kwargs)
+        running.add(id(self))
+        try:
+            self.on_call()
+        except BaseException:
+            self.restore()
+            raise
+        finally:
+            running.discard(id(self))
+        self.restore()  # a no-op when patch_namespace gave the function its new code
+        return self.func(*args, **kwargs)
+
+    def restore(self) -> None:
+        """Put the original code back unless the function was patched or re-armed since."""
+        with _SWAP_LOCK:
+            self.disarmed = True
+            if self.func.__code__ is self.code:
+                self.func.__code__ = self.original
+            _ARMED.pop(id(self.code), None)
+
+    def _call_current(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        func = self.func
+        if func.__code__ is not self.code:
+            return func(*args, **kwargs)
+        original = types.FunctionType(
+            self.original, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+        )
+        original.__kwdefaults__ = func.__kwdefaults__
+        return original(*args, **kwargs)
+
+
+def _kind(code: types.CodeType) -> str | None:
+    if code.co_flags & _CO_ASYNC_GENERATOR:
+        return None  # an async generator cannot forward asend/athrow through a trampoline
+    if code.co_flags & _CO_COROUTINE:
+        return "coroutine"
+    if code.co_flags & _CO_GENERATOR:
+        return "generator"
+    return "function"
+
+
+class CallGuard:
+    """Makes a held function a use of its module: its next call brings the module up to date.
+
+    ``arm`` gives every function of a stale module (module level, methods, property parts,
+    functions behind ``functools.wraps``, copies that escaped earlier runs) a trampoline code
+    object with the same free variables. A trampoline's first call, in whatever thread, runs
+    ``on_call()`` (which re-executes the module and calls :func:`patch_namespace`), then calls
+    the function again with the same arguments, so the caller gets the new code's result. When
+    the function was not patched (deleted, unpatchable, or ``on_call`` did not reload), the
+    original code is put back and runs. When ``on_call`` raises, the original code is put back
+    and the error reaches the caller. A function that is not armed runs its own code at no cost.
+
+    ``on_call`` must be safe to call from several threads at once and from inside itself: a
+    function of the module may be called while the module re-executes, and then runs its
+    original code without calling ``on_call`` again.
+
+    Generator and coroutine functions are armed with a trampoline of the same kind (so
+    ``inspect.isgeneratorfunction`` and ``iscoroutinefunction`` still hold): the module is brought
+    up to date when the generator is first iterated or the coroutine first awaited, not at the
+    call. Async generator functions are not armed.
+
+    While armed, ``inspect.signature`` of a function shows ``(*args, **kwargs)``.
+
+    Example::
+
+        >>> import types
+        >>> mod = types.ModuleType("demo_guard")
+        >>> exec("def f(): return 1", mod.__dict__)
+        >>> guard = CallGuard()
+        >>> guard.arm(mod.__dict__, "demo_guard", lambda: print("reloading"))
+        1
+        >>> mod.f()
+        reloading
+        1
+    """
+
+    def __init__(self) -> None:
+        self._armed: dict[int, list[_Trampoline]] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, ns: dict[str, Any], module_name: str, on_call: Callable[[], None]) -> int:
+        """Arm every function of the module; safe while other threads call them.
+
+        Args:
+            ns: The module's ``__dict__``.
+            module_name: The module's ``__name__``.
+            on_call: Brings the module up to date; called by the first armed call.
+
+        Returns:
+            How many functions were armed (already armed ones are not counted again).
+        """
+        found = _discover(list(ns.items()), module_name, ns)
+        functions = {id(fn): fn for fn, _canonical, _owner in found.functions.values()}
+        for fn in _known_versions(module_name):
+            if fn.__globals__ is ns:
+                functions.setdefault(id(fn), fn)
+        armed: list[_Trampoline] = []
+        for fn in functions.values():
+            kind = _kind(fn.__code__)
+            if kind is None or id(fn.__code__) in _ARMED:
+                continue
+            trampoline = _Trampoline(fn, on_call, kind)
+            with _SWAP_LOCK:
+                if fn.__code__ is not trampoline.original:
+                    continue  # patched or armed by someone else meanwhile
+                _ARMED[id(trampoline.code)] = trampoline
+                fn.__code__ = trampoline.code
+            armed.append(trampoline)
+        with self._lock:
+            self._armed.setdefault(id(ns), []).extend(armed)
+        logger.debug("Armed %d functions of %s.", len(armed), module_name)
+        return len(armed)
+
+    def disarm(self, ns: dict[str, Any]) -> None:
+        """Give every still-armed function of the namespace its original code back.
+
+        Call it when the module turned out unchanged, and after patching. Functions that were
+        patched meanwhile keep their new code.
+        """
+        with self._lock:
+            armed = self._armed.pop(id(ns), [])
+        for trampoline in armed:
+            trampoline.restore()
