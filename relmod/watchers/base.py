@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -277,7 +277,7 @@ class _ThreadedWatcher:
         with self._lock:
             old = self._scope
             self._scope = scope
-            rebuild = self._roots_of(scope) != self._roots_of(old)
+            rebuild = self._watch_key(scope) != self._watch_key(old)
             if rebuild:
                 self._generation += 1
                 self._ready.clear()
@@ -297,6 +297,10 @@ class _ThreadedWatcher:
 
     def _roots_of(self, scope: _Scope) -> tuple[str, ...]:
         raise NotImplementedError
+
+    def _watch_key(self, scope: _Scope) -> Hashable:
+        """What the backend's watch depends on: when it changes, the watch is rebuilt."""
+        return self._roots_of(scope)
 
     def _wake(self) -> None:
         """Hook: interrupt the thread's wait after stop or reconfigure was requested.
@@ -330,7 +334,7 @@ class _ThreadedWatcher:
         """Re-check which watched paths exist, rebuilding the watch if one appeared or vanished."""
         old = self._scope
         fresh = _Scope.of(old.requested, old.recursive)
-        if self._roots_of(fresh) == self._roots_of(old):
+        if self._watch_key(fresh) == self._watch_key(old):
             return
         for path in sorted(set(old.missing) - set(fresh.missing)):
             logger.info("%s now exists: watching it.", path)

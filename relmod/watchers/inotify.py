@@ -18,7 +18,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 from relmod.watchers.base import (
     _BACKOFF_FIRST,
@@ -100,9 +100,11 @@ class _Burst:
         self, now: float, ready: set[str], pending: set[str], rescan: bool
     ) -> tuple[frozenset[str], bool] | None:
         """Take what one drain of the queue found; returns a batch to deliver right away."""
-        self.pending -= ready
-        self.pending |= pending - ready
-        if pending:
+        self.pending -= ready  # closed now: reported with the ready paths
+        if not self.pending:
+            self._pending_opened_at = math.inf
+        if pending - ready:
+            self.pending |= pending - ready
             self._pending_quiet_at = now + self.step
             self._pending_opened_at = min(self._pending_opened_at, now)
         if not ready and not rescan:
@@ -245,6 +247,10 @@ class InotifyWatcher(_ThreadedWatcher):
         # Every watched folder is its own root (a nested one may sit under an ignored folder),
         # and a watched file is watched through its folder.
         return tuple(sorted(set(scope.dirs) | {os.path.dirname(f) for f in scope.files}))
+
+    def _watch_key(self, scope: _Scope) -> Hashable:
+        # A folder watched for one of its files becoming a watched folder gains the folders below.
+        return self._roots_of(scope), scope.dirs
 
     def prime(self) -> None:
         """Open the inotify instance and add the watches now, in the calling thread.

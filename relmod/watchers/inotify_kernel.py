@@ -44,6 +44,7 @@ __all__ = [
     "RawEvent",
     "decode",
     "is_available",
+    "os_error",
 ]
 
 IN_MODIFY = 0x00000002
@@ -143,8 +144,8 @@ def is_available() -> bool:
     return True
 
 
-def _error(what: str, path: str | None = None) -> OSError:
-    code = ctypes.get_errno()
+def os_error(code: int, what: str, path: str | None = None) -> OSError:
+    """The OSError for a failed call, saying which limit to raise when one is used up."""
     hint = ""
     if code == errno.ENOSPC:
         hint = (
@@ -158,6 +159,10 @@ def _error(what: str, path: str | None = None) -> OSError:
         )
     message = f"{what} failed: {os.strerror(code)}.{hint}"
     return OSError(code, message, path) if path is not None else OSError(code, message)
+
+
+def _error(what: str, path: str | None = None) -> OSError:
+    return os_error(ctypes.get_errno(), what, path)
 
 
 class Inotify:
