@@ -107,11 +107,7 @@ class _Found:
 
 
 def _is_own_function(obj: object, module_name: str, ns: dict[str, Any]) -> bool:
-    return (
-        type(obj) is FunctionType
-        and obj.__globals__ is ns
-        and obj.__module__ == module_name
-    )
+    return type(obj) is FunctionType and obj.__globals__ is ns and obj.__module__ == module_name
 
 
 def _own_class(obj: object, module_name: str, place: str) -> type | None:
@@ -225,6 +221,10 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
     # id(new object) -> the previous object that stands for it from now on.
     successor: dict[int, Any] = {}
     kept_places = _decide_classes(before.classes, after.classes, successor, report, module_name)
+    if kept_places:
+        for place, new_cls in after.classes.items():
+            if place not in kept_places:
+                _rebase(new_cls, successor, report, module_name)
     pairs = _function_pairs(before, after, kept_places, module_name, ns)
     sources: dict[int, types.FunctionType] = {}  # id(previous function) -> its new version
     with _SWAP_LOCK:
@@ -234,6 +234,9 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
             if old_fn.__code__.co_freevars != new_fn.__code__.co_freevars:
                 _unpatchable(report, module_name, old_fn.__qualname__, "closure shape changed")
                 continue
+            if kept_places:  # defaults made from a kept class are instances of the old one
+                new_fn.__defaults__ = _adopt(new_fn.__defaults__, successor, 0)
+                new_fn.__kwdefaults__ = _adopt(new_fn.__kwdefaults__, successor, 0)
             _patch_function(old_fn, new_fn)
             sources[id(old_fn)] = new_fn
             if from_snapshot and id(new_fn) not in successor:
@@ -251,10 +254,11 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
         if old_cls is not None:
             _update_class(old_cls, new_cls, successor, report, module_name)
     for name, value in list(ns.items()):
-        if name in old:
-            target = _successor_of(old[name], value, successor)
-            if target is not None and target is not value:
-                ns[name] = target
+        target = _successor_of(old.get(name, _MISSING), value, successor)
+        if target is None and kept_places:
+            target = _adopt(value, successor, 0)
+        if target is not None and target is not value:
+            ns[name] = target
     _remember_versions(module_name, after, successor)
     logger.debug(
         "Patched %s: %d objects updated in place, %d left, %d classes replaced.",
@@ -535,7 +539,7 @@ def _update_class(
         current = old_dict.get(name, _MISSING)
         target = _successor_of(current, value, successor)
         if target is None:
-            target = value
+            target = _adopt(value, successor, 0)
         if target is current:
             continue
         try:
@@ -561,6 +565,55 @@ def _update_class(
             value.__set_name__(old, name)
         except Exception as err:  # user code: report, the class is still usable
             _unpatchable(report, module_name, f"{old.__qualname__}.{name}", repr(err))
+
+
+def _rebase(cls: type, successor: dict[int, Any], report: PatchReport, module_name: str) -> None:
+    """A new class that stays derives from the kept previous classes, not their discarded twins."""
+    bases = tuple(successor.get(id(base), base) for base in cls.__bases__)
+    try:
+        if any(a is not b for a, b in zip(bases, cls.__bases__, strict=True)):
+            cls.__bases__ = bases
+        meta = successor.get(id(type(cls)))
+        if meta is not None:
+            cls.__class__ = meta
+    except TypeError as err:
+        _unpatchable(report, module_name, cls.__qualname__, f"cannot derive from kept bases: {err}")
+
+
+def _adopt(value: Any, successor: dict[int, Any], depth: int) -> Any:
+    """``value`` with instances of discarded new classes turned into instances of kept ones.
+
+    Objects the new version made at import (``ORIGIN = Point(0, 0)``, a default argument, a
+    registry dict's values) are instances of the new class, which the module no longer holds.
+    Looks one container deep (dict, list, tuple, set); deeper instances keep the new class.
+    """
+    kind = type(value)
+    old_cls = successor.get(id(kind))
+    if old_cls is not None:
+        if isinstance(old_cls, enum.EnumMeta):
+            return old_cls.__members__.get(value.name, value)  # the kept class's own member
+        try:
+            value.__class__ = old_cls
+        except TypeError as err:  # a layout the kept class cannot take: it keeps the new class
+            logger.debug("%r keeps its class %s: %s", value, kind.__qualname__, err)
+        return value
+    if depth > 1:
+        return value
+    if kind is dict:
+        for key, item in list(value.items()):
+            adopted = _adopt(item, successor, depth + 1)
+            if adopted is not item:
+                value[key] = adopted
+    elif kind is list:
+        for index, item in enumerate(value):
+            adopted = _adopt(item, successor, depth + 1)
+            if adopted is not item:
+                value[index] = adopted
+    elif kind is tuple or kind is set or kind is frozenset:
+        items = [_adopt(item, successor, depth + 1) for item in value]
+        if any(a is not b for a, b in zip(items, value, strict=False)):
+            return kind(items)
+    return value
 
 
 def _unpatchable(report: PatchReport, module_name: str, qualname: str, why: str) -> None:
