@@ -69,6 +69,20 @@ _CLASS_OWN = frozenset(
 # Function-like class attributes: the only ones touched on a kept Enum (the rest are members).
 _CALLABLE_KINDS = (FunctionType, staticmethod, classmethod, property)
 _LAYOUT_KINDS = (types.MemberDescriptorType, types.GetSetDescriptorType)
+_CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
+# Types that are, or hold, a function _collect knows how to reach.
+_HOLDERS = frozenset(
+    {
+        FunctionType,
+        staticmethod,
+        classmethod,
+        property,
+        functools.partial,
+        functools.partialmethod,
+        functools.cached_property,
+        functools._lru_cache_wrapper,
+    }
+)
 
 # Serialises every ``__code__`` swap, so a trampoline restoring the original code can never
 # overwrite new code that patch_namespace assigned a moment before.
@@ -144,7 +158,8 @@ def _walk(
                 found.classes[place] = cls
                 _walk(list(cls.__dict__.items()), module_name, ns, place + ".", place, found)
             continue
-        _collect(value, place, place, owner, module_name, ns, found, 0)
+        if type(value) in _HOLDERS:  # most values are data: skip them without a call
+            _collect(value, place, place, owner, module_name, ns, found, 0)
 
 
 def _collect(
@@ -221,7 +236,12 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
     # id(new object) -> the previous object that stands for it from now on.
     successor: dict[int, Any] = {}
     kept_places = _decide_classes(before.classes, after.classes, successor, report, module_name)
-    if kept_places:
+    kept_classes: dict[int, type] = {
+        id(new_cls): successor[id(new_cls)]
+        for place, new_cls in after.classes.items()
+        if place in kept_places
+    }
+    if kept_classes:
         for place, new_cls in after.classes.items():
             if place not in kept_places:
                 _rebase(new_cls, successor, report, module_name)
@@ -234,9 +254,11 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
             if old_fn.__code__.co_freevars != new_fn.__code__.co_freevars:
                 _unpatchable(report, module_name, old_fn.__qualname__, "closure shape changed")
                 continue
-            if kept_places:  # defaults made from a kept class are instances of the old one
-                new_fn.__defaults__ = _adopt(new_fn.__defaults__, successor, 0)
-                new_fn.__kwdefaults__ = _adopt(new_fn.__kwdefaults__, successor, 0)
+            if kept_classes:  # defaults made from a kept class are instances of the old one
+                if new_fn.__defaults__:
+                    new_fn.__defaults__ = _adopt(new_fn.__defaults__, kept_classes)
+                if new_fn.__kwdefaults__:
+                    new_fn.__kwdefaults__ = _adopt(new_fn.__kwdefaults__, kept_classes)
             _patch_function(old_fn, new_fn)
             sources[id(old_fn)] = new_fn
             if from_snapshot and id(new_fn) not in successor:
@@ -252,11 +274,11 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
     for new_cls in after.classes.values():
         old_cls = successor.get(id(new_cls))
         if old_cls is not None:
-            _update_class(old_cls, new_cls, successor, report, module_name)
+            _update_class(old_cls, new_cls, successor, kept_classes, report, module_name)
     for name, value in list(ns.items()):
         target = _successor_of(old.get(name, _MISSING), value, successor)
-        if target is None and kept_places:
-            target = _adopt(value, successor, 0)
+        if target is None and kept_classes:
+            target = _adopt(value, kept_classes)
         if target is not None and target is not value:
             ns[name] = target
     _remember_versions(module_name, after, successor)
@@ -525,7 +547,12 @@ def _names(value: Any) -> Any:
 
 
 def _update_class(
-    old: type, new: type, successor: dict[int, Any], report: PatchReport, module_name: str
+    old: type,
+    new: type,
+    successor: dict[int, Any],
+    kept_classes: dict[int, type],
+    report: PatchReport,
+    module_name: str,
 ) -> None:
     """Copy the new version's attributes onto the kept previous class."""
     only_callables = isinstance(new, enum.EnumMeta)  # the rest of an Enum's dict are members
@@ -539,7 +566,7 @@ def _update_class(
         current = old_dict.get(name, _MISSING)
         target = _successor_of(current, value, successor)
         if target is None:
-            target = _adopt(value, successor, 0)
+            target = _adopt(value, kept_classes)
         if target is current:
             continue
         try:
@@ -580,15 +607,16 @@ def _rebase(cls: type, successor: dict[int, Any], report: PatchReport, module_na
         _unpatchable(report, module_name, cls.__qualname__, f"cannot derive from kept bases: {err}")
 
 
-def _adopt(value: Any, successor: dict[int, Any], depth: int) -> Any:
+def _adopt(value: Any, classes: dict[int, type], depth: int = 0) -> Any:
     """``value`` with instances of discarded new classes turned into instances of kept ones.
 
     Objects the new version made at import (``ORIGIN = Point(0, 0)``, a default argument, a
     registry dict's values) are instances of the new class, which the module no longer holds.
-    Looks one container deep (dict, list, tuple, set); deeper instances keep the new class.
+    ``classes`` maps ``id(new class)`` to the kept class. Looks one container deep (dict, list,
+    tuple, set); deeper instances keep the new class.
     """
     kind = type(value)
-    old_cls = successor.get(id(kind))
+    old_cls = classes.get(id(kind))
     if old_cls is not None:
         if isinstance(old_cls, enum.EnumMeta):
             return old_cls.__members__.get(value.name, value)  # the kept class's own member
@@ -597,20 +625,22 @@ def _adopt(value: Any, successor: dict[int, Any], depth: int) -> Any:
         except TypeError as err:  # a layout the kept class cannot take: it keeps the new class
             logger.debug("%r keeps its class %s: %s", value, kind.__qualname__, err)
         return value
-    if depth > 1:
+    if kind not in _CONTAINERS or depth > 1 or not value:
         return value
     if kind is dict:
         for key, item in list(value.items()):
-            adopted = _adopt(item, successor, depth + 1)
-            if adopted is not item:
-                value[key] = adopted
+            if id(type(item)) in classes or type(item) in _CONTAINERS:
+                adopted = _adopt(item, classes, depth + 1)
+                if adopted is not item:
+                    value[key] = adopted
     elif kind is list:
         for index, item in enumerate(value):
-            adopted = _adopt(item, successor, depth + 1)
-            if adopted is not item:
-                value[index] = adopted
-    elif kind is tuple or kind is set or kind is frozenset:
-        items = [_adopt(item, successor, depth + 1) for item in value]
+            if id(type(item)) in classes or type(item) in _CONTAINERS:
+                adopted = _adopt(item, classes, depth + 1)
+                if adopted is not item:
+                    value[index] = adopted
+    elif any(id(type(item)) in classes or type(item) in _CONTAINERS for item in value):
+        items = [_adopt(item, classes, depth + 1) for item in value]
         if any(a is not b for a, b in zip(items, value, strict=False)):
             return kind(items)
     return value
@@ -630,10 +660,15 @@ def _unpatchable(report: PatchReport, module_name: str, qualname: str, why: str)
 
 
 def _remember_versions(module_name: str, after: _Found, successor: dict[int, Any]) -> None:
-    """Keep weak references to every function version, so escaped copies are patched later."""
+    """Keep weak references to every module-level function version, so escaped copies (a
+    callback dict, a partial, a framework's route table) are patched on later runs too."""
     with _VERSIONS_LOCK:
         versions = _VERSIONS.setdefault(module_name, {})
-        for key, (fn, _canonical, _owner) in after.functions.items():
+        for key, (fn, _canonical, owner) in after.functions.items():
+            if owner is not None:
+                # A method is reached through its class; a discarded new class's methods live on
+                # until the garbage collector frees the class, and would only pile up here.
+                continue
             live = [ref for ref in versions.get(key, ()) if ref() is not None]
             kept = successor.get(id(fn))
             for candidate in (fn, kept):
@@ -663,17 +698,18 @@ _BODIES = {
     "generator": 'return (yield from "%s".enter(__relmod_args, __relmod_kwargs))',
     "coroutine": 'return await "%s".enter(__relmod_args, __relmod_kwargs)',
 }
-_TEMPLATES: dict[tuple[str, tuple[str, ...]], types.CodeType] = {}
+_TEMPLATES: dict[tuple[str, tuple[str, ...]], tuple[types.CodeType, int]] = {}
 # id(trampoline code) -> its _Trampoline, for every armed function of every CallGuard.
 _ARMED: dict[int, _Trampoline] = {}
 _running = threading.local()
 
 
-def _template(kind: str, freevars: tuple[str, ...]) -> types.CodeType:
-    """Trampoline code with exactly ``freevars``, so ``func.__code__ = ...`` is legal."""
+def _template(kind: str, freevars: tuple[str, ...]) -> tuple[types.CodeType, int]:
+    """Trampoline code with exactly ``freevars`` (so ``func.__code__ = ...`` is legal), and the
+    index of the constant that the armed function's _Trampoline replaces."""
     key = (kind, freevars)
-    code = _TEMPLATES.get(key)
-    if code is None:
+    cached = _TEMPLATES.get(key)
+    if cached is None:
         prefix = "async " if kind == "coroutine" else ""
         names = "".join(f"{name}, " for name in freevars)
         source = (
@@ -688,8 +724,10 @@ def _template(kind: str, freevars: tuple[str, ...]) -> types.CodeType:
         scope: dict[str, Any] = {}
         exec(compile(source, "<relmod call guard>", "exec", dont_inherit=True), scope)
         code = scope["__relmod_outer__"]().__code__
-        _TEMPLATES[key] = code
-    return code
+        if code.co_freevars != freevars:  # the compiler orders free variables as given
+            raise RuntimeError(f"Trampoline free variables {code.co_freevars} != {freevars}.")
+        cached = _TEMPLATES[key] = (code, code.co_consts.index(_SENTINEL))
+    return cached
 
 
 class _Trampoline:
@@ -702,13 +740,21 @@ class _Trampoline:
         self.original = func.__code__
         self.on_call = on_call
         self.disarmed = False
-        template = _template(kind, self.original.co_freevars)
-        consts = tuple(self if c == _SENTINEL else c for c in template.co_consts)
+        template, slot = _template(kind, self.original.co_freevars)
+        consts = list(template.co_consts)
+        consts[slot] = self
         flags = template.co_flags | (self.original.co_flags & _CO_ITERABLE_COROUTINE)
-        code = template.replace(co_consts=consts, co_flags=flags, co_name=self.original.co_name)
         if sys.version_info >= (3, 11):  # tracebacks name the armed function
-            code = code.replace(co_qualname=self.original.co_qualname)
-        self.code = code
+            self.code = template.replace(
+                co_consts=tuple(consts),
+                co_flags=flags,
+                co_name=self.original.co_name,
+                co_qualname=self.original.co_qualname,
+            )
+        else:
+            self.code = template.replace(
+                co_consts=tuple(consts), co_flags=flags, co_name=self.original.co_name
+            )
 
     def enter(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run by the trampoline: bring the module up to date, then call the function again."""
@@ -820,7 +866,11 @@ class CallGuard:
             kind = _kind(fn.__code__)
             if kind is None or id(fn.__code__) in _ARMED:
                 continue
-            trampoline = _Trampoline(fn, on_call, kind)
+            try:
+                trampoline = _Trampoline(fn, on_call, kind)
+            except RuntimeError as err:  # never seen on 3.10-3.13; the function stays unarmed
+                logger.debug("Cannot arm %s.%s: %s", module_name, fn.__qualname__, err)
+                continue
             with _SWAP_LOCK:
                 if fn.__code__ is not trampoline.original:
                     continue  # patched or armed by someone else meanwhile
