@@ -657,3 +657,17 @@ def test_objects_the_new_version_makes_are_instances_of_the_kept_class(project: 
     assert type(mod.ORIGIN) is Point and type(mod.NAMED["one"]) is Point
     assert type(mod.at()) is Point and mod.FAVOURITE is red
     assert issubclass(mod.Point3, Point) and mod.Point3(3).show() == ("v2", 3)
+
+
+def test_arming_while_the_module_re_executes_patches_with_the_real_code(project: Project) -> None:
+    mod = project.load(COUNTER.format(1))
+    f, ns = mod.f, mod.__dict__
+    snapshot = dict(ns)
+    del ns["f"]
+    exec(compile(COUNTER.format(2), "<edit>", "exec"), ns)
+    guard, calls = CallGuard(), []
+    guard.arm(ns, mod.__name__, lambda: calls.append(1))  # marked stale again meanwhile
+    patch_namespace(snapshot, ns, mod.__name__)
+    assert f(0) == (2, 0) and calls == [1]
+    guard.disarm(ns)
+    assert f(0) == (2, 0) and calls == [1]

@@ -247,22 +247,26 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
                 _rebase(new_cls, successor, report, module_name)
     pairs = _function_pairs(before, after, kept_places, module_name, ns)
     sources: dict[int, types.FunctionType] = {}  # id(previous function) -> its new version
-    with _SWAP_LOCK:
+    reshaped: list[str] = []
+    with _SWAP_LOCK:  # no user code runs under it (logging included)
         for old_fn, new_fn, from_snapshot in pairs:
             if old_fn is new_fn or id(old_fn) in sources:
                 continue
             if old_fn.__code__.co_freevars != new_fn.__code__.co_freevars:
-                _unpatchable(report, module_name, old_fn.__qualname__, "closure shape changed")
+                reshaped.append(old_fn.__qualname__)
                 continue
             if kept_classes:  # defaults made from a kept class are instances of the old one
                 if new_fn.__defaults__:
                     new_fn.__defaults__ = _adopt(new_fn.__defaults__, kept_classes)
                 if new_fn.__kwdefaults__:
                     new_fn.__kwdefaults__ = _adopt(new_fn.__kwdefaults__, kept_classes)
-            _patch_function(old_fn, new_fn)
+            take_over = from_snapshot and id(new_fn) not in successor
+            _patch_function(old_fn, new_fn, take_over)
             sources[id(old_fn)] = new_fn
-            if from_snapshot and id(new_fn) not in successor:
+            if take_over:
                 successor[id(new_fn)] = old_fn
+    for qualname in reshaped:
+        _unpatchable(report, module_name, qualname, "closure shape changed")
     report.patched += len(sources)
     for fn, _canonical, _owner in after.functions.values():
         _map_cells(fn, successor)
@@ -314,8 +318,15 @@ def _function_pairs(
     return first + rest
 
 
-def _patch_function(old: types.FunctionType, new: types.FunctionType) -> None:
-    old.__code__ = new.__code__
+def _patch_function(old: types.FunctionType, new: types.FunctionType, take_over: bool) -> None:
+    armed = _ARMED.get(id(new.__code__))
+    old.__code__ = new.__code__ if armed is None else armed.original
+    if armed is not None and take_over and armed.func is new:
+        # The module was armed again while it re-executed: the function that stays in the
+        # module takes the trampoline over, so its next call still brings the module up to date.
+        new.__code__ = armed.original
+        armed.func = old
+        old.__code__ = armed.code
     old.__defaults__ = new.__defaults__
     old.__kwdefaults__ = new.__kwdefaults__
     old.__doc__ = new.__doc__
