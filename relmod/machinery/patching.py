@@ -282,7 +282,9 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
     for name, value in list(ns.items()):
         target = _successor_of(old.get(name, _MISSING), value, successor)
         if target is None and kept_classes:
-            target = _adopt(value, kept_classes)
+            kind = type(value)
+            if id(kind) in kept_classes or kind in _CONTAINERS:
+                target = _adopt(value, kept_classes)
         if target is not None and target is not value:
             ns[name] = target
     _remember_versions(module_name, after, successor)
@@ -650,10 +652,13 @@ def _adopt(value: Any, classes: dict[int, type], depth: int = 0) -> Any:
                 adopted = _adopt(item, classes, depth + 1)
                 if adopted is not item:
                     value[index] = adopted
-    elif any(id(type(item)) in classes or type(item) in _CONTAINERS for item in value):
-        items = [_adopt(item, classes, depth + 1) for item in value]
-        if any(a is not b for a, b in zip(items, value, strict=False)):
-            return kind(items)
+    else:
+        for item in value:
+            if id(type(item)) in classes or type(item) in _CONTAINERS:
+                items = [_adopt(item, classes, depth + 1) for item in value]
+                if any(a is not b for a, b in zip(items, value, strict=False)):
+                    return kind(items)
+                break
     return value
 
 
@@ -680,11 +685,19 @@ def _remember_versions(module_name: str, after: _Found, successor: dict[int, Any
                 # A method is reached through its class; a discarded new class's methods live on
                 # until the garbage collector frees the class, and would only pile up here.
                 continue
-            live = [ref for ref in versions.get(key, ()) if ref() is not None]
             kept = successor.get(id(fn))
-            for candidate in (fn, kept):
-                if candidate is not None and not any(ref() is candidate for ref in live):
-                    live.append(weakref.ref(candidate))
+            live: list[weakref.ref[types.FunctionType]] = []
+            has_fn = has_kept = False
+            for ref in versions.get(key, ()):
+                version = ref()
+                if version is not None:
+                    live.append(ref)
+                    has_fn = has_fn or version is fn
+                    has_kept = has_kept or version is kept
+            if not has_fn:
+                live.append(weakref.ref(fn))
+            if kept is not None and not has_kept:
+                live.append(weakref.ref(kept))
             versions[key] = live
 
 
