@@ -9,6 +9,7 @@ Example:
 
 from relmod._version import __version__
 from relmod.api import (
+    add_listener,
     at,
     configure,
     connect,
@@ -21,6 +22,7 @@ from relmod.api import (
     install,
     pool_options,
     reload,
+    remove_listener,
     stale_objects,
     sync,
     toplevel,
@@ -39,6 +41,7 @@ from relmod.errors import (
     ReloadError,
 )
 from relmod.execution import execfile
+from relmod.machinery.events import Event
 from relmod.ipython import load_ipython_extension, unload_ipython_extension
 from relmod.sites import default_site as _default_site
 from relmod.testing import runtest, testfocus, testmod, testonly
@@ -48,11 +51,13 @@ site = _default_site()
 __all__ = [
     "BrokerError",
     "BrokerNotFound",
+    "Event",
     "ModuleNotFound",
     "ProtocolError",
     "RelmodError",
     "ReloadError",
     "__version__",
+    "add_listener",
     "at",
     "auto",
     "configure",
@@ -68,6 +73,7 @@ __all__ = [
     "load_ipython_extension",
     "pool_options",
     "reload",
+    "remove_listener",
     "runtest",
     "site",
     "stale_objects",

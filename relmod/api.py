@@ -5,15 +5,17 @@ Every function here is a thin front for :class:`relmod.client.session.Client`.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from relmod.client.registry import normalize
 from relmod.client.session import default_client
-from relmod.errors import ImportSpecError
+from relmod.machinery.events import Event
+from relmod.machinery.registry import normalize
+from relmod.errors import ImportSpecError, ModuleNotFound
 from relmod.graph import DependencyGraph
 
 
@@ -114,8 +116,8 @@ def _inject(
     if fromlist is not None:
         updates.update(_names(module, fromlist))
     elif spec_alias is None:
-        name = object.__getattribute__(module, "__dict__").get("__name__", "")
-        if not str(name).isidentifier():
+        name = _stem(module)
+        if not name.isidentifier():
             raise ImportSpecError(
                 f"{module!r} has no name that is an identifier; say one with "
                 f"relmod.imp('path as name')."
@@ -123,6 +125,16 @@ def _inject(
         updates[str(name)] = module
     g.update(updates)  # all or nothing: every name was resolved first
     return module
+
+
+def _stem(module: types.ModuleType) -> str:
+    """The name a module loaded by path is bound under: its file's or folder's name."""
+    rec = default_client().registry.record_of(module)
+    if rec is None:
+        return str(object.__getattribute__(module, "__dict__").get("__name__", ""))
+    base = rec.folder if rec.folder is not None else rec.key
+    stem = os.path.basename(base.rstrip(os.sep))
+    return stem[:-3] if stem.endswith(".py") else stem
 
 
 class _Imp:
@@ -187,6 +199,9 @@ def install(globals: dict[str, Any] | None = None) -> types.ModuleType:
 def toplevel(name: str, path: str | types.ModuleType) -> types.ModuleType:
     """Serve a file or folder to the ordinary import statement under ``name``.
 
+    The module runs under ``name`` (a package's submodules under ``name.sub``), in
+    ``sys.modules``, as an import would run it, and reloads like every project module.
+
     Example:
         >>> relmod.toplevel('myfunc', './myfunc.py')  # doctest: +SKIP
         >>> import myfunc                             # doctest: +SKIP
@@ -199,11 +214,19 @@ def toplevel(name: str, path: str | types.ModuleType) -> types.ModuleType:
         target = rec.folder or rec.key
     else:
         target = normalize(path)
-    module = client.registry.load(target, name=name)
-    object.__getattribute__(module, "__dict__")["__name__"] = name
+        if not os.path.exists(target) and os.path.isfile(target + ".py"):
+            target += ".py"
+    if not os.path.exists(target):
+        raise ModuleNotFound(
+            f"Cannot serve {name!r} from {target}: no such file or folder. Check the path; "
+            f"relative paths resolve against the current folder ({os.getcwd()})."
+        )
     client.hook.install()
     client.finder.register(name, target)
-    return module
+    current = sys.modules.get(name)
+    if current is not None and client.registry.record_of(current) is None:
+        del sys.modules[name]  # an older module of that name: the registered path wins
+    return importlib.import_module(name)
 
 
 def connect(
@@ -282,7 +305,7 @@ def stale_objects() -> list[Any]:
         >>> [type(o).__name__ for o in relmod.stale_objects()]  # doctest: +SKIP
         ['Point', 'Point']
     """
-    from relmod.client.registry import stale_objects as find
+    from relmod.machinery.registry import stale_objects as find
 
     return find(default_client().registry.old_classes)
 
@@ -311,8 +334,9 @@ def configure(
     on_error: str | None = None,
     poll: bool | None = None,
     count_stale_objects: bool | None = None,
+    exclude: Iterable[str] | None = None,
 ) -> None:
-    """Set how failed reloads surface, force polling, count stale objects in reload logs.
+    """Set how failed reloads surface, force polling, exclude modules, count stale objects.
 
     Args:
         on_error: ``'raise'`` (default: the error surfaces at the access that triggered the
@@ -320,41 +344,76 @@ def configure(
         poll: force the polling watcher (network mounts, containers); also ``RELMOD_POLL=1``.
         count_stale_objects: say in each reload's log line how many live objects still have
             a class of the replaced version (costs a walk over every object per reload).
+        exclude: module-name patterns (``fnmatch``; a package covers its submodules) that never
+            reload, for modules that reload badly (import-time registration such as ORM
+            models). Also ``RELMOD_EXCLUDE=pkg.models,legacy.*`` for workers.
 
     Example:
         >>> relmod.configure(on_error='keep')  # a worker: log once, keep the old code
     """
     client = default_client()
-    client.configure(on_error=on_error, poll=poll)
+    client.configure(on_error=on_error, poll=poll, exclude=exclude)
     if count_stale_objects is not None:
         client.registry.count_stale_objects = count_stale_objects
 
 
 def enable(blacklist: Iterable[str] = ()) -> None:
-    """Track which ordinary module imports which, for :func:`reload`.
+    """Make every module imported from now on reload when its file changes (not only the project's).
+
+    Without a broker, a lone process then reloads its ordinary modules lazily, on first use
+    after an edit, like the project's modules after :func:`connect`. Installed packages and the
+    standard library never reload.
+
+    Args:
+        blacklist: module names (a package covers its submodules) that stay in the dependency
+            graph but never reload.
 
     Example:
-        >>> relmod.enable(blacklist=['os', 'numpy'])  # doctest: +SKIP
+        >>> relmod.enable(blacklist=['legacy'])  # doctest: +SKIP
     """
-    default_client().tracker.enable(blacklist)
+    default_client().enable(blacklist)
 
 
 def disable() -> None:
-    """Stop tracking ordinary imports and forget their graph."""
-    default_client().tracker.disable()
+    """Stop making new imports reloading, and forget the modules :func:`enable` tracked."""
+    default_client().disable()
 
 
 def get_dependencies(module: types.ModuleType | str) -> list[types.ModuleType]:
-    """The modules an ordinary module (or a relmod module) imported while it ran.
+    """The reloading modules ``module`` imported while it ran.
 
     Example:
         >>> relmod.get_dependencies(mymodule)  # doctest: +SKIP
         [<module 'leaf' ...>]
     """
     client = default_client()
-    if client.registry.record_of(module) is not None:
-        return client.registry.dependencies(module)  # type: ignore[arg-type]
-    return client.tracker.dependencies(module)
+    if isinstance(module, str):
+        found = sys.modules.get(module)
+        if found is None:
+            return []
+        module = found
+    if client.registry.record_of(module) is None:
+        return []
+    return client.registry.dependencies(module)
+
+
+def add_listener(listener: Callable[[Event], object]) -> None:
+    """Call ``listener(event)`` for everything that happens to modules in this process.
+
+    Events carry their ``kind`` (``'stale'``, ``'reloaded'``, ``'failed'``), the ``path``, the
+    module ``name``, a ``time.time()`` timestamp and, for failures, the ``error`` message.
+    ``'stale'`` arrives on the feed's thread, the others on the thread that reloaded. Keep
+    listeners quick; one that raises is logged once and never breaks the feed.
+
+    Example:
+        >>> relmod.add_listener(lambda e: print(e.kind, e.name))  # doctest: +SKIP
+    """
+    default_client().registry.listeners.add(listener)
+
+
+def remove_listener(listener: Callable[[Event], object]) -> None:
+    """Stop calling a listener given to :func:`add_listener`."""
+    default_client().registry.listeners.remove(listener)
 
 
 class Deps:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from relmod.client.registry import OnError
+from relmod.machinery.registry import OnError
 from relmod.workers import DEFAULT_TIMEOUT, WorkerSetup
 
 if TYPE_CHECKING:

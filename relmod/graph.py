@@ -233,6 +233,29 @@ class DependencyGraph:
                 order += _postorder(sorted(component), inside)
         return order
 
+    def units_in_dependency_order(self, paths: Iterable[str]) -> list[list[str]]:
+        """The given paths grouped into units that must run together, dependencies first.
+
+        A unit is one path, or the paths of an import cycle among them (a strongly connected
+        component): the modules of a cycle see each other while they run, so they re-execute
+        as one. Only edges between the given paths count.
+
+        Example:
+            >>> g = DependencyGraph()
+            >>> g.set_dependencies('/p/pkg/__init__.py', ['/p/pkg/core.py'])
+            >>> g.set_dependencies('/p/pkg/core.py', ['/p/pkg/__init__.py', '/p/util.py'])
+            >>> g.units_in_dependency_order(['/p/pkg/core.py', '/p/pkg/__init__.py', '/p/util.py'])
+            [['/p/util.py'], ['/p/pkg/__init__.py', '/p/pkg/core.py']]
+        """
+        given = sorted(set(paths))
+        wanted = set(given)
+        with self._lock:
+            among = {
+                path: sorted(dep for dep in self._deps.get(path, ()) if dep in wanted)
+                for path in given
+            }
+        return [sorted(component) for component in _components(given, among)]
+
     def edges(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """Every edge as ``(dependent, dependency, sorted origins)``, sorted.
 

@@ -5,16 +5,16 @@ Loading the extension
 1. connects to the broker serving the notebook's folder (the shell's current folder) if one runs,
    else leaves this process to watch its own files (the embedded watcher);
 2. installs relmod for that folder, so ``from . import helpers`` works in cells;
-3. registers a ``pre_run_cell`` hook that brings stale modules up to date before each cell,
-   relmod modules and ordinary modules tracked with :func:`relmod.enable` alike;
+3. makes the modules of that folder (or of the broker's project) reloading, however they are
+   imported, and registers a ``pre_run_cell`` hook that brings stale modules up to date before
+   each cell;
 4. adds the ``%relmod`` line magic: ``%relmod`` prints the status, ``%relmod sync`` forces a full
    sync.
 
 The hook's cost when nothing changed must not grow with the number of modules loaded, so it
 never walks them. It reads a few counters, and walks the modules only when one of them moved:
-how many invalidations marked relmod modules stale (the feed's thread, embedded watcher or broker
-connection, marks them as saves arrive), whether the tracker holds pending ordinary modules,
-whether the broker's sequence number moved (broken files are announced that way), and whether
+how many invalidations marked modules stale (the feed's thread, embedded watcher or broker
+connection, marks them as saves arrive), whether the broker's sequence number moved (broken files are announced that way), and whether
 modules were loaded since the last cell.
 
 **Save, then Shift-Enter at once.** A watcher reports a save 15-20 ms after it happens (through a
@@ -38,7 +38,6 @@ from __future__ import annotations
 import ast
 import logging
 import os
-import sys
 import threading
 import time
 import types
@@ -47,9 +46,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from relmod.client.modules import is_stale
-from relmod.client.registry import Registry, normalize
 from relmod.client.session import RACY_SECONDS, Client, default_client
+from relmod.machinery.registry import Registry, normalize
 from relmod.connfile import find_connection_file
 from relmod.errors import BrokerError, ReloadError
 from relmod.sources import Broken, display_path, file_hash
@@ -229,7 +227,6 @@ class CellSync:
         self._focus = _Focus(FOCUS_FILES)
         self._invalidations = _InvalidationCount(client.registry)
         self._caught_up_at = -1  # forces a first catch-up
-        self._tracked_seen = 0
         self._feed_state: tuple[Any, ...] = ()
         self._loaded: list[str] = []  # relmod modules loaded since the last cell
         self._errors: list[ReloadError] = []  # raised in the next cell
@@ -253,6 +250,7 @@ class CellSync:
 
         shell = self.shell
         install(shell.user_ns)
+        self.client.follow_project(self.folder)
         self.client.registry.add_load_listener(self._on_load)
         self.client.ensure_feed()
         shell.events.register("pre_run_cell", self.pre_run_cell)
@@ -285,13 +283,10 @@ class CellSync:
         changed = self._focus.changed()
         if changed:
             self.client.files_changed(changed)
-        tracker = self.client.tracker
         feed = self.client.feed
         if (
             self._invalidations.value() != self._caught_up_at
-            or tracker.pending
             or self._loaded
-            or len(tracker.names_by_file) != self._tracked_seen
             or self._feed_state != (feed, getattr(feed, "epoch", None), getattr(feed, "seq", None))
         ):
             self._hold(self.catch_up())
@@ -320,27 +315,15 @@ class CellSync:
         for path in loaded:
             if os.path.isfile(path):
                 self._focus.add(path)
-        tracked = list(self.client.tracker.names_by_file)
-        if len(tracked) != self._tracked_seen:
-            new = tracked[self._tracked_seen :] if len(tracked) > self._tracked_seen else tracked
-            inside = self.folder.rstrip(os.sep) + os.sep
-            for path in new:
-                if path.startswith(inside):
-                    self._focus.add(path)
-            self._tracked_seen = len(tracked)
-            # The tracker's folders join the embedded watcher only when asked.
-            feed = self.client.feed
-            if feed is not None:
-                feed.follow()
         feed = self.client.feed
         self._feed_state = (feed, getattr(feed, "epoch", None), getattr(feed, "seq", None))
 
     def _reload_stale(self) -> list[ReloadError]:
-        """Reload stale relmod modules, then pending ordinary modules; collect the failures."""
-        registry, tracker = self.client.registry, self.client.tracker
+        """Reload every stale module; collect the failures."""
+        registry = self.client.registry
         errors: list[ReloadError] = []
         for rec in registry.records():
-            if not is_stale(rec.module):
+            if not registry.is_stale(rec.module):
                 continue
             if rec.folder is None or rec.key != rec.folder:  # a file, not a folder namespace
                 self._focus.add(rec.key)
@@ -350,14 +333,6 @@ class CellSync:
             except ReloadError as err:
                 errors.append(err)
             self.reloads += registry.reloads - before
-        if tracker.pending:
-            for name in list(tracker.pending):
-                file = getattr(sys.modules.get(name), "__file__", None)
-                if isinstance(file, str):
-                    self._focus.add(os.path.realpath(file))
-            done, failed = tracker.reload_pending()
-            self.reloads += len(done)
-            errors += failed
         return errors
 
     def _broker_broken(self) -> list[ReloadError]:
@@ -370,7 +345,6 @@ class CellSync:
         if not broken:
             return []
         in_use = self.client.registry.files()
-        in_use.update(self.client.tracker.hashes)
         out = []
         for path, (lineno, message) in sorted(broken.items()):
             if path in in_use and file_hash(path) != in_use[path]:
@@ -460,16 +434,17 @@ class CellSync:
         """
         client = self.client
         feed = client.feed
-        registry, tracker = client.registry, client.tracker
+        registry = client.registry
+        by_path = sum(1 for r in registry.records() if r.by_path and r.kind != "folder")
         out: dict[str, Any] = {
             "folder": self.folder,
             "feed": getattr(feed, "name", "none"),
             "connected": False,
             "epoch": None,
             "seq": None,
-            "relmod_modules": len(registry.files()),
-            "tracked_modules": len(tracker.names_by_file),
-            "stale": registry.stale_count() + len(tracker.pending),
+            "relmod_modules": by_path,
+            "tracked_modules": len(registry.files()) - by_path,
+            "stale": registry.stale_count(),
             "focus": self._focus.paths(),
             "cells": self.cells,
             "catch_ups": self.catch_ups,
@@ -512,8 +487,8 @@ class CellSync:
         lines = [
             head,
             f"  notebook folder: {s['folder']}  (from . import name)",
-            f"  modules: {s['relmod_modules']} loaded by relmod, {s['tracked_modules']} ordinary "
-            f"tracked (relmod.enable()); {s['stale']} stale",
+            f"  modules: {s['tracked_modules']} imported, {s['relmod_modules']} loaded by path "
+            f"(relmod.at/use/imp); {s['stale']} stale",
             f"  cells: {s['cells']}, {s['catch_ups']} with a catch-up, {s['reloads']} reload(s); "
             f"{len(s['focus'])} recent file(s) checked before each cell",
         ]

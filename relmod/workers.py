@@ -50,7 +50,7 @@ from typing import Any, NoReturn
 
 from relmod.api import at, toplevel
 from relmod.client.connection import BrokerFeed, PathMap
-from relmod.client.registry import OnError, normalize
+from relmod.machinery.registry import OnError, normalize
 from relmod.client.session import Client, default_client
 from relmod.errors import BrokerNotFound, RelmodError
 
@@ -85,6 +85,10 @@ class WorkerSetup:
         on_error: ``'keep'`` (log a failed reload once, keep the old code) or ``'raise'``.
         poll: force (True) or forbid (False) polling for a worker's own watcher; None lets
             ``RELMOD_POLL`` decide.
+        roots: folders whose modules reload however they are imported (the project's).
+        everything: every module imported reloads (the parent called ``relmod.enable()``).
+        frozen: names that never reload (``enable(blacklist=...)``).
+        exclude: module-name patterns excluded with ``relmod.configure(exclude=...)``.
         timeout: seconds to wait for the broker's first answer.
         initializer: the pool's own initializer, run after relmod is set up.
         initargs: its arguments.
@@ -103,6 +107,10 @@ class WorkerSetup:
     client_key: str | None = None
     on_error: OnError = "keep"
     poll: bool | None = None
+    roots: tuple[str, ...] = ()
+    everything: bool = False
+    frozen: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = field(default=())
@@ -137,8 +145,9 @@ class WorkerSetup:
                 remote, client_key = True, feed.client_key
         to_broker = PathMap(mapping).to_broker if connection_file else _same
         toplevel = tuple(
-            sorted((name, to_broker(path)) for name, path in client.finder.names.items())
+            sorted((name, to_broker(path)) for name, path in client.finder.toplevel.items())
         )
+        scope = client.registry.scope
         setup = cls(
             toplevel=toplevel,
             connection_file=connection_file,
@@ -146,6 +155,10 @@ class WorkerSetup:
             remote=remote,
             client_key=client_key,
             poll=client.poll,
+            roots=tuple(to_broker(r.rstrip(os.sep)) for r in scope.roots),
+            everything=scope.everything,
+            frozen=tuple(sorted(client.registry.frozen)),
+            exclude=scope.excluded,
         )
         return replace(setup, **overrides)
 
@@ -158,12 +171,16 @@ class WorkerSetup:
                 files itself until the broker answers.
         """
         client = default_client()
-        client.configure(on_error=self.on_error, poll=self.poll)
+        client.configure(on_error=self.on_error, poll=self.poll, exclude=self.exclude)
+        if self.everything:
+            client.enable(self.frozen)
         connected = self._connect(client)
         local = PathMap(dict(self.path_map)).to_local if connected else _same
+        for root in self.roots:
+            client.follow_project(local(root))
         for name, path in self.toplevel:
             target = normalize(local(path))
-            if client.finder.names.get(name) != target:
+            if client.finder.toplevel.get(name) != target:
                 toplevel(name, target)
         initializer, args = self.initializer, self.initargs
         if self._deferred is not None:

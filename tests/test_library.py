@@ -13,7 +13,7 @@ import pytest
 from support import wait_for
 
 import relmod
-from relmod.client import modules
+from relmod.client.session import default_client as _client
 
 
 def write(path: Path, text: str) -> Path:
@@ -45,10 +45,12 @@ def test_file_module_behaves_like_a_module(tmp_path: Path) -> None:
     myfunc = relmod.at("./myfunc.py")
     assert myfunc.add(3, 4) == 7
     assert myfunc.__file__ == str(tmp_path / "myfunc.py")
-    assert myfunc.__name__ == "myfunc"
+    # It runs as Python runs modules: in sys.modules under its __name__, which names its path
+    # (so it can never shadow a top-level module of the same name).
+    assert myfunc.__name__ == "relmod.files." + str(tmp_path / "myfunc")
+    assert sys.modules[myfunc.__name__] is myfunc and "myfunc" not in sys.modules
     assert myfunc.__doc__ == "Doc of myfunc."
     assert "add" in myfunc.__dict__
-    assert "myfunc" not in sys.modules
     assert str(tmp_path / "myfunc.py") in repr(myfunc)
     assert relmod.at(str(tmp_path / "myfunc.py")) is myfunc
     (tmp_path / "myfunc.py").unlink()
@@ -364,7 +366,7 @@ def test_the_watcher_marks_stale_and_the_user_thread_reloads(tmp_path: Path) -> 
     feed = relmod.client.session.default_client().ensure_feed()
     assert feed.wait_ready(10)  # type: ignore[attr-defined]
     path.write_text("import threading\nV = 2\nTHREAD = threading.current_thread().name\n")
-    wait_for(lambda: modules.is_stale(mod), what="the embedded watcher to mark m.py stale")
+    wait_for(lambda: _client().registry.is_stale(mod), what="the embedded watcher to mark m.py stale")
     assert mod.V == 2
     assert threading.current_thread().name == mod.THREAD
 

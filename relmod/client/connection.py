@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from relmod.client.embedded import EmbeddedFeed
-from relmod.client.registry import DiskSources
+from relmod.machinery.registry import DiskSources
 from relmod.connfile import ConnectionInfo, pid_alive, read_connection_file
 from relmod.errors import BrokerError, BrokerNotFound, ProtocolError, RelmodError
 from relmod.protocol import Codec, Message, configure_socket
@@ -429,12 +429,6 @@ class BrokerFeed:
             local = self.path_map.to_local(broker_path)
             if local in ours and ours[local] != digest:
                 mismatched.append(local)
-        tracked = self.client.tracker.hashes
-        mismatched += [
-            self.path_map.to_local(p)
-            for p, d in hashes.items()
-            if self.path_map.to_local(p) in tracked and tracked[self.path_map.to_local(p)] != d
-        ]
         if mismatched:
             self.client.apply_invalidation(mismatched)
 

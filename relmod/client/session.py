@@ -18,12 +18,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from relmod.client import modules
 from relmod.client.embedded import EmbeddedFeed
-from relmod.client.imports import ImportHook, ToplevelFinder
-from relmod.client.registry import OnError, Registry
-from relmod.client.tracker import Tracker
 from relmod.errors import BrokerNotFound, ConfigurationError, ConnectionFileError, ReloadError
+from relmod.machinery.finder import ProjectFinder
+from relmod.machinery.imports import ImportHook
+from relmod.machinery.registry import OnError, Registry
+from relmod.machinery.scope import is_installed
 from relmod.sources import StatSignature, file_hash, stat_signature
 
 log = logging.getLogger(__name__)
@@ -44,23 +44,20 @@ class Feed(Protocol):
 
 
 class Client:
-    """Everything relmod keeps in one process."""
+    """Everything relmod keeps in one process: the registry, its two hooks, and the feed."""
 
     def __init__(self) -> None:
         self.registry = Registry()
         self.hook = ImportHook(self.registry)
-        self.tracker = Tracker(self.hook)
-        self.finder = ToplevelFinder(self.registry)
+        self.finder = ProjectFinder(self.registry)
         self.feed: Feed | None = None
         self.poll: bool | None = None
+        self.tracking = False  # enable(): every module imported from now on reloads
         # path -> (stat signature, content hash) last seen on disk, so sync() re-reads only
         # the files whose signature moved (or that changed too recently to trust it).
         self._seen: dict[str, tuple[StatSignature, str | None]] = {}
         self._feed_lock = threading.Lock()
         self.registry.add_load_listener(self._on_load)
-        self.tracker.add_watch_listener(self._on_load)
-        modules.set_refresher(self.registry.refresh)
-        modules.set_folder_loaders(self.registry.child, self.registry.item)
         self.hook.install()
 
     # -- feeds -------------------------------------------------------------------------
@@ -106,12 +103,12 @@ class Client:
             old.stop()
 
     def watched_folders(self) -> set[str]:
-        return self.registry.folders() | self.tracker.folders()
+        return self.registry.folders()
 
     def known_files(self) -> list[str]:
-        return list(self.registry.files()) + list(self.tracker.names_by_file)
+        return list(self.registry.files())
 
-    # -- the one path: files changed -> stale marks -----------------------------------
+    # -- the one door: these files may have changed -> stale marks ---------------------
 
     def files_changed(self, paths: Iterable[str]) -> set[str]:
         """Mark stale the modules whose file content differs from the version in use.
@@ -120,21 +117,17 @@ class Client:
         """
         files = self.registry.files()
         changed = []
-        tracked = self.tracker.names_by_file
         for path in paths:
-            if path in files or path in tracked:
+            if path in files:
                 sig = stat_signature(path)
                 digest = file_hash(path)
                 if sig is not None:
                     self._seen[path] = (sig, digest)
-                if path in files and digest != files[path]:
+                if digest != files[path]:
                     changed.append(path)
             elif path in self.registry:  # a folder
                 changed.append(path)
-        marked = self.registry.invalidate(changed) if changed else set()
-        if self.tracker.enabled:
-            marked |= self.tracker.invalidate(paths)
-        return marked
+        return self.registry.invalidate(changed) if changed else set()
 
     def verify_files(self, paths: Iterable[str]) -> set[str]:
         """Like :meth:`files_changed`, but skips files whose stat signature has not moved.
@@ -158,11 +151,7 @@ class Client:
 
     def apply_invalidation(self, affected: Iterable[str]) -> set[str]:
         """Mark stale what a broker said is affected (it already compared hashes)."""
-        affected = list(affected)
-        marked = self.registry.invalidate(affected)
-        if self.tracker.enabled:
-            marked |= self.tracker.invalidate(affected)
-        return marked
+        return self.registry.invalidate(list(affected))
 
     # -- user-thread operations -------------------------------------------------------
 
@@ -171,24 +160,13 @@ class Client:
         feed = self.ensure_feed()
         feed.sync(timeout)
 
-    def apply_pending(self) -> list[ReloadError]:
-        """Reload now every stale module and tracked module (notebooks call this per cell).
-
-        One failure does not stop the others; the failures are returned (and each failed
-        module keeps its last good version).
-        """
-        errors: list[ReloadError] = []
-        for rec in self.registry.records():
-            if modules.is_stale(rec.module):
-                try:
-                    self.registry.refresh(rec.module)
-                except ReloadError as err:
-                    errors.append(err)
-        if self.tracker.pending:
-            errors += self.tracker.reload_pending()[1]
-        return errors
-
-    def configure(self, *, on_error: str | None = None, poll: bool | None = None) -> None:
+    def configure(
+        self,
+        *,
+        on_error: str | None = None,
+        poll: bool | None = None,
+        exclude: Iterable[str] | None = None,
+    ) -> None:
         if on_error is not None:
             if on_error not in ("raise", "keep"):
                 raise ConfigurationError(
@@ -198,19 +176,79 @@ class Client:
             self.registry.on_error = on_error  # type: ignore[assignment]
         if poll is not None:
             self.poll = poll
+        if exclude is not None:
+            if isinstance(exclude, str):
+                raise ConfigurationError(
+                    f"exclude={exclude!r} is one string; give a list of module-name patterns, "
+                    f"for example exclude=['myapp.models', 'legacy.*']."
+                )
+            self.registry.scope.exclude(exclude)
 
     def reload(self, target: Any) -> Any:
-        """Force a deep reload of a path, a relmod module or an ordinary module."""
+        """Force a deep reload of a path, or of a module relmod reloads (or can adopt)."""
         if isinstance(target, str):
             return self.registry.reload(target)
-        if self.registry.record_of(target) is not None:
-            return self.registry.reload(target)
         if isinstance(target, types.ModuleType):
-            self.tracker.reload(target)
-            return target
+            if self.registry.record_of(target) is None and self.adopt(target) is None:
+                raise ReloadError(
+                    f"Cannot reload {target.__name__}: it has no Python source file of its own "
+                    f"that relmod can run (an installed, built-in or frozen module).",
+                    path=str(getattr(target, "__file__", target.__name__)),
+                )
+            return self.registry.reload(target)
         raise TypeError(
-            f"relmod.reload() takes a path, a relmod module or a module, not {type(target).__name__}."
+            f"relmod.reload() takes a path or a module, not {type(target).__name__}."
         )
+
+    def adopt(self, module: types.ModuleType) -> Any:
+        """Start reloading a module imported before relmod was asked to (None if it cannot)."""
+        path = getattr(module, "__file__", None)
+        name = getattr(module, "__name__", None)
+        if not isinstance(path, str) or not isinstance(name, str) or not path.endswith(".py"):
+            return None
+        real = os.path.realpath(path)
+        if name == "__main__" or name.startswith("relmod") or is_installed(real):
+            return None
+        return self.registry.adopt(module, real)
+
+    def adopt_project(self) -> int:
+        """Adopt every module already imported whose file the scope accepts."""
+        scope = self.registry.scope
+        count = 0
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None)
+            if not isinstance(module, types.ModuleType) or not isinstance(path, str):
+                continue
+            if name != getattr(module, "__name__", None):
+                continue  # an alias; the module is adopted under its own name
+            if scope.accepts(name, os.path.realpath(path)) and self.adopt(module) is not None:
+                count += 1
+        return count
+
+    def enable(self, blacklist: Iterable[str] = ()) -> None:
+        """Every module imported from now on reloads (not only the project's)."""
+        self.registry.frozen = frozenset(blacklist)
+        self.registry.scope.everything = True
+        self.tracking = True
+        self.finder.install()
+        self.hook.install()
+
+    def disable(self) -> None:
+        """Stop making new imports reloading, and forget the modules enable() added."""
+        self.registry.scope.everything = False
+        self.registry.frozen = frozenset()
+        self.tracking = False
+        scope = self.registry.scope
+        for rec in self.registry.records():
+            if not rec.by_path and not rec.key.startswith(scope.roots):
+                self.registry.forget(rec)
+
+    def follow_project(self, root: str) -> None:
+        """Make the project under ``root`` reloading: its modules imported so far and from now on."""
+        self.registry.scope.add_root(root)
+        self.finder.install()
+        self.hook.install()
+        self.adopt_project()
 
     def connect(
         self, start: str, *, timeout: float = 5.0, path_map: dict[str, str] | None = None
@@ -247,6 +285,8 @@ class Client:
                 f"`relmod-broker {start}` and connect again."
             )
         self.use_feed(feed)
+        if feed.info is not None:
+            self.follow_project(feed.path_map.to_local(feed.info["root"]))
         # Spawned children, pools and notebooks started from here find the same broker.
         os.environ["RELMOD_BROKER"] = str(found)
         return feed
@@ -254,10 +294,8 @@ class Client:
     def close(self) -> None:
         """Stop the feed and take relmod's hooks out of the interpreter."""
         self.use_feed(None)
-        self.tracker.disable()
         self.hook.uninstall()
-        if self.finder in sys.meta_path:
-            sys.meta_path.remove(self.finder)
+        self.finder.uninstall()
 
     @property
     def on_error(self) -> OnError:

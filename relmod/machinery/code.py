@@ -1,0 +1,108 @@
+"""Code objects for module sources: compiled by relmod, cached by content, never a stale .pyc.
+
+Python's own ``__pycache__`` files are judged by the source's mtime (whole seconds) and size, so a
+same-size edit saved within the second the .pyc was written runs the old code. relmod compiles
+from the bytes it hashed and keeps its own cache keyed by that content hash (and the path, which
+code objects carry), in ``$RELMOD_CACHE_DIR`` or ``~/.cache/relmod``: a cached code object is
+valid by construction, and a first import costs a read, a hash and an unmarshal.
+
+:func:`defined_names` tells which names a module's top-level code binds, so a re-execution over
+the old namespace can drop the names the new version no longer defines.
+"""
+
+from __future__ import annotations
+
+import dis
+import hashlib
+import importlib.util
+import logging
+import marshal
+import os
+import sys
+import tempfile
+import types
+
+from relmod.sources import compile_source
+
+log = logging.getLogger(__name__)
+
+_STORES = frozenset({"STORE_NAME", "STORE_GLOBAL"})
+
+
+def cache_dir() -> str | None:
+    """Where compiled code is cached, or None when caching is off (``RELMOD_CACHE_DIR=``)."""
+    configured = os.environ.get("RELMOD_CACHE_DIR")
+    if configured is not None:
+        return configured or None
+    if sys.dont_write_bytecode:
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "relmod", "code-" + importlib.util.MAGIC_NUMBER.hex())
+
+
+def _cache_file(folder: str, path: str, digest: str) -> str:
+    key = hashlib.blake2b(f"{path}\0{digest}".encode("utf-8", "surrogateescape"), digest_size=16)
+    name = key.hexdigest()
+    return os.path.join(folder, name[:2], name[2:])
+
+
+def load_code(path: str, data: bytes, digest: str) -> types.CodeType:
+    """The code object of ``data`` (the bytes of ``path``, whose content hash is ``digest``).
+
+    Raises:
+        SyntaxError, ValueError, ...: whatever ``compile`` raises for these bytes.
+
+    Example:
+        >>> code = load_code('/p/a.py', b'x = 1\\n', 'h')
+        >>> code.co_filename
+        '/p/a.py'
+    """
+    folder = cache_dir()
+    if folder is None:
+        return compile_source(path, data)
+    where = _cache_file(folder, path, digest)
+    try:
+        with open(where, "rb") as file:
+            code = marshal.loads(file.read())
+        if isinstance(code, types.CodeType) and code.co_filename == path:
+            return code
+    except (OSError, EOFError, ValueError, TypeError):
+        pass  # not cached yet, or a torn file: compile below
+    code = compile_source(path, data)
+    _store(where, code)
+    return code
+
+
+def _store(where: str, code: types.CodeType) -> None:
+    try:
+        os.makedirs(os.path.dirname(where), mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(where), prefix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(marshal.dumps(code))
+            os.replace(tmp, where)  # atomic: a reader sees the old file or the whole new one
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as err:
+        log.debug("cannot cache the code of %s: %s", code.co_filename, err)
+
+
+def defined_names(code: types.CodeType) -> tuple[frozenset[str], bool]:
+    """The names a module's top-level code binds, and whether it runs ``from x import *``.
+
+    Example:
+        >>> names, star = defined_names(compile('import os\\nx = 1\\ndef f(): pass', 'm', 'exec'))
+        >>> sorted(names), star
+        (['f', 'os', 'x'], False)
+    """
+    names = set()
+    star = False
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _STORES:
+            names.add(str(instruction.argval))
+        elif instruction.opname == "IMPORT_STAR" or (
+            instruction.opname == "CALL_INTRINSIC_1" and "IMPORT_STAR" in str(instruction.argrepr)
+        ):
+            star = True
+    return frozenset(names), star

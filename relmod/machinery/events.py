@@ -1,0 +1,83 @@
+"""What happens to modules, as events: one small listener type for every "something happened".
+
+A listener is any callable taking an :class:`Event`. ``'stale'`` events are emitted on the feed's
+thread, ``'reloaded'`` and ``'failed'`` on the thread that ran the reload. A listener that raises is
+logged once (with its traceback) and otherwise ignored: it never delays or breaks the feed beyond
+its own running time, so keep listeners quick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal["stale", "reloaded", "failed"]
+
+
+class Event(NamedTuple):
+    """One thing that happened to one module.
+
+    Attributes:
+        kind: ``'stale'`` (an invalidation marked it), ``'reloaded'`` (it ran again) or
+            ``'failed'`` (its reload failed; the last good version stays in use).
+        path: the file that runs (for a package, its ``__init__.py``).
+        name: the module's name in ``sys.modules``.
+        time: when it happened, as ``time.time()``.
+        error: for ``'failed'``, the message, naming file and line; else None.
+    """
+
+    kind: EventKind
+    path: str
+    name: str
+    time: float
+    error: str | None = None
+
+
+Listener = Callable[[Event], object]
+
+
+class Listeners:
+    """A set of listeners, each called for every event.
+
+    Example:
+        >>> seen = []; listeners = Listeners(); listeners.add(seen.append)
+        >>> listeners.emit(Event('stale', '/p/a.py', 'a', 0.0)); [e.kind for e in seen]
+        ['stale']
+    """
+
+    def __init__(self) -> None:
+        self._listeners: tuple[Listener, ...] = ()
+        self._complained: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add(self, listener: Listener) -> None:
+        """Call ``listener(event)`` for every event from now on."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove(self, listener: Listener) -> None:
+        """Stop calling a listener (no error when it was not added)."""
+        with self._lock:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def __bool__(self) -> bool:
+        return bool(self._listeners)
+
+    def emit(self, event: Event) -> None:
+        """Call every listener; one that raises is logged once and the others still run."""
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                if id(listener) not in self._complained:
+                    self._complained.add(id(listener))
+                    log.exception(
+                        "relmod: the listener %r raised on a %r event; it stays registered, and "
+                        "further errors from it are not logged",
+                        listener,
+                        event.kind,
+                    )

@@ -1,0 +1,905 @@
+"""The registry of reloading modules: one model for every module relmod reloads.
+
+Every module relmod reloads, whether it came from ``import`` (a project module) or from
+``relmod.at/use/imp/toplevel`` (a module loaded by path), is a :class:`Record` here: the module
+object, its name in ``sys.modules``, the file that runs, the hash of the source that ran, and its
+place in the dependency graph. Modules run as Python runs them: under their dotted name, in
+``sys.modules`` while their code executes.
+
+Two kinds of callers touch a registry:
+
+- a feed (the embedded watcher or the broker connection) calls :meth:`Registry.invalidate` from its
+  own thread; that only switches module classes to their stale twins and emits ``'stale'`` events;
+- user threads import modules (:meth:`Registry.exec_first` is the loader's door) and, on the first
+  use of a stale module, :meth:`Registry.refresh` brings it up to date, its stale dependencies
+  first, under one reload lock.
+
+A reload runs in units: one module, or the modules of an import cycle, which re-execute together
+in the order Python first ran them; an import statement of a unit member that has not re-run yet
+re-runs it on the spot (:meth:`Registry.run_pending`), exactly where a first import would have
+run it, while the others are visible partially initialised. A unit that fails is rolled back as a
+whole to its last good state. A module re-executes only when its source hash differs from the one
+it last ran, or when a module it depends on ran again since; an identical save re-executes nothing.
+
+Re-execution runs over the module's own namespace, then drops the names the new version no longer
+defines: a function of the module running in another thread meanwhile finds each global either
+old or new, never missing.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import linecache
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+import types
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.machinery import ModuleSpec
+from typing import Any, Literal, Protocol
+
+from relmod.errors import ModuleNotFound, ReloadError
+from relmod.graph import DependencyGraph
+from relmod.machinery import modules as m
+from relmod.machinery.code import defined_names, load_code
+from relmod.machinery.events import Event, Listeners
+from relmod.machinery.scope import Scope
+from relmod.sources import content_hash, read_source
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["raise", "keep"]
+SourceKind = Literal["file", "folder"]
+
+PATH_MODULES = "relmod.files"
+"""The package under which modules loaded by path live in ``sys.modules``."""
+
+# Keys of a module's namespace that a re-execution never drops.
+_KEPT_KEYS = frozenset(
+    {
+        "__name__",
+        "__file__",
+        "__cached__",
+        "__loader__",
+        "__spec__",
+        "__package__",
+        "__path__",
+        "__relmod_folder__",
+        "__builtins__",
+        "__doc__",
+    }
+)
+
+
+class SourceProvider(Protocol):
+    """Where a registry finds files and folders and reads their bytes.
+
+    :class:`DiskSources` (the default) is the local disk; a process that does not share the
+    project's file system sets ``registry.sources`` to one answered by the broker.
+    """
+
+    def kind(self, path: str) -> SourceKind | None:
+        """``"file"``, ``"folder"``, or None when nothing is at ``path``."""
+        ...
+
+    def read(self, path: str) -> bytes:
+        """The bytes of the file at ``path``; raises OSError when it cannot be read."""
+        ...
+
+
+class DiskSources:
+    """The local disk, as a :class:`SourceProvider`."""
+
+    def kind(self, path: str) -> SourceKind | None:
+        if os.path.isdir(path):
+            return "folder"
+        return "file" if os.path.isfile(path) else None
+
+    def read(self, path: str) -> bytes:
+        return read_source(path)
+
+
+def normalize(path: str, base: str | None = None) -> str:
+    """An absolute, symlink-free path, with ``~`` expanded, resolved against ``base`` or the cwd."""
+    path = os.path.expanduser(path)
+    if base is not None and not os.path.isabs(path):
+        path = os.path.join(base, path)
+    return os.path.realpath(path)
+
+
+def path_module_name(path: str, *, folder: bool) -> str:
+    """The ``sys.modules`` name of a module loaded by path: its path, importable again.
+
+    Example:
+        >>> path_module_name('/p/my.lib/f.py', folder=False)
+        'relmod.files./p/my%2Elib/f'
+        >>> path_module_name('/p/pkg', folder=True)
+        'relmod.files./p/pkg/'
+    """
+    stem = path[:-3] if not folder and path.endswith(".py") else path
+    escaped = stem.replace("%", "%25").replace(".", "%2E")
+    return f"{PATH_MODULES}.{escaped}{'/' if folder else ''}"
+
+
+def path_of_module_name(name: str) -> str | None:
+    """The path a :func:`path_module_name` stands for, or None for any other name.
+
+    Example:
+        >>> path_of_module_name('relmod.files./p/my%2Elib/f'), path_of_module_name('os')
+        ('/p/my.lib/f.py', None)
+    """
+    prefix = PATH_MODULES + "."
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix) :]
+    folder = rest.endswith("/")
+    path = rest.rstrip("/").replace("%2E", ".").replace("%25", "%")
+    return path if folder else path + ".py"
+
+
+Kind = Literal["file", "package", "folder"]
+
+
+@dataclass(eq=False)
+class Record:
+    """What the registry knows of one module."""
+
+    key: str  # the file that runs (for a package its __init__.py), or the folder of a namespace
+    name: str  # its name in sys.modules
+    module: types.ModuleType
+    kind: Kind
+    by_path: bool  # loaded by relmod.at/use/imp (relative imports resolve by folder)
+    folder: str | None = None  # for folders and packages loaded by path
+    hash: str | None = None  # of the source last executed successfully
+    failed_hash: str | None = None  # of a source that failed, reported once
+    version: int = 0  # bumps on every successful execution
+    dep_versions: dict[str, int] = field(default_factory=dict)
+    gen: int = 0  # bumps on every invalidation; a reload clears staleness only if unchanged
+    order: int = 0  # when its first execution began: a cycle re-runs in this order
+    reloading: bool = False
+    last_error: str | None = None
+    code: types.CodeType | None = None  # compiled, waiting to run in the current unit
+    digest: str | None = None  # the hash of ``code``'s source
+
+    @property
+    def namespace(self) -> dict[str, Any]:
+        return object.__getattribute__(self.module, "__dict__")  # type: ignore[no-any-return]
+
+
+class Registry:
+    """Modules by file, with lazy, deep, dependency-ordered reloads.
+
+    Example:
+        >>> reg = Registry()
+        >>> mod = reg.load('relmod/_version.py')
+        >>> isinstance(mod.__version__, str), mod.__name__.startswith('relmod.files.')
+        (True, True)
+    """
+
+    def __init__(self) -> None:
+        self.graph = DependencyGraph()
+        self.on_error: OnError = "raise"
+        self.sources: SourceProvider = DiskSources()
+        self.scope = Scope()
+        self.types = m.ModuleTypes(self)
+        self.listeners = Listeners()
+        self.frozen: frozenset[str] = frozenset()  # names that stay in the graph, never reload
+        self._records: dict[str, Record] = {}
+        self._by_id: dict[int, Record] = {}
+        self._by_namespace: dict[int, Record] = {}
+        self._by_name: dict[str, Record] = {}
+        self._aliases: dict[str, str] = {}  # package folder -> its __init__.py
+        self._reload_lock = threading.RLock()
+        self._mark_lock = threading.Lock()
+        self._create_lock = threading.RLock()
+        self._pending: dict[str, Record] = {}  # unit members that have not re-run yet
+        self._in_progress: list[tuple[Record, dict[str, Any]]] = []  # (record, last good ns)
+        self._local = threading.local()  # .running: the records executing in this thread
+        self._order = itertools.count(1)
+        self._pending_failure: Record | None = None
+        self._scheduled: set[str] = set()  # keys the reload in progress will run, in order
+        self._load_listeners: list[Callable[[str], None]] = []
+        self._invalidate_listeners: list[Callable[[set[str]], None]] = []
+        self.reloads = 0
+        self.errors_logged = 0
+        self.generation = 0  # bumps whenever invalidate() marks something: a cheap "any news?"
+        # Classes defined by a version of a module that a reload replaced: their live
+        # instances are what stale_objects() reports.
+        self.old_classes: weakref.WeakSet[type] = weakref.WeakSet()
+        self.count_stale_objects = False
+
+    def after_fork(self) -> None:
+        """In a forked child: free locks other threads held, undo a reload cut off by the fork.
+
+        The child has only the forking thread. A unit another thread was re-executing is rolled
+        back to its last good namespace and left stale, so the child re-runs it on first use.
+        """
+        self._reload_lock = threading.RLock()
+        self._mark_lock = threading.Lock()
+        self._create_lock = threading.RLock()
+        self._local = threading.local()
+        self.graph.after_fork()
+        for rec, good in self._in_progress:
+            _restore(rec, good)
+            rec.reloading = False
+            rec.hash = None  # forces the re-run
+            self.types.mark_stale(rec.module)
+        self._in_progress = []
+        self._pending = {}
+        self._scheduled = set()
+
+    # -- modules loaded by path (relmod.at, use, imp, toplevel of a path) ------------------
+
+    def load(self, path: str, *, name: str | None = None) -> types.ModuleType:
+        """The module for a file or folder path (absolute, or relative to the cwd)."""
+        full = normalize(path)
+        if self.sources.kind(full) is None and self.sources.kind(full + ".py") == "file":
+            full += ".py"
+        key = self._aliases.get(full, full)
+        rec = self._records.get(key)
+        if rec is not None:
+            return rec.module
+        with self._create_lock:
+            rec = self._records.get(key)
+            if rec is not None:
+                return rec.module
+            return self._create_by_path(full)
+
+    def _create_by_path(self, full: str) -> types.ModuleType:
+        kind = self.sources.kind(full)
+        if kind == "folder":
+            init = os.path.join(full, "__init__.py")
+            if self.sources.kind(init) == "file":
+                return self._new_path_module(init, "package", folder=full)
+            return self._new_path_module(full, "folder", folder=full)
+        if kind == "file":
+            if not full.endswith(".py"):
+                log.debug("loading %s, which does not end in .py", full)
+            return self._new_path_module(full, "file")
+        raise ModuleNotFound(
+            f"Cannot load {full}: no such file or folder. Check the path; relative paths given to "
+            f"relmod.at() resolve against the current folder ({os.getcwd()})."
+        )
+
+    def _new_path_module(
+        self, key: str, kind: Kind, *, folder: str | None = None
+    ) -> types.ModuleType:
+        base = folder if folder is not None else key
+        name = path_module_name(base, folder=folder is not None)
+        cls: type[types.ModuleType] = {
+            "file": types.ModuleType,
+            "package": self.types.package,
+            "folder": self.types.folder,
+        }[kind]
+        module = cls(name)
+        ns = module.__dict__
+        loader = m.PathLoader(base if kind == "folder" else key)
+        # No origin, so the module's repr shows the loader's: the path, and whether it is gone.
+        ns["__spec__"] = ModuleSpec(name, loader, origin=None, is_package=folder is not None)
+        ns["__loader__"] = loader
+        ns["__package__"] = ""
+        if folder is not None:
+            ns["__relmod_folder__"] = folder
+            ns["__path__"] = [folder]
+        if kind != "folder":
+            ns["__file__"] = key
+        rec = self._add(key, name, module, kind, by_path=True, folder=folder)
+        if kind == "folder":
+            rec.version = 1
+        else:
+            sys.modules[name] = module  # as a first import: visible while it runs
+            try:
+                self._first_run(rec)
+            except BaseException:
+                if sys.modules.get(name) is module:
+                    del sys.modules[name]
+                self._forget(rec)
+                raise
+        for listener in list(self._load_listeners):
+            listener(key)
+        return module
+
+    def _add(
+        self,
+        key: str,
+        name: str,
+        module: types.ModuleType,
+        kind: Kind,
+        *,
+        by_path: bool,
+        folder: str | None = None,
+    ) -> Record:
+        rec = Record(key=key, name=name, module=module, kind=kind, by_path=by_path, folder=folder)
+        rec.order = next(self._order)
+        self._records[key] = rec
+        self._by_id[id(module)] = rec
+        self._by_namespace[id(rec.namespace)] = rec
+        self._by_name[name] = rec
+        if folder is not None and folder != key:
+            self._aliases[folder] = key
+        return rec
+
+    def forget(self, rec: Record) -> None:
+        """Stop reloading a module: it keeps running as it is, as a plain module."""
+        with self._reload_lock:
+            self.types.mark_fresh(rec.module)
+            self._forget(rec)
+
+    def _forget(self, rec: Record) -> None:
+        if self._records.get(rec.key) is rec:
+            del self._records[rec.key]
+            self.graph.remove(rec.key)
+        self._by_id.pop(id(rec.module), None)
+        self._by_namespace.pop(id(rec.namespace), None)
+        if self._by_name.get(rec.name) is rec:
+            del self._by_name[rec.name]
+        if rec.folder is not None:
+            self._aliases.pop(rec.folder, None)
+
+    def child(self, folder_module: types.ModuleType, name: str) -> types.ModuleType | None:
+        """``folder.name``: the folder's ``name.py`` or ``name/``, cached in the folder."""
+        folder = m.folder_of(folder_module)
+        for candidate in (os.path.join(folder, name + ".py"), os.path.join(folder, name)):
+            if self.sources.kind(candidate) is not None:
+                module = self.load(candidate)
+                object.__getattribute__(folder_module, "__dict__")[name] = module
+                return module
+        return None
+
+    def item(self, folder_module: types.ModuleType, relative: str) -> types.ModuleType:
+        """``folder['../other dir']``: a path relative to the folder."""
+        return self.load(normalize(relative, m.folder_of(folder_module)))
+
+    # -- modules of the ordinary import system -------------------------------------------
+
+    def exec_first(self, module: types.ModuleType, path: str) -> None:
+        """Run a project module's first import (the loader's ``exec_module``).
+
+        The import system has created the module and put it in ``sys.modules``; this compiles
+        the source itself (never a stale .pyc) and runs it. Errors propagate unchanged, as a
+        plain import's would.
+        """
+        name = module.__name__
+        with self._create_lock:
+            old = self._records.get(path)
+            if old is not None and old.module is not module:
+                self._forget(old)  # the module left sys.modules and is imported anew
+            rec = self._add(path, name, module, _kind_of(module), by_path=False)
+        try:
+            self._first_run(rec)
+        except BaseException:
+            self._forget(rec)
+            raise
+        for listener in list(self._load_listeners):
+            listener(path)
+
+    def adopt(self, module: types.ModuleType, path: str) -> Record | None:
+        """Track a module imported before relmod was asked to (its hash is taken now).
+
+        A file changed since the module ran (its bytecode cache or its mtime says so) is marked
+        stale at once. What the module holds of other tracked modules becomes its edges.
+        """
+        if id(module) in self._by_id:
+            return self._by_id[id(module)]
+        try:
+            data = self.sources.read(path)
+        except OSError:
+            return None
+        with self._create_lock:
+            if id(module) in self._by_id:
+                return self._by_id[id(module)]
+            rec = self._add(path, module.__name__, module, _kind_of(module), by_path=False)
+            rec.hash = content_hash(data)
+            rec.version = 1
+        self._adopt_edges(rec)
+        if _changed_since_import(module, path):
+            rec.hash = None
+            self._mark({rec.key})
+        for listener in list(self._load_listeners):
+            listener(path)
+        return rec
+
+    def _adopt_edges(self, rec: Record) -> None:
+        for value in list(rec.namespace.values()):
+            if isinstance(value, types.ModuleType):
+                target = self._by_id.get(id(value))
+            else:
+                owner = getattr(value, "__module__", None)
+                target = self._by_name.get(owner) if isinstance(owner, str) else None
+            if target is not None and target is not rec:
+                self.graph.add_edge(rec.key, target.key, origin="runtime")
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def add_load_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(path)`` after each new module loads (the embedded watcher follows)."""
+        self._load_listeners.append(listener)
+
+    def remove_load_listener(self, listener: Callable[[str], None]) -> None:
+        """Stop calling a listener added with :meth:`add_load_listener`."""
+        if listener in self._load_listeners:
+            self._load_listeners.remove(listener)
+
+    def add_invalidate_listener(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener(keys)`` on the feed's thread after modules are marked stale."""
+        self._invalidate_listeners.append(listener)
+
+    def record_of(self, module: object) -> Record | None:
+        """The record of a reloading module, or None for any other object."""
+        return self._by_id.get(id(module))
+
+    def record_of_namespace(self, namespace: dict[str, Any]) -> Record | None:
+        """The record whose module owns this globals dict."""
+        return self._by_namespace.get(id(namespace))
+
+    def record_of_name(self, name: str) -> Record | None:
+        """The record of the module called ``name`` in ``sys.modules``."""
+        return self._by_name.get(name)
+
+    def record_edge(self, dependent: str, dependency: str) -> None:
+        """A module imported another while it ran."""
+        if dependent != dependency:
+            self.graph.add_edge(dependent, dependency, origin="runtime")
+
+    def files(self) -> dict[str, str | None]:
+        """Every loaded source file with the hash of the version in use."""
+        return {k: r.hash for k, r in list(self._records.items()) if r.kind != "folder"}
+
+    def folders(self) -> set[str]:
+        """The folders holding loaded modules (what an embedded watcher watches)."""
+        out = set()
+        for rec in list(self._records.values()):
+            out.add(rec.folder if rec.folder is not None else os.path.dirname(rec.key))
+        return out
+
+    def records(self) -> list[Record]:
+        """A snapshot of every record (safe to iterate while other threads load)."""
+        return list(self._records.values())
+
+    def dependencies(self, module: types.ModuleType) -> list[types.ModuleType]:
+        """The modules ``module`` imported or used while it ran, sorted by path."""
+        rec = self._by_id[id(module)]
+        deps = sorted(self.graph.dependencies_of(rec.key))
+        return [self._records[d].module for d in deps if d in self._records]
+
+    def is_stale(self, module: types.ModuleType) -> bool:
+        return self.types.is_stale(module)
+
+    def stale_count(self) -> int:
+        return sum(1 for r in list(self._records.values()) if self.types.is_stale(r.module))
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._records or path in self._aliases
+
+    # -- invalidation (any thread) ------------------------------------------------------
+
+    def invalidate(self, paths: Iterable[str]) -> set[str]:
+        """Mark the modules of these files, and every module depending on them, stale.
+
+        Cheap and safe from any thread: it runs no user code. Returns the keys marked.
+        """
+        keys: set[str] = set()
+        for path in paths:
+            path = self._aliases.get(path, path)
+            if path in self._records:
+                keys.add(path)
+            elif not path.endswith(".py"):
+                # A folder renamed or deleted: every module under it.
+                prefix = path.rstrip(os.sep) + os.sep
+                keys.update(k for k in list(self._records) if k.startswith(prefix))
+        if not keys:
+            return set()
+        return self._mark({k for k in self.graph.affected_by(keys) if k in self._records})
+
+    def _mark(self, affected: set[str]) -> set[str]:
+        marked = set()
+        with self._mark_lock:
+            for key in affected:
+                rec = self._records.get(key)
+                if rec is None:
+                    continue
+                rec.gen += 1
+                try:
+                    self.types.mark_stale(rec.module)
+                except TypeError:  # a module class whose layout forbids the switch
+                    log.warning("relmod cannot mark %s stale: its module class is unusual", key)
+                    continue
+                marked.add(key)
+            if marked:
+                self.generation += 1
+        log.debug("marked %d module(s) stale", len(marked))
+        if self.listeners:
+            now = time.time()
+            for key in marked:
+                rec = self._records[key]
+                self.listeners.emit(Event("stale", key, rec.name, now))
+        for listener in list(self._invalidate_listeners):
+            listener(marked)
+        return marked
+
+    # -- reloading (user threads) -----------------------------------------------------
+
+    def refresh(self, module: types.ModuleType) -> None:
+        """Bring a stale module up to date: its stale dependencies first, then itself."""
+        rec = self._by_id.get(id(module))
+        if rec is None:
+            self.types.mark_fresh(module)
+            return
+        with self._reload_lock:
+            if rec.reloading or rec.key in self._scheduled or not self.types.is_stale(module):
+                return  # another thread reloaded it, or it runs (or will) in this reload
+            deps = self.graph.transitive_dependencies(rec.key)
+            if self._scheduled and not deps.isdisjoint(self._scheduled):
+                # Touched by a module re-running now, and depending on one that has not
+                # finished: it runs after them (it stays stale); meanwhile it is seen as it is,
+                # as a first import would see a module not yet fully run.
+                return
+            todo = {rec.key} | {
+                d for d in deps if d in self._records and self.types.is_stale(self._records[d].module)
+            }
+            self._bring_up_to_date(todo)
+
+    def refresh_all(self) -> list[ReloadError]:
+        """Bring every stale module up to date now; return the failures (notebook cells)."""
+        errors: list[ReloadError] = []
+        for rec in self.records():
+            if self.types.is_stale(rec.module):
+                try:
+                    self.refresh(rec.module)
+                except ReloadError as err:
+                    errors.append(err)
+        return errors
+
+    def reload(self, target: str | types.ModuleType) -> types.ModuleType:
+        """Re-execute a module now, even if unchanged, then every module depending on it."""
+        module = self.load(target) if isinstance(target, str) else target
+        rec = self._by_id[id(module)]
+        with self._reload_lock:
+            affected = {k for k in self.graph.affected_by([rec.key]) if k in self._records}
+            self._bring_up_to_date(affected, force={rec.key}, strict=True)
+        return module
+
+    def _bring_up_to_date(
+        self, keys: set[str], *, force: set[str] = frozenset(), strict: bool = False  # type: ignore[assignment]
+    ) -> None:
+        outer = self._scheduled
+        self._scheduled = outer | keys
+        try:
+            for unit in self.graph.units_in_dependency_order(keys):
+                members = sorted((self._records[k] for k in unit), key=lambda r: r.order)
+                self._run_unit(members, force, strict=strict)
+                self._scheduled = self._scheduled - set(unit)
+        finally:
+            self._scheduled = outer
+
+    def _run_unit(self, members: list[Record], force: set[str], *, strict: bool) -> None:
+        gens = {rec.key: rec.gen for rec in members}
+        runnable = [rec for rec in members if rec.kind != "folder" and rec.name not in self.frozen]
+        try:
+            todo = self._plan(runnable, members, force)
+        except ReloadError as err:
+            self._failed(err, members, gens, strict)
+            return
+        if todo:
+            try:
+                self._execute_unit(todo)
+            except ReloadError as err:
+                self._failed(err, members, gens, strict)
+                return
+        for rec in members:
+            self._unmark(rec, gens[rec.key])
+
+    def _plan(self, runnable: list[Record], members: list[Record], force: set[str]) -> list[Record]:
+        """The members to re-execute, compiled; none when nothing they ran has changed."""
+        reasons = False
+        compiled: list[tuple[Record, bytes, str]] = []
+        for rec in runnable:
+            if not self._on_disk(rec):
+                if len(members) > 1 or rec.key in force:
+                    raise self._error(rec, "reload", FileNotFoundError(rec.key), first=False)
+                # A dependency whose file is gone (deleted, or turned into a package): whether a
+                # module still needs it is for its own run to say, so its dependents run again.
+                rec.version += 1
+                continue
+            try:
+                data = self.sources.read(rec.key)
+            except OSError as err:
+                raise self._error(rec, "reload", err, first=False) from err
+            digest = content_hash(data)
+            compiled.append((rec, data, digest))
+            if rec.key in force or self._deps_moved(rec, members):
+                reasons = True
+            elif digest != rec.hash and digest != rec.failed_hash:
+                reasons = True
+        if not reasons:
+            return []
+        for rec, data, digest in compiled:
+            try:
+                rec.code = load_code(rec.key, data, digest)
+            except Exception as err:  # SyntaxError, ValueError, RecursionError, MemoryError...
+                rec.failed_hash = digest
+                for other, _, _ in compiled:
+                    other.code = None
+                raise self._error(rec, "reload", err, first=False) from err
+            rec.digest = digest
+        return [rec for rec, _, _ in compiled]
+
+    def _execute_unit(self, todo: list[Record]) -> None:
+        saved = [(rec, dict(rec.namespace)) for rec in todo]
+        edges = {rec.key: self.graph.dependencies_of(rec.key) for rec in todo}
+        outer_pending = self._pending
+        self._pending = {rec.name: rec for rec in todo}
+        self._in_progress = self._in_progress + saved
+        try:
+            for rec in todo:
+                if rec.name in self._pending:
+                    self._rerun(rec, dict(saved)[rec])
+        except BaseException as err:
+            failed = self._pending_failure or todo[0]
+            # Another module's failed reload surfacing here is not a fault of this unit's files.
+            own = not (isinstance(err, ReloadError) and err.path not in {r.key for r in todo})
+            for rec, good in saved:
+                _restore(rec, good)
+                self.graph.set_dependencies(rec.key, edges[rec.key], origin="runtime")
+                if sys.modules.get(rec.name) is not rec.module:
+                    sys.modules[rec.name] = rec.module
+                if own and rec.digest != rec.hash:
+                    rec.failed_hash = rec.digest  # retried only when a new version is saved
+                rec.code = None
+            if isinstance(err, ReloadError) or not isinstance(err, Exception):
+                raise
+            raise self._error(failed, "reload", err, first=False) from err
+        finally:
+            self._pending = outer_pending
+            self._in_progress = [p for p in self._in_progress if p not in saved]
+            self._pending_failure = None
+        now = time.time()
+        for rec, old in saved:
+            rec.hash = rec.digest
+            rec.failed_hash = None
+            rec.last_error = None
+            rec.version += 1
+            rec.code = None
+            rec.dep_versions = self._versions_of_deps(rec)
+            linecache.checkcache(rec.key)
+            self.reloads += 1
+            self._note_replaced_classes(old, rec.namespace)
+            log.info("reloaded %s", rec.key)
+            if self.listeners:
+                self.listeners.emit(Event("reloaded", rec.key, rec.name, now))
+
+    def run_pending(self, name: str) -> None:
+        """An import statement reached ``name`` while its unit re-runs: run it now, nested.
+
+        This is where a first import would have run it; called by the import hook.
+        """
+        rec = self._pending.get(name)
+        if rec is not None:
+            good = next(g for r, g in self._in_progress if r is rec)
+            self._rerun(rec, good)
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def _rerun(self, rec: Record, old: dict[str, Any]) -> None:
+        del self._pending[rec.name]
+        code = rec.code
+        assert code is not None
+        ns = rec.namespace
+        ns.pop("__annotations__", None)  # a fresh run makes its own (SETUP_ANNOTATIONS)
+        ns["__doc__"] = None
+        self.graph.set_dependencies(rec.key, (), origin="runtime")
+        if sys.modules.get(rec.name) is not rec.module:
+            sys.modules[rec.name] = rec.module  # it may have been replaced; it runs visibly
+        try:
+            with self._running(rec):
+                exec(code, ns)
+                _drop_undefined(rec, old, code)
+                callback = ns.get("__reload__")
+                if callable(callback):
+                    callback(old)
+        except BaseException:
+            if self._pending_failure is None:
+                self._pending_failure = rec
+            raise
+
+    def _first_run(self, rec: Record) -> None:
+        """A module's first execution: read, hash, compile (or take the cached code), run."""
+        verb = "load"
+        try:
+            data = self.sources.read(rec.key)
+        except OSError as err:
+            if rec.by_path:
+                raise ModuleNotFound(f"Cannot load {rec.key}: {err.strerror}.") from err
+            raise
+        digest = content_hash(data)
+        try:
+            code = load_code(rec.key, data, digest)
+        except Exception as err:
+            if rec.by_path:
+                raise self._error(rec, verb, err, first=True) from err
+            raise
+        try:
+            with self._running(rec):
+                exec(code, rec.namespace)
+        except BaseException as err:
+            if rec.by_path and isinstance(err, Exception) and not isinstance(err, ReloadError):
+                raise self._error(rec, verb, err, first=True) from err
+            raise
+        rec.hash = digest
+        rec.version = 1
+        rec.dep_versions = self._versions_of_deps(rec)
+        linecache.checkcache(rec.key)
+
+    @contextmanager
+    def _running(self, rec: Record) -> Iterator[None]:
+        stack = getattr(self._local, "running", None)
+        if stack is None:
+            stack = self._local.running = []
+        stack.append(rec)
+        rec.reloading = True
+        try:
+            yield
+        finally:
+            rec.reloading = False
+            stack.pop()
+
+    def running(self) -> Record | None:
+        """The record whose code runs in this thread now (imports it makes are its edges)."""
+        stack = getattr(self._local, "running", None)
+        return stack[-1] if stack else None
+
+    def _failed(
+        self, err: ReloadError, members: list[Record], gens: dict[str, int], strict: bool
+    ) -> None:
+        for rec in members:
+            rec.last_error = str(err) if rec.key == err.path else rec.last_error
+            self._unmark(rec, gens[rec.key])
+        rec = self._records.get(err.path)
+        if self.listeners and rec is not None:
+            self.listeners.emit(Event("failed", rec.key, rec.name, time.time(), str(err)))
+        if strict or self.on_error == "raise":
+            raise err
+        self.errors_logged += 1
+        log.error("%s", err)
+
+    def _unmark(self, rec: Record, gen: int) -> None:
+        with self._mark_lock:
+            if rec.gen == gen:  # no invalidation arrived while we reloaded
+                self.types.mark_fresh(rec.module)
+
+    def _on_disk(self, rec: Record) -> bool:
+        """Whether the module's file (or folder) is still there, as its sources see it."""
+        return self.sources.kind(rec.key) == ("folder" if rec.kind == "folder" else "file")
+
+    def _deps_moved(self, rec: Record, unit: list[Record]) -> bool:
+        inside = {r.key for r in unit}
+        for dep, version in rec.dep_versions.items():
+            other = self._records.get(dep)
+            if other is not None and dep not in inside and other.version != version:
+                return True
+        return False
+
+    def _versions_of_deps(self, rec: Record) -> dict[str, int]:
+        return {
+            d: self._records[d].version
+            for d in self.graph.dependencies_of(rec.key)
+            if d in self._records
+        }
+
+    def _error(self, rec: Record, verb: str, err: BaseException, *, first: bool) -> ReloadError:
+        if isinstance(err, ReloadError):
+            return err
+        if isinstance(err, OSError):
+            what = err.strerror or type(err).__name__
+            if isinstance(err, FileNotFoundError):
+                what = "the file is gone"
+            return ReloadError(
+                f"Cannot {verb} {rec.key}: {what}. The last good version stays in use; restore "
+                f"the file to reload.",
+                path=rec.key,
+            )
+        if isinstance(err, SyntaxError) and err.filename in (rec.key, None):
+            lineno = err.lineno
+        else:
+            lineno = _line_in(err, rec.key)
+        where = f" at line {lineno}" if lineno else ""
+        detail = getattr(err, "msg", None) if isinstance(err, SyntaxError) else None
+        detail = detail or str(err) or type(err).__name__
+        return ReloadError(
+            f"Cannot {verb} {rec.key}: {type(err).__name__}{where}: {detail}. "
+            + _still_in_use(first, self.on_error),
+            path=rec.key,
+            lineno=lineno,
+        )
+
+    def _note_replaced_classes(self, old_state: dict[str, Any], new_state: dict[str, Any]) -> None:
+        name = old_state.get("__name__")
+        replaced = {
+            value
+            for key, value in old_state.items()
+            if isinstance(value, type) and value.__module__ == name and new_state.get(key) is not value
+        }
+        self.old_classes.update(replaced)
+        if replaced and self.count_stale_objects:
+            log.info("%d live object(s) of replaced classes", len(stale_objects(replaced)))
+
+
+def _kind_of(module: types.ModuleType) -> Kind:
+    return "package" if hasattr(module, "__path__") else "file"
+
+
+def _restore(rec: Record, good: dict[str, Any]) -> None:
+    ns = rec.namespace
+    for key in [k for k in ns if k not in good]:
+        del ns[key]
+    ns.update(good)
+
+
+def _drop_undefined(rec: Record, old: dict[str, Any], code: types.CodeType) -> None:
+    """Drop the names the new version no longer defines (a fresh import would not have them).
+
+    A name stays when the new run bound it, when its value changed (something set it), or when
+    it is a submodule of the package.
+    """
+    ns = rec.namespace
+    bound, star = defined_names(code)
+    prefix = rec.name + "."
+    for key, value in old.items():
+        if key in _KEPT_KEYS or key in bound or key not in ns or ns[key] is not value:
+            continue
+        if isinstance(value, types.ModuleType) and getattr(value, "__name__", "") == prefix + key:
+            continue  # a submodule: the import system set it, and it is still there
+        if star and not key.startswith("_"):
+            continue  # `from x import *` may have bound it again
+        del ns[key]
+
+
+def _changed_since_import(module: types.ModuleType, path: str) -> bool:
+    """Whether the file changed after the module ran, judged by its bytecode cache's record."""
+    cached = getattr(module, "__cached__", None)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if isinstance(cached, str):
+        try:
+            with open(cached, "rb") as file:
+                header = file.read(16)
+        except OSError:
+            header = b""
+        if len(header) == 16 and int.from_bytes(header[4:8], "little") & 1 == 0:
+            mtime = int.from_bytes(header[8:12], "little")
+            size = int.from_bytes(header[12:16], "little")
+            return (mtime, size) != (int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF)
+    return False
+
+
+def stale_objects(classes: Iterable[type]) -> list[Any]:
+    """Live instances of the given classes (a walk over the garbage collector's objects)."""
+    wanted = set(classes)
+    if not wanted:
+        return []
+    return [obj for obj in gc.get_objects() if type(obj) in wanted]
+
+
+def _still_in_use(first: bool, on_error: str = "raise") -> str:
+    if first:
+        return "Fix the file and load it again."
+    return "The last good version stays in use; save a fixed version to reload."
+
+
+def _line_in(err: BaseException, path: str) -> int | None:
+    """The deepest line of ``path`` in the traceback of ``err``."""
+    line = None
+    for frame in traceback.extract_tb(err.__traceback__):
+        if frame.filename == path:
+            line = frame.lineno
+    return line

@@ -1,0 +1,329 @@
+"""One module model: ordinary imports reload as Python would import them, in one process.
+
+The shapes real packages have: import cycles through ``__init__`` with re-exports, dataclasses with
+string annotations, pickling by reference, same-second same-size edits with bytecode caches, names
+deleted from a module, threads calling in while a reload runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import sys
+import textwrap
+import threading
+import time
+import typing
+from pathlib import Path
+
+import pytest
+
+import relmod
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    sys.path.insert(0, str(root))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # bytecode caches on, as usual
+    return root
+
+
+# A package shaped like click or requests: __init__ re-exports from submodules that import each
+# other and the package itself.
+CYCLE = {
+    "__init__.py": """
+        from .core import A, make
+        from .deco import d
+        from . import types
+        V = {v}
+    """,
+    "core.py": """
+        from . import types
+        class A:
+            kind = types.KIND
+        def make():
+            return A()
+        V = {v}
+    """,
+    "types.py": """
+        KIND = 'kind{v}'
+    """,
+    "deco.py": """
+        from .core import A
+        import cyc
+        def d():
+            return A
+        def package_version():
+            return cyc.V
+        V = {v}
+    """,
+}
+
+
+def write_cycle(root: Path, versions: dict[str, int]) -> None:
+    for name, text in CYCLE.items():
+        write(root / "cyc" / name, text.format(v=versions.get(name, 1)))
+
+
+def test_a_package_with_a_cycle_through_init_reloads_each_edit_with_its_re_exports(
+    project: Path,
+) -> None:
+    versions = dict.fromkeys(CYCLE, 1)
+    write_cycle(project, versions)
+    relmod.enable()
+    import cyc
+    import cyc.deco
+
+    for round_ in range(2, 8):
+        edited = list(CYCLE)[round_ % len(CYCLE)]
+        versions[edited] = round_
+        write_cycle(project, versions)
+        relmod.sync()
+        assert cyc.deco.V == versions["deco.py"]
+        assert cyc.V == versions["__init__.py"]
+        assert cyc.core.V == versions["core.py"]
+        assert cyc.types.KIND == f"kind{versions['types.py']}"
+        # Every re-exported name is its source module's, and new.
+        assert cyc.A is cyc.core.A is cyc.deco.A
+        assert cyc.make is cyc.core.make and cyc.d is cyc.deco.d
+        assert cyc.A.kind == cyc.types.KIND
+        assert cyc.deco.package_version() == versions["__init__.py"]
+        assert isinstance(cyc.make(), cyc.A)
+        assert sys.modules["cyc.core"] is cyc.core  # identity kept
+
+
+def test_a_failed_reload_in_a_cycle_rolls_the_whole_unit_back_and_a_fix_reloads(
+    project: Path,
+) -> None:
+    write_cycle(project, {})
+    relmod.enable()
+    import cyc
+
+    # cyc/__init__.py and cyc/deco.py import each other: one unit. deco fails after __init__
+    # started re-running with its new V.
+    deco = (project / "cyc" / "deco.py").read_text()
+    write(project / "cyc" / "deco.py", deco.replace("V = 1", "V = 2\nboom()"))
+    init = (project / "cyc" / "__init__.py").read_text()
+    (project / "cyc" / "__init__.py").write_text(init.replace("V = 1", "V = 2"))
+    relmod.sync()
+    with pytest.raises(relmod.ReloadError, match=r"deco\.py: NameError at line \d+: name 'boom'"):
+        cyc.V  # noqa: B018
+    assert cyc.V == 1 and cyc.deco.V == 1  # the whole unit is back to its last good state
+    assert cyc.d is cyc.deco.d and cyc.A is cyc.core.A
+    write(project / "cyc" / "deco.py", deco.replace("V = 1", "V = 3"))
+    relmod.sync()
+    assert cyc.deco.V == 3 and cyc.V == 2 and cyc.d is cyc.deco.d
+
+
+def test_modules_run_under_their_dotted_name_in_sys_modules(project: Path) -> None:
+    write(project / "shapes" / "__init__.py", "")
+    write(
+        project / "shapes" / "point.py",
+        """
+        from __future__ import annotations
+        import dataclasses, sys, typing
+        RAN_AS = __name__
+        VISIBLE = sys.modules[__name__].__dict__ is globals()
+        @dataclasses.dataclass
+        class Point:
+            x: "int" = 1
+            y: typing.ClassVar["int"] = 2
+            z: int = 3
+        def area(p: Point) -> int:
+            return p.x * p.z
+        """,
+    )
+    relmod.enable()
+    from shapes.point import Point, area
+
+    import shapes.point as point
+
+    assert point.RAN_AS == "shapes.point" and point.VISIBLE
+    assert typing.get_type_hints(point.Point)["x"] is int
+    assert [f.name for f in dataclasses.fields(Point)] == ["x", "z"]
+    assert pickle.loads(pickle.dumps(area)) is area
+    assert pickle.loads(pickle.dumps(Point(5))) == Point(5)
+    write(
+        project / "shapes" / "point.py",
+        (project / "shapes" / "point.py").read_text().replace("z: int = 3", "z: int = 4"),
+    )
+    relmod.sync()
+    assert point.Point(2).z == 4 and typing.get_type_hints(point.Point)["x"] is int
+    assert pickle.loads(pickle.dumps(point.area)) is point.area
+    assert point.area.__module__ == "shapes.point"
+
+
+def test_a_file_loaded_by_path_can_hold_dataclasses_and_pickle(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "records.py",
+        """
+        import dataclasses
+        @dataclasses.dataclass
+        class A:
+            x: "int" = 1
+        def double(v):
+            return 2 * v
+        """,
+    )
+    records = relmod.at(str(path))
+    assert records.A().x == 1
+    assert pickle.loads(pickle.dumps(records.double)) is records.double
+    assert pickle.loads(pickle.dumps(records.A(3))) == records.A(3)
+
+
+def test_same_second_same_size_edits_with_bytecode_caches_are_never_stale(project: Path) -> None:
+    write(project / "leafy.py", "X = 10\n")
+    write(project / "user_of_leafy.py", "from leafy import X\nY = X\n")
+    relmod.enable()
+    import user_of_leafy
+
+    for value in range(11, 31):  # 20 edits, each the same size, most within one second
+        (project / "leafy.py").write_text(f"X = {value}\n")
+        relmod.sync()
+        assert user_of_leafy.Y == value
+
+
+def test_the_namespace_is_replaced_names_deleted_go_submodules_stay(project: Path) -> None:
+    write(project / "pk" / "__init__.py", "A = 1\nB = 2\n")
+    write(project / "pk" / "sub.py", "S = 1\n")
+    relmod.enable()
+    import pk
+    import pk.sub
+
+    write(project / "pk" / "__init__.py", '"""Now documented."""\nA = 3\n')
+    relmod.sync()
+    assert pk.A == 3 and not hasattr(pk, "B")
+    assert pk.sub.S == 1 and pk.__doc__ == "Now documented."
+    assert pk.__name__ == "pk" and pk.__path__ == [str(project / "pk")]
+
+
+def test_state_carried_by_reload_hook_and_reload_of_an_ordinary_module(project: Path) -> None:
+    write(
+        project / "counter.py",
+        """
+        COUNT = 0
+        def __reload__(old):
+            global COUNT
+            COUNT = old['COUNT'] + 1
+        """,
+    )
+    relmod.enable()
+    import counter
+
+    relmod.reload(counter)
+    relmod.reload(counter)
+    assert counter.COUNT == 2
+
+
+def test_modules_imported_before_enable_are_adopted_by_reload(project: Path) -> None:
+    write(project / "early.py", "X = 1\n")
+    import early  # type: ignore[import-not-found]
+
+    write(project / "early.py", "X = 22\n")
+    relmod.reload(early)
+    assert early.X == 22
+
+
+def test_threads_calling_in_while_reloads_run_never_see_a_half_run_module(project: Path) -> None:
+    write(project / "pair.py", "import time\nA = 0\ntime.sleep(0.002)\nB = 0\ndef get():\n    return (A, B)\n")
+    relmod.enable()
+    import pair  # type: ignore[import-not-found]
+
+    errors: list[BaseException] = []
+    seen: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(pair.get())
+            except BaseException as err:  # anything at all is a failure
+                errors.append(err)
+                return
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for v in range(1, 15):
+            (project / "pair.py").write_text(
+                f"import time\nA = {v}\ntime.sleep(0.002)\nB = {v}\ndef get():\n    return (A, B)\n"
+            )
+            relmod.sync()
+            assert pair.get() == (v, v)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert all(a == b for a, b in seen), [p for p in seen if p[0] != p[1]][:5]
+
+
+def test_exclude_keeps_a_module_on_its_first_version(project: Path) -> None:
+    write(project / "models.py", "X = 1\n")
+    relmod.configure(exclude=["models"])
+    relmod.enable()
+    import models  # type: ignore[import-not-found]
+
+    write(project / "models.py", "X = 2\n")
+    relmod.sync()
+    assert models.X == 1
+    assert relmod.get_dependencies(models) == []
+
+
+def test_a_compile_error_of_any_kind_is_a_broken_save(project: Path) -> None:
+    write(project / "deep.py", "X = 1\n")
+    relmod.configure(on_error="keep")
+    relmod.enable()
+    import deep  # type: ignore[import-not-found]
+
+    (project / "deep.py").write_text("X = " + "+".join(["1"] * 200_000) + "\n")
+    relmod.sync()
+    assert deep.X == 1  # RecursionError or MemoryError in compile(): kept, not raised
+    (project / "deep.py").write_text("X = 3\n")
+    relmod.sync()
+    assert deep.X == 3
+
+
+def test_importlib_import_module_with_a_computed_name_is_tracked(project: Path) -> None:
+    import importlib
+
+    write(project / "plugins" / "__init__.py", "")
+    write(project / "plugins" / "alpha.py", "NAME = 'alpha'\n")
+    relmod.enable()
+    alpha = importlib.import_module("plugins." + "alpha")
+    write(project / "plugins" / "alpha.py", "NAME = 'beta'\n")
+    relmod.sync()
+    assert alpha.NAME == "beta"
+
+
+def test_add_listener_sees_stale_reloaded_and_failed_in_order(project: Path) -> None:
+    write(project / "heard.py", "X = 1\n")
+    events: list[relmod.Event] = []
+    relmod.add_listener(events.append)
+    relmod.configure(on_error="keep")
+    relmod.enable()
+    import heard  # type: ignore[import-not-found]
+
+    write(project / "heard.py", "X = 2\n")
+    relmod.sync()
+    assert heard.X == 2
+    write(project / "heard.py", "X = (\n")
+    relmod.sync()
+    assert heard.X == 2
+    kinds: list[tuple[str, str]] = []
+    for e in events:  # a save can reach the watcher as two writes: two 'stale' marks in a row
+        if not kinds or kinds[-1] != (e.kind, os.path.basename(e.path)):
+            kinds.append((e.kind, os.path.basename(e.path)))
+    assert kinds == [("stale", "heard.py"), ("reloaded", "heard.py"), ("stale", "heard.py"), ("failed", "heard.py")]
+    assert "line 1" in (events[-1].error or "") and events[0].name == "heard"
+    assert all(isinstance(e.time, float) and e.time <= time.time() for e in events)
