@@ -3,7 +3,7 @@
 - :class:`ChangeBatch` and :class:`Watcher`: the interface, re-exported by :mod:`relmod.watch`.
 - :class:`_Scope`: the watched paths split by what exists on disk, and which reported paths
   belong to them (ignored folders and editor temporary files never do).
-- :class:`_ThreadedWatcher`: the base of both backends: the daemon thread, ``set_paths``,
+- :class:`_ThreadedWatcher`: the base of every backend: the daemon thread, ``set_paths``,
   readiness per watch generation, and the guard that counts and logs a failing ``on_change``.
 
 Import the public names from :mod:`relmod.watch`; this package is its machinery.
@@ -61,7 +61,7 @@ class Watcher(Protocol):
     """What the broker and the embedded watcher need from a file watcher.
 
     Attributes:
-        backend: ``"watchfiles"`` or ``"polling"``.
+        backend: ``"inotify"``, ``"watchfiles"`` or ``"polling"``.
         errors: how many times ``on_change`` raised (each is logged with its traceback).
     """
 
@@ -181,7 +181,7 @@ def _log_missing(paths: Iterable[str]) -> None:
 
 
 class _ThreadedWatcher:
-    """What both backends share: the thread, the paths, readiness and the callback guard."""
+    """What every backend shares: the thread, the paths, readiness and the callback guard."""
 
     backend = "none"
 
