@@ -302,6 +302,8 @@ class InotifyWatcher(_ThreadedWatcher):
     def _run(self) -> None:
         fds = self._fds
         assert fds is not None, "start() primes before the thread runs"
+        if self._stop_requested.is_set():
+            return  # stopped before it started: stop() already closed the descriptors
         try:
             self._loop(fds)
         finally:
