@@ -335,8 +335,9 @@ def configure(
     poll: bool | None = None,
     count_stale_objects: bool | None = None,
     exclude: Iterable[str] | None = None,
+    patch: bool | None = None,
 ) -> None:
-    """Set how failed reloads surface, force polling, exclude modules, count stale objects.
+    """Set how failed reloads surface, force polling, exclude modules, patch held objects.
 
     Args:
         on_error: ``'raise'`` (default: the error surfaces at the access that triggered the
@@ -347,12 +348,18 @@ def configure(
         exclude: module-name patterns (``fnmatch``; a package covers its submodules) that never
             reload, for modules that reload badly (import-time registration such as ORM
             models). Also ``RELMOD_EXCLUDE=pkg.models,legacy.*`` for workers.
+        patch: update the previous version's functions and classes in place after a reload,
+            so references held elsewhere (``from mod import f``, instances, callbacks) run the
+            new code, and a call of a held function of a stale module reloads it (default on;
+            ``RELMOD_PATCH=0`` turns it off).
 
     Example:
         >>> relmod.configure(on_error='keep')  # a worker: log once, keep the old code
     """
     client = default_client()
     client.configure(on_error=on_error, poll=poll, exclude=exclude)
+    if patch is not None:
+        client.registry.patch = patch
     if count_stale_objects is not None:
         client.registry.count_stale_objects = count_stale_objects
 

@@ -432,6 +432,7 @@ def test_failed_ordinary_reload_keeps_the_old_module(tmp_path: Path) -> None:
 
 def test_stale_objects_lists_instances_of_replaced_classes(tmp_path: Path) -> None:
     path = write(tmp_path / "shapes.py", "class Point:\n    pass\nclass Keep:\n    pass\n")
+    relmod.configure(patch=False)  # with patching on, these classes would be kept, not replaced
     shapes = relmod.at(str(path))
     old_point = shapes.Point()
     keep = shapes.Keep()

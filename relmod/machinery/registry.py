@@ -28,6 +28,7 @@ old or new, never missing.
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import linecache
@@ -50,6 +51,7 @@ from relmod.graph import DependencyGraph
 from relmod.machinery import modules as m
 from relmod.machinery.code import defined_names, load_code
 from relmod.machinery.events import Event, Listeners
+from relmod.machinery.patching import CallGuard, patch_namespace
 from relmod.machinery.scope import Scope
 from relmod.sources import content_hash, read_source
 
@@ -214,6 +216,12 @@ class Registry:
         # instances are what stale_objects() reports.
         self.old_classes: weakref.WeakSet[type] = weakref.WeakSet()
         self.count_stale_objects = False
+        # Held references run the new code: old functions and classes are updated in place,
+        # and a call of a function of a stale module is a use of it (RELMOD_PATCH=0: off).
+        self.patch = os.environ.get("RELMOD_PATCH", "1").strip() not in ("0", "false", "no")
+        self.guard = CallGuard()
+        self.patched = 0
+        self.unpatchable = 0
 
     def after_fork(self) -> None:
         """In a forked child: free locks other threads held, undo a reload cut off by the fork.
@@ -512,6 +520,8 @@ class Registry:
                     log.warning("relmod cannot mark %s stale: its module class is unusual", key)
                     continue
                 marked.add(key)
+                if self.patch and rec.kind != "folder":
+                    self.guard.arm(rec.namespace, rec.name, functools.partial(self.refresh, rec.module))
             if marked:
                 self.generation += 1
         log.debug("marked %d module(s) stale", len(marked))
@@ -660,6 +670,8 @@ class Registry:
             self._pending = outer_pending
             self._in_progress = [p for p in self._in_progress if p not in saved]
             self._pending_failure = None
+        if self.patch:
+            self._patch(saved)
         now = time.time()
         for rec, old in saved:
             rec.hash = rec.digest
@@ -670,10 +682,33 @@ class Registry:
             rec.dep_versions = self._versions_of_deps(rec)
             linecache.checkcache(rec.key)
             self.reloads += 1
-            self._note_replaced_classes(old, rec.namespace)
+            if not self.patch:
+                self._note_replaced_classes(old, rec.namespace)
             log.info("reloaded %s", rec.key)
             if self.listeners:
                 self.listeners.emit(Event("reloaded", rec.key, rec.name, now))
+
+    def _patch(self, saved: list[tuple[Record, dict[str, Any]]]) -> None:
+        """Give the previous version's objects the new code, wherever they are held."""
+        kept: dict[int, Any] = {}  # id of a new object -> the previous one that stays
+        for rec, old in saved:
+            ns = rec.namespace
+            ran = dict(ns)
+            report = patch_namespace(old, ns, rec.name)
+            self.patched += report.patched
+            self.unpatchable += len(report.unpatchable)
+            self.old_classes.update(report.replaced_classes)
+            for key, value in ran.items():
+                if ns.get(key, value) is not value:
+                    kept[id(value)] = ns[key]
+        if kept and len(saved) > 1:
+            # Members of a cycle imported each other's new objects before patching kept the
+            # previous ones: re-exports must stay identical to their source.
+            for rec, _ in saved:
+                ns = rec.namespace
+                for key, value in list(ns.items()):
+                    if id(value) in kept:
+                        ns[key] = kept[id(value)]
 
     def run_pending(self, name: str) -> None:
         """An import statement reached ``name`` while its unit re-runs: run it now, nested.
@@ -772,8 +807,11 @@ class Registry:
 
     def _unmark(self, rec: Record, gen: int) -> None:
         with self._mark_lock:
-            if rec.gen == gen:  # no invalidation arrived while we reloaded
-                self.types.mark_fresh(rec.module)
+            if rec.gen != gen:
+                return  # an invalidation arrived while we reloaded: it stays stale
+            self.types.mark_fresh(rec.module)
+            if self.patch:
+                self.guard.disarm(rec.namespace)
 
     def _on_disk(self, rec: Record) -> bool:
         """Whether the module's file (or folder) is still there, as its sources see it."""
