@@ -95,28 +95,38 @@ def _curve_client(sock: zmq.Socket[Any], info: ConnectionInfo) -> None:
     sock.curve_secretkey = secret
 
 
-def ask(
-    info: ConnectionInfo,
-    kind: str,
-    body: dict[str, Any],
-    expect: str,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> Message:
-    """Send one request to a broker and return its reply.
+class BrokerLine:
+    """One DEALER connection to a broker, for a few requests in a row (a page at a time).
 
-    Raises:
-        BrokerTimeout: no valid reply within ``timeout`` seconds.
-        BrokerError: the broker answered with an error.
+    Example:
+        >>> with BrokerLine(find_broker(None)) as line:  # doctest: +SKIP
+        ...     status = line.ask("status", {}, "status").body["status"]
     """
-    codec = Codec(bytes.fromhex(info["key"]), role="client", root=info["root"])
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    try:
-        configure_socket(dealer)
-        _curve_client(dealer, info)
-        dealer.connect(info["router"])
+
+    def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.info = info
+        self.timeout = timeout
+        self.codec = Codec(bytes.fromhex(info["key"]), role="client", root=info["root"])
+        self.context = zmq.Context()
+        self.dealer = self.context.socket(zmq.DEALER)
+        try:
+            configure_socket(self.dealer)
+            _curve_client(self.dealer, info)
+            self.dealer.connect(info["router"])
+        except BaseException:
+            self.close()
+            raise
+
+    def ask(self, kind: str, body: dict[str, Any], expect: str) -> Message:
+        """Send one request and return its reply.
+
+        Raises:
+            BrokerTimeout: no valid reply within the timeout.
+            BrokerError: the broker answered with an error.
+        """
+        info, dealer, codec = self.info, self.dealer, self.codec
         dealer.send_multipart(codec.encode(kind, body))
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.timeout
         while (remaining := deadline - time.monotonic()) > 0:
             if not dealer.poll(int(remaining * 1000) + 1):
                 break
@@ -130,11 +140,46 @@ def ask(
                 return reply
         raise BrokerTimeout(
             f"The relmod broker of {info['root']} (pid {info['pid']}) did not answer {kind!r} "
-            f"within {timeout:g} s; it may be frozen or overloaded."
+            f"within {self.timeout:g} s; it may be frozen or overloaded."
         )
-    finally:
-        dealer.close(linger=0)
-        context.term()
+
+    def pages(self, kind: str, first: dict[str, Any], field: str) -> list[Any]:
+        """Every item of a paged answer: ask with ``after`` = each reply's ``next``."""
+        items: list[Any] = []
+        body = dict(first)
+        while True:
+            reply = self.ask(kind, body, kind).body
+            items += reply[field]
+            if reply["next"] is None:
+                return items
+            body["after"] = reply["next"]
+
+    def close(self) -> None:
+        self.dealer.close(linger=0)
+        self.context.term()
+
+    def __enter__(self) -> BrokerLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ask(
+    info: ConnectionInfo,
+    kind: str,
+    body: dict[str, Any],
+    expect: str,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Message:
+    """Send one request to a broker and return its reply.
+
+    Raises:
+        BrokerTimeout: no valid reply within ``timeout`` seconds.
+        BrokerError: the broker answered with an error.
+    """
+    with BrokerLine(info, timeout) as line:
+        return line.ask(kind, body, expect)
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -158,16 +203,19 @@ def format_status(status: dict[str, Any]) -> str:
         f"relmod broker {status['version']} for {root}",
         f"  pid {status['pid']} on {status['host']}, up {_ago(status['uptime'])}, "
         f"epoch {status['epoch']}, seq {status['seq']}",
-        f"  watching {status['files']} Python files with {watcher['backend']}"
+        f"  watching {status['files']:,} Python files with {watcher['backend']}"
         + (f" ({watcher['errors']} callback errors)" if watcher["errors"] else ""),
-        f"  graph: {graph['files']} files, {graph['edges']} edges",
+        f"  {format_scan(status['scan'])}",
+        f"  graph: {graph['files']:,} files, {graph['edges']:,} edges"
+        + (f" ({graph['runtime_edges']:,} reported by clients)" if graph["runtime_edges"] else ""),
         f"  endpoints: PUB {status['endpoints']['pub']}, ROUTER {status['endpoints']['router']}"
         + (" (CURVE)" if status["endpoints"]["curve"] else ""),
     ]
     if status["pending"]["git_hold"]:
         lines.append(f"  holding {status['pending']['paths']} changed paths while git works")
     clients = status["clients"]
-    lines.append(f"clients ({len(clients)}):" if clients else "clients: none connected")
+    total = status["clients_total"]
+    lines.append(f"clients ({total}):" if clients else "clients: none connected")
     for client in clients:
         seq = "-" if client["seq"] is None else client["seq"]
         lines.append(
@@ -177,12 +225,17 @@ def format_status(status: dict[str, Any]) -> str:
         )
         if client["error"]:
             lines.append(f"    last reload error: {client['error'].splitlines()[0][:200]}")
+    if total > len(clients):
+        lines.append(f"  and {total - len(clients)} more (relmod status --all lists them)")
     broken = status["broken"]
-    lines.append(f"broken files ({len(broken)}):" if broken else "broken files: none")
+    total = status["broken_total"]
+    lines.append(f"broken files ({total}):" if broken else "broken files: none")
     for entry in broken:
         where = display_path(entry["path"], root)
         line = f" line {entry['lineno']}" if entry["lineno"] is not None else ""
         lines.append(f"  {where}{line}: {entry['message']}")
+    if total > len(broken):
+        lines.append(f"  and {total - len(broken)} more (relmod status --all lists them)")
     recent = status["recent"]
     lines.append("recent publications (newest first):" if recent else "recent publications: none")
     for entry in recent[:10]:
@@ -198,12 +251,43 @@ def format_status(status: dict[str, Any]) -> str:
         + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) if dropped else "none")
     )
     lines.append(f"request errors: {status['request_errors']}")
+    refused = {k: v for k, v in status["refused"].items() if v}
+    if refused:
+        lines.append("refused: " + ", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())))
     return "\n".join(lines)
+
+
+def format_scan(scan: dict[str, Any]) -> str:
+    """The first scan's progress in one line ("scanning 4,210 of 10,934 files").
+
+    >>> format_scan({"state": "scanning", "total": 10934, "scanned": 4210, "cached": 0})
+    'scanning 4,210 of 10,934 files'
+    """
+    state = scan["state"]
+    if state == "walking":
+        return "scanning: listing the files"
+    if state == "scanning":
+        return f"scanning {scan['scanned']:,} of {scan['total']:,} files"
+    if state == "none":
+        return "scan: not started"
+    took = f" in {scan['scan_seconds']:.2f} s" if scan.get("scan_seconds") is not None else ""
+    cached = f", {scan['cached']:,} unchanged since the last run" if scan.get("cached") else ""
+    line = f"scanned {scan['total']:,} files{took}{cached}"
+    if state == "checking":
+        line += f"; compile-checking {scan['checked']:,} of {scan['to_check']:,}"
+    elif state == "stopped":
+        line += " (stopped early)"
+    return line
 
 
 def _status(args: argparse.Namespace) -> int:
     info = find_broker(args.path)
-    status = ask(info, "status", {}, "status", args.timeout).body["status"]
+    with BrokerLine(info, args.timeout) as line:
+        status = line.ask("status", {}, "status").body["status"]
+        if args.all or args.json:
+            for what, key in (("clients", "clients"), ("broken", "broken")):
+                if status[f"{key}_total"] > len(status[key]):
+                    status[key] = line.pages("list", {"what": what, "after": ""}, "items")
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True, default=_bytes_as_hex))
     else:
@@ -222,7 +306,8 @@ def _bytes_as_hex(value: Any) -> Any:
 
 def _graph(args: argparse.Namespace) -> int:
     info = find_broker(args.path)
-    edges = ask(info, "graph", {}, "graph", args.timeout).body["edges"]
+    with BrokerLine(info, args.timeout) as line:
+        edges = line.pages("graph", {"after": None}, "edges")
     graph = DependencyGraph()
     for dependent, dependency, origins in edges:
         for origin in origins:
@@ -259,6 +344,9 @@ def _parser() -> _Parser:
     status = commands.add_parser("status", help="show the broker serving a project")
     status.add_argument("path", nargs="?", help="a folder of the project (default: here)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--all", action="store_true", help="list every client and broken file (JSON always does)"
+    )
     status.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
     status.set_defaults(run=_status)
 
@@ -271,6 +359,11 @@ def _parser() -> _Parser:
     demo = commands.add_parser("demo", help="watch relmod reload modules in four processes")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="options for the demo")
     demo.set_defaults(run=_demo)
+
+    run = commands.add_parser(
+        "run", help="run a script (or -m module) with the project's modules reloading"
+    )
+    run.add_argument("program", nargs=argparse.REMAINDER, help="SCRIPT ARGS, or -m MODULE ARGS")
     return parser
 
 
@@ -286,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["demo"]:
         # The demo parses its own options (argparse's REMAINDER cannot pass "--pace" through).
         return _demo(argparse.Namespace(demo_args=argv[1:]))
+    if argv[:1] == ["run"]:
+        # The program's own arguments follow, whatever they look like: no parsing here.
+        from relmod.run import main as run
+
+        return run(argv[1:])
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ from relmod.workers import DEFAULT_TIMEOUT, WorkerSetup
 if TYPE_CHECKING:
     from distributed import Worker
 
-__all__ = ["RelmodPlugin"]
+__all__ = ["RelmodPlugin", "dask_setup"]
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +109,20 @@ class RelmodPlugin(WorkerPlugin):
 
     def __repr__(self) -> str:
         return f"RelmodPlugin({self.worker_setup!r})"
+
+
+def dask_setup(worker: Worker) -> None:
+    """``dask worker --preload relmod.dask``: this worker follows the project's edits.
+
+    The project is ``RELMOD_PROJECT`` or the worker's current folder: the worker connects to
+    its broker (``RELMOD_BROKER`` names one explicitly), or watches the project's files itself.
+    Modules of the project that tasks import, however they import them, then reload.
+    """
+    project = os.environ.get("RELMOD_PROJECT") or os.getcwd()
+    setup = WorkerSetup(
+        connection_file=os.environ.get("RELMOD_BROKER") or None,
+        project=project,
+        roots=(os.path.realpath(project),),
+    )
+    setup.apply()
+    log.info("relmod set up on worker %s (project %s)", worker.address, project)
