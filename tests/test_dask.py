@@ -119,3 +119,59 @@ def test_the_plugin_captures_the_client_and_takes_overrides(project: Path) -> No
     assert other.worker_setup.project == "/srv/proj"
     assert other.worker_setup.path_map == (("/srv/proj", "/w/proj"),)
     assert other.worker_setup.toplevel == (("t", "/srv/proj/t.py"),)
+
+
+def test_plain_imports_reload_on_every_worker_without_toplevel(project: Path) -> None:
+    """The client process imports the project the ordinary way; the plugin needs nothing else."""
+    import sys
+
+    sys.path.insert(0, str(project))
+    relmod.connect(str(project))
+    import tasks  # type: ignore[import-not-found]
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.register_plugin(RelmodPlugin())
+        first = on_every_worker(client)
+        assert all(r[1:] == (1, True, "keep") for r in first.values()), first
+        write(project / "tasks.py", TASKS.format(value=2))
+        relmod.sync()
+        assert tasks.VALUE == 2
+        until_every_worker_has(client, 2)
+
+
+def test_a_worker_started_with_preload_reloads_project_modules(project: Path) -> None:
+    """``dask worker --preload relmod.dask`` from the project folder: no plugin, no toplevel."""
+    import subprocess
+    import sys
+
+    from support import child_env
+
+    sys.path.insert(0, str(project))
+    import tasks  # type: ignore[import-not-found]  # the client pickles tasks.probe by name
+
+    with (
+        distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        env = child_env(PYTHONPATH=os.pathsep.join([str(project), child_env()["PYTHONPATH"]]))
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+             "--preload", "relmod.dask", "--nworkers", "1", "--nthreads", "1",
+             "--no-dashboard"],
+            cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            client.wait_for_workers(1, timeout=60)
+            first = on_every_worker(client)
+            assert all(r[1:3] == (1, True) for r in first.values()), first
+            write(project / "tasks.py", TASKS.format(value=2))
+            until_every_worker_has(client, 2)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+    assert tasks.VALUE == 1  # this process never asked relmod for anything: it runs what it ran

@@ -224,3 +224,29 @@ def test_setup_captures_the_broker_and_its_path_map(project: Path, tmp_path: Pat
         assert setup.toplevel == (("tasks", str(project / "tasks.py")),)
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_plain_imports_reload_in_every_worker_without_toplevel(
+    project: Path, feed: str, method: str
+) -> None:
+    """The project imported the ordinary way: connect() (or enable()) is all the parent says."""
+    import sys
+
+    sys.path.insert(0, str(project))
+    if feed == "embedded":
+        relmod.enable()
+    import tasks  # type: ignore[import-not-found]
+
+    assert tasks.VALUE == 1 and tasks.__name__ == "tasks"
+    pool = Pool("executor", method)
+    try:
+        pids = {r[0] for r in start_all(pool)}
+        write(project / "tasks.py", TASKS.format(value=2))
+        relmod.sync()
+        assert tasks.VALUE == 2
+        after = run_until(pool, 2, pids)
+        assert {r[0] for r in after} == pids, "a worker process was replaced"
+        assert_monotonic(after, 1, 2)
+    finally:
+        pool.close()
