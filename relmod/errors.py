@@ -4,7 +4,7 @@
 
     RelmodError
     ├── ModuleNotFound        a path given to at/use/imp/toplevel names nothing on disk
-    ├── ImportSpecError       an imp() spec such as 'add as' cannot be parsed
+    ├── ImportSpecError       an imp() spec such as 'add as' cannot be parsed (an ImportError)
     ├── ReloadError           a reload failed; the last good version stays in use
     ├── ConfigurationError    a bad argument to configure(), a bad site file
     ├── BrokerError
@@ -28,8 +28,12 @@ class ModuleNotFound(RelmodError, ImportError):
     """A path given to relmod names no file or folder."""
 
 
-class ImportSpecError(RelmodError, ValueError):
-    """An ``imp()`` name list cannot be parsed."""
+class ImportSpecError(RelmodError, ImportError, ValueError):
+    """An ``imp()`` name list cannot be parsed, or names what the module does not have.
+
+    An ``ImportError``, as the import statement's own failures are (and a ``ValueError``, as it
+    was before).
+    """
 
 
 class ReloadError(RelmodError):

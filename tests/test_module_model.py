@@ -346,3 +346,43 @@ def test_add_listener_sees_stale_reloaded_and_failed_in_order(project: Path) -> 
     assert kinds == [("stale", "heard.py"), ("reloaded", "heard.py"), ("stale", "heard.py"), ("failed", "heard.py")]
     assert "line 1" in (events[-1].error or "") and events[0].name == "heard"
     assert all(isinstance(e.time, float) and e.time <= time.time() for e in events)
+
+
+def test_a_package_that_loses_its_init_becomes_a_folder_namespace(tmp_path: Path) -> None:
+    write(tmp_path / "pkg" / "__init__.py", "X = 1\n")
+    write(tmp_path / "pkg" / "sub.py", "Y = 2\n")
+    pkg = relmod.at(str(tmp_path / "pkg"))
+    assert pkg.X == 1 and pkg.sub.Y == 2
+    (tmp_path / "pkg" / "__init__.py").unlink()
+    relmod.sync()
+    assert not hasattr(pkg, "X") and pkg.sub.Y == 2
+    assert pkg.__file__ is None and repr(pkg).startswith("<relmod folder")
+    folder = relmod.at(str(tmp_path / "pkg"))
+    assert folder is pkg
+
+
+def test_a_folder_namespace_has_no_file_and_imp_errors_are_import_errors(tmp_path: Path) -> None:
+    write(tmp_path / "lib" / "m.py", "A = 1\n")
+    lib = relmod.at(str(tmp_path / "lib"))
+    assert lib.__file__ is None
+    with pytest.raises(ImportError, match="has no such name"):
+        relmod.imp(str(tmp_path / "lib" / "m.py"), "nope", globals={})
+
+
+def test_namespace_packages_and_the_exclude_variable(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(project / "nsp" / "inner.py", "V = 1\n")  # no __init__.py: a namespace package
+    write(project / "legacy_models.py", "V = 1\n")
+    monkeypatch.setenv("RELMOD_EXCLUDE", "legacy_*")
+    from relmod.client import session
+
+    session._default = None  # a process started with the variable set
+    relmod.enable()
+    import legacy_models  # type: ignore[import-not-found]
+    import nsp.inner  # type: ignore[import-not-found]
+
+    write(project / "nsp" / "inner.py", "V = 2\n")
+    write(project / "legacy_models.py", "V = 2\n")
+    relmod.sync()
+    assert nsp.inner.V == 2 and legacy_models.V == 1

@@ -296,8 +296,7 @@ class Registry:
         if folder is not None:
             ns["__relmod_folder__"] = folder
             ns["__path__"] = [folder]
-        if kind != "folder":
-            ns["__file__"] = key
+        ns["__file__"] = None if kind == "folder" else key  # a namespace has no file
         rec = self._add(key, name, module, kind, by_path=True, folder=folder)
         if kind == "folder":
             rec.version = 1
@@ -590,7 +589,7 @@ class Registry:
             self._scheduled = outer
 
     def _run_unit(self, members: list[Record], force: set[str], *, strict: bool) -> None:
-        gens = {rec.key: rec.gen for rec in members}
+        gens = {id(rec): rec.gen for rec in members}
         runnable = [rec for rec in members if rec.kind != "folder" and rec.name not in self.frozen]
         try:
             todo = self._plan(runnable, members, force)
@@ -604,13 +603,17 @@ class Registry:
                 self._failed(err, members, gens, strict)
                 return
         for rec in members:
-            self._unmark(rec, gens[rec.key])
+            self._unmark(rec, gens[id(rec)])
 
     def _plan(self, runnable: list[Record], members: list[Record], force: set[str]) -> list[Record]:
         """The members to re-execute, compiled; none when nothing they ran has changed."""
         reasons = False
         compiled: list[tuple[Record, bytes, str]] = []
         for rec in runnable:
+            if rec.kind == "package" and rec.by_path and not self._on_disk(rec):
+                if rec.folder is not None and self.sources.kind(rec.folder) == "folder":
+                    self._become_namespace(rec)  # its __init__.py was deleted
+                    continue
             if not self._on_disk(rec):
                 if len(members) > 1 or rec.key in force:
                     raise self._error(rec, "reload", FileNotFoundError(rec.key), first=False)
@@ -640,6 +643,25 @@ class Registry:
                 raise self._error(rec, "reload", err, first=False) from err
             rec.digest = digest
         return [rec for rec, _, _ in compiled]
+
+    def _become_namespace(self, rec: Record) -> None:
+        """A package loaded by path lost its ``__init__.py``: it is now a folder namespace."""
+        assert rec.folder is not None
+        ns = rec.namespace
+        for key in [k for k in ns if k not in _KEPT_KEYS]:
+            if not isinstance(ns[key], types.ModuleType):
+                del ns[key]  # what __init__.py defined goes; the folder's entries stay
+        ns["__file__"] = None
+        ns["__doc__"] = None
+        self._records.pop(rec.key, None)
+        self._aliases.pop(rec.folder, None)
+        self.graph.remove(rec.key)
+        rec.key, rec.kind, rec.hash = rec.folder, "folder", None
+        self._records[rec.key] = rec
+        self.types.mark_fresh(rec.module)
+        rec.module.__class__ = self.types.folder
+        rec.version += 1
+        log.info("%s lost its __init__.py: it is now a folder namespace", rec.folder)
 
     def _execute_unit(self, todo: list[Record]) -> None:
         saved = [(rec, dict(rec.namespace)) for rec in todo]
@@ -796,7 +818,7 @@ class Registry:
     ) -> None:
         for rec in members:
             rec.last_error = str(err) if rec.key == err.path else rec.last_error
-            self._unmark(rec, gens[rec.key])
+            self._unmark(rec, gens[id(rec)])
         rec = self._records.get(err.path)
         if self.listeners and rec is not None:
             self.listeners.emit(Event("failed", rec.key, rec.name, time.time(), str(err)))
