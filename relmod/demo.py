@@ -45,10 +45,10 @@ import os, sys, time
 import relmod
 
 root, ident = sys.argv[1], sys.argv[2]
-relmod.connect(root)
+sys.path.insert(0, root)
+conn = relmod.connect(root)         # all a worker needs
 relmod.configure(on_error='keep')   # a worker logs a broken edit and keeps the last good code
-orders = relmod.at(os.path.join(root, 'orders.py'))
-conn = relmod.connect(root)
+from shop import orders             # the project, imported the ordinary way
 while True:
     broken = conn.status()['broken']
     held = '; '.join(f"line {b['lineno']}: {b['message']}" for b in broken.values())
@@ -82,9 +82,14 @@ class Demo:
             self.cleanup()
 
     def _run(self) -> int:
-        (self.root / "pricing.py").write_text(PRICING_V1)
-        (self.root / "orders.py").write_text(ORDERS)
-        self.say(f"Created a project in {self.root}: pricing.py, and orders.py which imports it.")
+        (self.root / "shop").mkdir()
+        (self.root / "shop" / "__init__.py").write_text("# A small shop.\n")
+        (self.root / "shop" / "pricing.py").write_text(PRICING_V1)
+        (self.root / "shop" / "orders.py").write_text(ORDERS)
+        self.say(
+            f"Created a project in {self.root}: the package shop, with shop/pricing.py and "
+            f"shop/orders.py, which imports it."
+        )
         self.start_broker()
         self.start_workers()
         if not self.wait_all(lambda v, h: v.startswith("v1"), 30, "start"):
@@ -94,7 +99,7 @@ class Demo:
         )
         self.pause()
 
-        self.say("EDIT 1: saving pricing.py with a new tax rate (v2), while the workers run ...")
+        self.say("EDIT 1: saving shop/pricing.py with a new tax rate (v2), while the workers run ...")
         saved = time.monotonic()
         self.save(PRICING_V2)
         if not self.wait_all(lambda v, h: v.startswith("v2"), 20, "the good edit", since=saved):
@@ -102,7 +107,7 @@ class Demo:
         self.say("Every worker switched to v2 on its next call: no restart, no polling.")
         self.pause()
 
-        self.say("EDIT 2: saving a BROKEN pricing.py (a syntax error) ...")
+        self.say("EDIT 2: saving a BROKEN shop/pricing.py (a syntax error) ...")
         saved = time.monotonic()
         self.save(PRICING_BROKEN)
         if not self.wait_all(
@@ -139,9 +144,9 @@ class Demo:
             self.drain(0.05)
 
     def save(self, text: str) -> None:
-        tmp = self.root / ".pricing.py.tmp"
+        tmp = self.root / "shop" / ".pricing.py.tmp"
         tmp.write_text(text)
-        os.replace(tmp, self.root / "pricing.py")  # how editors save: write, then rename
+        os.replace(tmp, self.root / "shop" / "pricing.py")  # how editors save: write, rename
 
     def start_broker(self) -> None:
         from relmod.connfile import connection_path, read_connection_file
@@ -178,7 +183,7 @@ class Demo:
             threading.Thread(target=self._read, args=(proc,), daemon=True).start()
         self.say(
             f"Started {self.n_workers} worker processes; each called relmod.connect() and "
-            f"loads orders.py with relmod.at()."
+            f"imports the project the ordinary way: from shop import orders."
         )
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
