@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from relmod.client.session import default_client
-from relmod.machinery.events import Event
-from relmod.machinery.registry import normalize
 from relmod.errors import ImportSpecError, ModuleNotFound
 from relmod.graph import DependencyGraph
+from relmod.machinery.events import Event
+from relmod.machinery.registry import normalize
 
 
 def _caller_globals(depth: int = 2) -> dict[str, Any]:

@@ -99,7 +99,9 @@ class Demo:
         )
         self.pause()
 
-        self.say("EDIT 1: saving shop/pricing.py with a new tax rate (v2), while the workers run ...")
+        self.say(
+            "EDIT 1: saving shop/pricing.py with a new tax rate (v2), while the workers run ..."
+        )
         saved = time.monotonic()
         self.save(PRICING_V2)
         if not self.wait_all(lambda v, h: v.startswith("v2"), 20, "the good edit", since=saved):

@@ -14,7 +14,8 @@ Loading the extension
 The hook's cost when nothing changed must not grow with the number of modules loaded, so it
 never walks them. It reads a few counters, and walks the modules only when one of them moved:
 how many invalidations marked modules stale (the feed's thread, embedded watcher or broker
-connection, marks them as saves arrive), whether the broker's sequence number moved (broken files are announced that way), and whether
+connection, marks them as saves arrive), whether the broker's sequence number moved (broken
+files are announced that way), and whether
 modules were loaded since the last cell.
 
 **Save, then Shift-Enter at once.** A watcher reports a save 15-20 ms after it happens (through a
@@ -47,9 +48,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from relmod.client.session import RACY_SECONDS, Client, default_client
-from relmod.machinery.registry import Registry, normalize
 from relmod.connfile import find_connection_file
 from relmod.errors import BrokerError, ReloadError
+from relmod.machinery.registry import Registry, normalize
 from relmod.sources import Broken, display_path, file_hash
 
 __all__ = [

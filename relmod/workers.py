@@ -50,9 +50,9 @@ from typing import Any, NoReturn
 
 from relmod.api import at, toplevel
 from relmod.client.connection import BrokerFeed, PathMap
-from relmod.machinery.registry import OnError, normalize
 from relmod.client.session import Client, default_client
 from relmod.errors import BrokerNotFound, RelmodError
+from relmod.machinery.registry import OnError, normalize
 
 __all__ = ["WorkerSetup", "init", "initargs", "main", "pool_options"]
 

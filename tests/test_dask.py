@@ -160,10 +160,23 @@ def test_a_worker_started_with_preload_reloads_project_modules(project: Path) ->
     ):
         env = child_env(PYTHONPATH=os.pathsep.join([str(project), child_env()["PYTHONPATH"]]))
         worker = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
-             "--preload", "relmod.dask", "--nworkers", "1", "--nthreads", "1",
-             "--no-dashboard"],
-            cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                cluster.scheduler_address,
+                "--preload",
+                "relmod.dask",
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+            ],
+            cwd=project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             client.wait_for_workers(1, timeout=60)

@@ -88,10 +88,10 @@ def test_a_package_with_a_cycle_through_init_reloads_each_edit_with_its_re_expor
         versions[edited] = round_
         write_cycle(project, versions)
         relmod.sync()
-        assert cyc.deco.V == versions["deco.py"]
-        assert cyc.V == versions["__init__.py"]
-        assert cyc.core.V == versions["core.py"]
-        assert cyc.types.KIND == f"kind{versions['types.py']}"
+        assert versions["deco.py"] == cyc.deco.V
+        assert versions["__init__.py"] == cyc.V
+        assert versions["core.py"] == cyc.core.V
+        assert f"kind{versions['types.py']}" == cyc.types.KIND
         # Every re-exported name is its source module's, and new.
         assert cyc.A is cyc.core.A is cyc.deco.A
         assert cyc.make is cyc.core.make and cyc.d is cyc.deco.d
@@ -143,9 +143,8 @@ def test_modules_run_under_their_dotted_name_in_sys_modules(project: Path) -> No
         """,
     )
     relmod.enable()
-    from shapes.point import Point, area
-
     import shapes.point as point
+    from shapes.point import Point, area
 
     assert point.RAN_AS == "shapes.point" and point.VISIBLE
     assert typing.get_type_hints(point.Point)["x"] is int
@@ -189,7 +188,7 @@ def test_same_second_same_size_edits_with_bytecode_caches_are_never_stale(projec
     for value in range(11, 31):  # 20 edits, each the same size, most within one second
         (project / "leafy.py").write_text(f"X = {value}\n")
         relmod.sync()
-        assert user_of_leafy.Y == value
+        assert value == user_of_leafy.Y
 
 
 def test_the_namespace_is_replaced_names_deleted_go_submodules_stay(project: Path) -> None:
@@ -272,8 +271,8 @@ def test_threads_calling_in_while_reloads_run_never_see_a_half_run_module(projec
             assert marked.wait(10), "the watcher did not mark pair.py stale"
             results: list[tuple[int, int]] = []
             late = [
-                threading.Thread(target=lambda: results.append(get())),
-                threading.Thread(target=lambda: results.append(pair.get())),
+                threading.Thread(target=lambda out=results: out.append(get())),
+                threading.Thread(target=lambda out=results: out.append(pair.get())),
             ]
             for t in late:
                 t.start()
@@ -343,7 +342,12 @@ def test_add_listener_sees_stale_reloaded_and_failed_in_order(project: Path) -> 
     for e in events:  # a save can reach the watcher as two writes: two 'stale' marks in a row
         if not kinds or kinds[-1] != (e.kind, os.path.basename(e.path)):
             kinds.append((e.kind, os.path.basename(e.path)))
-    assert kinds == [("stale", "heard.py"), ("reloaded", "heard.py"), ("stale", "heard.py"), ("failed", "heard.py")]
+    assert kinds == [
+        ("stale", "heard.py"),
+        ("reloaded", "heard.py"),
+        ("stale", "heard.py"),
+        ("failed", "heard.py"),
+    ]
     assert "line 1" in (events[-1].error or "") and events[0].name == "heard"
     assert all(isinstance(e.time, float) and e.time <= time.time() for e in events)
 

@@ -65,8 +65,13 @@ def project(tmp_path: Path) -> Path:
     root = (tmp_path / "proj").resolve()
     write(root / "app" / "__init__.py", "")
     write(root / "app" / "util.py", "def scale(x):\n    return x * 2\n")
-    write(root / "app" / "core.py", "from app.util import scale\ndef compute(x):\n    return scale(x) + 1\n")
-    write(root / "app" / "tasks.py", "from .core import compute\ndef run(x):\n    return compute(x)\n")
+    write(
+        root / "app" / "core.py",
+        "from app.util import scale\ndef compute(x):\n    return scale(x) + 1\n",
+    )
+    write(
+        root / "app" / "tasks.py", "from .core import compute\ndef run(x):\n    return compute(x)\n"
+    )
     return root
 
 
@@ -96,7 +101,10 @@ def test_workers_whose_only_call_is_connect_reload_plain_imports(
         write(project / "app" / "util.py", "def scale(x):\n    return x * 3\n")  # a dependency
         for w in workers:
             wait_for(lambda w=w: w.ask() == "31 31", 10, "the new util in every worker")
-        write(project / "app" / "core.py", "from app.util import scale\ndef compute(x):\n    return scale(x) + 5\n")
+        write(
+            project / "app" / "core.py",
+            "from app.util import scale\ndef compute(x):\n    return scale(x) + 5\n",
+        )
         for w in workers:
             wait_for(lambda w=w: w.ask() == "35 35", 10, "the new core in every worker")
     finally:
@@ -122,9 +130,11 @@ def test_relmod_run_needs_no_code_change(project: Path, broker: Broker) -> None:
         )
         try:
             before = worker.ask()
-            write(project / "app" / "util.py", f"def scale(x):\n    return x * {len(before) + 40}\n")
+            write(
+                project / "app" / "util.py", f"def scale(x):\n    return x * {len(before) + 40}\n"
+            )
             expected = f"{len(before) + 41} {len(before) + 41}"
-            wait_for(lambda w=worker: w.ask() == expected, 10, "the loop to run the new code")
+            wait_for(lambda w=worker, e=expected: w.ask() == e, 10, "the loop to run the new code")
         finally:
             worker.close()
 
@@ -132,7 +142,10 @@ def test_relmod_run_needs_no_code_change(project: Path, broker: Broker) -> None:
 def test_relmod_run_without_a_broker_watches_the_project_itself(tmp_path: Path) -> None:
     root = (tmp_path / "alone").resolve()
     write(root / "mod.py", "V = 1\n")
-    write(root / "main.py", "import sys\nimport mod\nfor line in sys.stdin:\n    print(mod.V, flush=True)\n")
+    write(
+        root / "main.py",
+        "import sys\nimport mod\nfor line in sys.stdin:\n    print(mod.V, flush=True)\n",
+    )
     worker = LineWorker(
         "import sys; from relmod.cli import main; sys.exit(main(['run', 'main.py']))", cwd=root
     )
@@ -158,7 +171,10 @@ def test_modules_imported_before_connect_are_adopted(project: Path, broker: Brok
     )
     try:
         assert worker.ask() == "21"
-        write(project / "app" / "core.py", "from app.util import scale\ndef compute(x):\n    return scale(x) + 7\n")
+        write(
+            project / "app" / "core.py",
+            "from app.util import scale\ndef compute(x):\n    return scale(x) + 7\n",
+        )
         wait_for(lambda: worker.ask() == "27", 10, "the adopted module to reload")
     finally:
         worker.close()
@@ -192,34 +208,52 @@ def test_a_package_installed_editable_into_a_fresh_venv(tmp_path: Path, layout: 
     python = venv / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     # The fresh venv sees relmod and its dependencies from this one (no download needed).
     here = subprocess.run(
         [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
-    Path(site, "outer.pth").write_text(here + "\n" + str(Path(__file__).resolve().parents[1]) + "\n")
+    Path(site, "outer.pth").write_text(
+        here + "\n" + str(Path(__file__).resolve().parents[1]) + "\n"
+    )
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(root)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     env = child_env()
     env.pop("PYTHONPATH", None)
     b = Broker(root).start()
     worker = subprocess.Popen(
-        [str(python), "-c", textwrap.dedent("""
+        [
+            str(python),
+            "-c",
+            textwrap.dedent("""
             import sys, relmod
             relmod.connect()
             from mysrcpkg.x import f
             import mysrcpkg.x
             for line in sys.stdin:
                 print(mysrcpkg.x.f(), f(), mysrcpkg.x.__file__, flush=True)
-        """)],
-        cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, bufsize=1,
+        """),
+        ],
+        cwd=root,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
     )
     try:
+
         def ask() -> str:
             assert worker.stdin is not None and worker.stdout is not None
             worker.stdin.write("\n")

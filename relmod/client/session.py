@@ -196,9 +196,7 @@ class Client:
                     path=str(getattr(target, "__file__", target.__name__)),
                 )
             return self.registry.reload(target)
-        raise TypeError(
-            f"relmod.reload() takes a path or a module, not {type(target).__name__}."
-        )
+        raise TypeError(f"relmod.reload() takes a path or a module, not {type(target).__name__}.")
 
     def adopt(self, module: types.ModuleType) -> Any:
         """Start reloading a module imported before relmod was asked to (None if it cannot)."""
@@ -244,7 +242,7 @@ class Client:
                 self.registry.forget(rec)
 
     def follow_project(self, root: str) -> None:
-        """Make the project under ``root`` reloading: its modules imported so far and from now on."""
+        """Make the modules under ``root`` reloading: those imported so far, and from now on."""
         self.registry.scope.add_root(root)
         self.finder.install()
         self.hook.install()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from relmod.machinery import modules as m
-from relmod.machinery.registry import Registry
+from relmod.machinery.registry import Record, Registry
 
 
 class ImportHook:
@@ -64,7 +64,9 @@ class ImportHook:
         target = name
         if level > 0 and globals is not None:
             try:
-                package = globals.get("__package__") or globals.get("__name__", "").rpartition(".")[0]
+                package = (
+                    globals.get("__package__") or globals.get("__name__", "").rpartition(".")[0]
+                )
                 target = importlib.util.resolve_name("." * level + name, package)
             except (ImportError, ValueError, AttributeError):
                 target = ""
@@ -99,7 +101,7 @@ class ImportHook:
             if rec is not None:
                 registry.record_edge(importer, rec.key)
 
-    def _base_folder(self, importer: Any, globals: dict[str, Any]) -> str | None:
+    def _base_folder(self, importer: Record | None, globals: dict[str, Any]) -> str | None:
         if importer is not None:
             if not importer.by_path:
                 return None
@@ -107,7 +109,7 @@ class ImportHook:
         return self.installed_namespaces.get(id(globals))
 
     def _relative(
-        self, base: str, importer: Any, name: str, fromlist: Sequence[str], level: int
+        self, base: str, importer: Record | None, name: str, fromlist: Sequence[str], level: int
     ) -> types.ModuleType:
         folder = base
         for _ in range(level - 1):

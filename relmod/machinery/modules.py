@@ -214,7 +214,11 @@ class ModuleTypes:
                 stale = type(
                     "Stale" + fresh.__name__,
                     (fresh,),
-                    {"__getattribute__": __getattribute__, "__dir__": __dir__, "__module__": __name__},
+                    {
+                        "__getattribute__": __getattribute__,
+                        "__dir__": __dir__,
+                        "__module__": __name__,
+                    },
                 )
                 self._stale_of[fresh] = stale
                 self._fresh_of[stale] = fresh

@@ -41,6 +41,7 @@ import traceback
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
@@ -281,11 +282,12 @@ class Registry:
     ) -> types.ModuleType:
         base = folder if folder is not None else key
         name = path_module_name(base, folder=folder is not None)
-        cls: type[types.ModuleType] = {
+        kinds: dict[str, type[types.ModuleType]] = {
             "file": types.ModuleType,
             "package": self.types.package,
             "folder": self.types.folder,
-        }[kind]
+        }
+        cls = kinds[kind]
         module = cls(name)
         ns = module.__dict__
         loader = m.PathLoader(base if kind == "folder" else key)
@@ -520,7 +522,9 @@ class Registry:
                     continue
                 marked.add(key)
                 if self.patch and rec.kind != "folder":
-                    self.guard.arm(rec.namespace, rec.name, functools.partial(self.refresh, rec.module))
+                    self.guard.arm(
+                        rec.namespace, rec.name, functools.partial(self.refresh, rec.module)
+                    )
             if marked:
                 self.generation += 1
         log.debug("marked %d module(s) stale", len(marked))
@@ -551,7 +555,9 @@ class Registry:
                 # as a first import would see a module not yet fully run.
                 return
             todo = {rec.key} | {
-                d for d in deps if d in self._records and self.types.is_stale(self._records[d].module)
+                d
+                for d in deps
+                if d in self._records and self.types.is_stale(self._records[d].module)
             }
             self._bring_up_to_date(todo)
 
@@ -576,7 +582,7 @@ class Registry:
         return module
 
     def _bring_up_to_date(
-        self, keys: set[str], *, force: set[str] = frozenset(), strict: bool = False  # type: ignore[assignment]
+        self, keys: set[str], *, force: AbstractSet[str] = frozenset(), strict: bool = False
     ) -> None:
         outer = self._scheduled
         self._scheduled = outer | keys
@@ -588,7 +594,7 @@ class Registry:
         finally:
             self._scheduled = outer
 
-    def _run_unit(self, members: list[Record], force: set[str], *, strict: bool) -> None:
+    def _run_unit(self, members: list[Record], force: AbstractSet[str], *, strict: bool) -> None:
         gens = {id(rec): rec.gen for rec in members}
         runnable = [rec for rec in members if rec.kind != "folder" and rec.name not in self.frozen]
         try:
@@ -605,15 +611,17 @@ class Registry:
         for rec in members:
             self._unmark(rec, gens[id(rec)])
 
-    def _plan(self, runnable: list[Record], members: list[Record], force: set[str]) -> list[Record]:
+    def _plan(
+        self, runnable: list[Record], members: list[Record], force: AbstractSet[str]
+    ) -> list[Record]:
         """The members to re-execute, compiled; none when nothing they ran has changed."""
         reasons = False
         compiled: list[tuple[Record, bytes, str]] = []
         for rec in runnable:
-            if rec.kind == "package" and rec.by_path and not self._on_disk(rec):
-                if rec.folder is not None and self.sources.kind(rec.folder) == "folder":
-                    self._become_namespace(rec)  # its __init__.py was deleted
-                    continue
+            lost_init = rec.kind == "package" and rec.by_path and not self._on_disk(rec)
+            if lost_init and rec.folder and self.sources.kind(rec.folder) == "folder":
+                self._become_namespace(rec)  # its __init__.py was deleted
+                continue
             if not self._on_disk(rec):
                 if len(members) > 1 or rec.key in force:
                     raise self._error(rec, "reload", FileNotFoundError(rec.key), first=False)
@@ -627,9 +635,8 @@ class Registry:
                 raise self._error(rec, "reload", err, first=False) from err
             digest = content_hash(data)
             compiled.append((rec, data, digest))
-            if rec.key in force or self._deps_moved(rec, members):
-                reasons = True
-            elif digest != rec.hash and digest != rec.failed_hash:
+            changed = digest not in (rec.hash, rec.failed_hash)
+            if changed or rec.key in force or self._deps_moved(rec, members):
                 reasons = True
         if not reasons:
             return []
@@ -814,14 +821,14 @@ class Registry:
         return stack[-1] if stack else None
 
     def _failed(
-        self, err: ReloadError, members: list[Record], gens: dict[str, int], strict: bool
+        self, err: ReloadError, members: list[Record], gens: dict[int, int], strict: bool
     ) -> None:
         for rec in members:
             rec.last_error = str(err) if rec.key == err.path else rec.last_error
             self._unmark(rec, gens[id(rec)])
-        rec = self._records.get(err.path)
-        if self.listeners and rec is not None:
-            self.listeners.emit(Event("failed", rec.key, rec.name, time.time(), str(err)))
+        failed = self._records.get(err.path)
+        if self.listeners and failed is not None:
+            self.listeners.emit(Event("failed", failed.key, failed.name, time.time(), str(err)))
         if strict or self.on_error == "raise":
             raise err
         self.errors_logged += 1
@@ -885,7 +892,9 @@ class Registry:
         replaced = {
             value
             for key, value in old_state.items()
-            if isinstance(value, type) and value.__module__ == name and new_state.get(key) is not value
+            if isinstance(value, type)
+            and value.__module__ == name
+            and new_state.get(key) is not value
         }
         self.old_classes.update(replaced)
         if replaced and self.count_stale_objects:
