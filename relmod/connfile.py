@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -181,7 +182,8 @@ def ipc_endpoints(root: str) -> tuple[str, str] | None:
 
     Returns:
         ``(pub, router)``, or None when ipc is unavailable or a socket path would be longer
-        than :data:`IPC_PATH_MAX` bytes; the broker then binds ``tcp://127.0.0.1`` instead.
+        than :data:`IPC_PATH_MAX` bytes; the broker then refuses to start
+        (:func:`ipc_refusal` says why), since clear-text TCP would open it to other users.
     """
     import zmq  # only the broker binds; keep reading a connection file free of zmq
 
@@ -190,9 +192,26 @@ def ipc_endpoints(root: str) -> tuple[str, str] | None:
     base = runtime_dir() / root_id(root)
     paths = (f"{base}.pub", f"{base}.router")
     if any(len(os.fsencode(path)) > IPC_PATH_MAX for path in paths):
-        logger.debug("ipc paths under %s are too long; the broker will use tcp", base)
+        logger.debug("ipc paths under %s are too long", base)
         return None
     return f"ipc://{paths[0]}", f"ipc://{paths[1]}"
+
+
+def ipc_refusal(root: str) -> str:
+    """The one line a broker gives when it cannot use ipc for ``root`` (see ipc_endpoints)."""
+    import zmq
+
+    if not zmq.has("ipc"):
+        return (
+            "This ZeroMQ has no ipc transport, and the broker does not serve clear-text TCP; "
+            "serve with --tcp HOST:PORT (CURVE-encrypted)."
+        )
+    path = f"{runtime_dir() / root_id(root)}.router"
+    return (
+        f"The broker's socket path {path} is {len(os.fsencode(path))} bytes, longer than the "
+        f"{IPC_PATH_MAX} the system allows; set RELMOD_RUNTIME_DIR to a shorter private folder "
+        f"(such as /tmp/relmod-{os.getuid()}), or serve with --tcp HOST:PORT."
+    )
 
 
 def _problem(info: Any) -> str | None:
@@ -422,8 +441,11 @@ class BrokerLock:
 
     The lock dies with the process holding it, however it ends (even SIGKILL), so a lock file
     left by a dead broker is simply taken. The file holds the holder's pid, for the message.
-    The lock file is never deleted: a second broker could otherwise lock an unlinked inode
-    while a third locks a new file of the same name.
+    The holder deletes the file when it lets go (and :func:`sweep_runtime_dir` deletes those of
+    dead brokers), so the runtime folder does not fill up with lock files. Deleting a lock file
+    is safe because whoever takes a lock then checks that the file it locked is still the one
+    at the path: a broker that locked a file just deleted opens the new one and tries again,
+    so two brokers never hold locks on different files of the same name.
 
     Example:
         >>> import os, tempfile
@@ -457,32 +479,16 @@ class BrokerLock:
         """
         if self._fd is not None:
             raise RuntimeError(f"This BrokerLock already holds {self.path}.")
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError as err:
-            what = (
-                "is a symbolic link"
-                if err.errno == errno.ELOOP
-                else f"cannot be opened ({err.strerror})"
-            )
+        for _ in range(5):
+            fd = _lock_file(self.path, self.root)
+            if fd is not None:
+                break
+        else:  # pragma: no cover - the file is replaced, or held by no broker, again and again
             raise ConnectionFileError(
-                f"The broker lock file {self.path} {what}, so no broker can lock {self.root}. "
-                "Remove it and start the broker again."
-            ) from err
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _read_holder(fd)
-            os.close(fd)
-            who = f"pid {pid}" if pid else "pid unknown"
-            raise BrokerAlreadyRunning(
-                f"A relmod broker ({who}) already serves {self.root}; stop it first or "
-                "connect to it.",
-                pid=pid,
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
+                f"The broker lock file {self.path} keeps being replaced or held by a process "
+                f"that is no broker, so no broker can lock {self.root}. Find what touches files "
+                f"in {self.path.parent}."
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -494,8 +500,11 @@ class BrokerLock:
         if fd is None:
             return
         try:
-            os.ftruncate(fd, 0)
+            if _same_file(fd, self.path):
+                self.path.unlink()  # while still locked: see the class docstring
             fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as err:
+            logger.debug("could not remove lock file %s: %s", self.path, err)
         finally:
             os.close(fd)
         logger.debug("released broker lock %s", self.path)
@@ -511,6 +520,104 @@ class BrokerLock:
         traceback: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _lock_file(path: Path, root: str) -> int | None:
+    """Open and lock the lock file: its fd, or None when the file was replaced meanwhile.
+
+    Raises:
+        BrokerAlreadyRunning: another process holds it.
+        ConnectionFileError: it cannot be opened.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        what = "is a symbolic link" if err.errno == errno.ELOOP else f"cannot be opened ({err.strerror})"
+        raise ConnectionFileError(
+            f"The broker lock file {path} {what}, so no broker can lock {root}. "
+            "Remove it and start the broker again."
+        ) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_holder(fd, wait=0.3)
+        os.close(fd)
+        if not pid:
+            return None  # no broker: a sweep (sweep_runtime_dir) holds it for a moment
+        raise BrokerAlreadyRunning(
+            f"A relmod broker (pid {pid}) already serves {root}; stop it first or connect to it.",
+            pid=pid,
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    if not _same_file(fd, path):
+        os.close(fd)  # deleted by its last holder or a sweep after we opened it: again
+        return None
+    return fd
+
+
+def sweep_runtime_dir(older_than: float = 30 * 24 * 3600.0) -> int:
+    """Remove what dead brokers left in the runtime folder; returns how many files went.
+
+    A lock file nobody holds is deleted (under its own lock, see :class:`BrokerLock`), and so
+    are ipc socket files next to it, and scan caches untouched for ``older_than`` seconds.
+    Connection files are left to :func:`remove_stale_connection_file`, which checks the pid.
+    """
+    folder = runtime_dir()
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        try:
+            if name.endswith(".lock") and entry.is_file(follow_symlinks=False):
+                removed += _sweep_lock(Path(entry.path))
+            elif name.endswith(".scan") and now - entry.stat().st_mtime > older_than:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError as err:
+            logger.debug("left %s alone: %s", entry.path, err)
+    if removed:
+        logger.info("removed %d files of dead brokers from %s", removed, folder)
+    return removed
+
+
+def _sweep_lock(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return 0
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # a live broker
+        if not _same_file(fd, path):
+            return 0
+        base = str(path)[: -len(".lock")]
+        removed = 0
+        for leftover in (f"{base}.pub", f"{base}.router"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+                removed += 1
+        path.unlink()
+        return removed + 1
+    finally:
+        os.close(fd)
 
 
 def _read_holder(fd: int, wait: float = 1.0) -> int:

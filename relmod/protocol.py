@@ -8,7 +8,10 @@ of message and the shape of its body, per direction:
 * ``"request"``: a client's DEALER socket to the broker's ROUTER socket;
 * ``"reply"``: the broker's ROUTER socket back to one client's DEALER socket.
 
-Three names (``status``, ``graph``, ``source``) are both a request and a reply. A codec is
+Five names (``status``, ``graph``, ``hashes``, ``list``, ``source``) are both a request and a
+reply. Answers that grow with the project come in pages of about :data:`PAGE_BYTES`: a reply
+names where the next page starts (``next``), and the asker sends the same request again with
+``after`` set to it, until ``next`` is None. A codec is
 therefore made for one side, ``role="broker"`` or ``role="client"``: a broker sends replies and
 publications and receives requests, a client the other way round, and on each side the kinds a
 codec can send, and those it can receive, are unambiguous.
@@ -49,6 +52,9 @@ HEARTBEAT_INTERVAL: Final = 1.0
 """Seconds between two broker heartbeats."""
 
 MAX_PAYLOAD: Final = 4 * 1024 * 1024
+PAGE_BYTES: Final = 1024 * 1024
+"""About how many bytes of paths one page of a paged answer (changes, hashes, graph, list)
+carries, well below :data:`MAX_PAYLOAD` whatever the size of the project."""
 MAX_STR: Final = 4096
 """Longest string field, in characters (paths, hashes, epochs, names)."""
 MAX_TEXT: Final = 16384
@@ -141,7 +147,10 @@ SCHEMAS: Final[dict[Direction, dict[str, dict[str, Spec]]]] = {
         "report": {"client": STR, "seq": INT, "stale": INT, "error": optional(TEXT)},
         "status": {},
         "sync": {},
-        "graph": {},
+        "graph": {"after": optional(tuple_of(PATH, PATH))},
+        "hashes": {"after": PATH},
+        "list": {"what": STR, "after": STR},
+        "paths": {"paths": list_of(STR)},
         "source": {"hash": STR},
         "goodbye": {"client": STR},
     },
@@ -154,13 +163,20 @@ SCHEMAS: Final[dict[Direction, dict[str, dict[str, Spec]]]] = {
             "affected": list_of(PATH),
             "hashes": map_of(PATH, optional(STR)),
             "broken": list_of(_BROKEN_ENTRY),
+            "next": optional(PATH),  # a full answer continues with "hashes" after this path
         },
         "ack": {},
         "status": {"status": FREEFORM},
         "synced": {"epoch": STR, "seq": INT},
-        "graph": {"edges": list_of(tuple_of(PATH, PATH, list_of(STR)))},
+        "graph": {
+            "edges": list_of(tuple_of(PATH, PATH, list_of(STR))),
+            "next": optional(tuple_of(PATH, PATH)),  # ask "graph" again after this edge
+            "total": INT,
+        },
+        "hashes": {"hashes": map_of(PATH, optional(STR)), "next": optional(PATH)},
+        "list": {"items": list_of(FREEFORM), "next": optional(STR), "total": INT},
         "source": {"hash": STR, "data": optional(BLOB)},
-        "error": {"message": TEXT},
+        "error": {"message": TEXT, "request": STR},
     },
 }
 """kind -> {field: type spec} per direction. Every field is required and no other is allowed."""

@@ -47,7 +47,7 @@ class BrokerProcess:
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> BrokerProcess:
+    def start(self, timeout: float = 20.0, *, scanned: bool = True) -> BrokerProcess:
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "relmod.server", str(self.root), *self.args],
@@ -65,7 +65,18 @@ class BrokerProcess:
                 return False
 
         wait_for(ready, timeout, "the broker's connection file")
+        if scanned:
+            wait_for(self.scanned, timeout, "the broker's first scan")
         return self
+
+    def scanned(self) -> bool:
+        """Whether the first scan (compile checks included) is over."""
+        from relmod.cli import ask
+
+        if self.info["curve_server_public"] is not None:
+            return True  # asking needs a client key; such tests wait for what they need
+        status = ask(self.info, "status", {}, "status").body["status"]
+        return bool(status["scan"]["state"] == "done")
 
     @property
     def pid(self) -> int:
@@ -350,10 +361,10 @@ def test_a_git_index_lock_holds_invalidations_until_it_is_gone(project: Path, pr
 
 def test_graph_edges_and_source_requests(project: Path, probe: Probe) -> None:
     leaf, mid, other = (str(project / n) for n in ("leaf.py", "mid.py", "other.py"))
-    edges = {(a, b): origins for a, b, origins in probe.request("graph").body["edges"]}
+    edges = {(a, b): origins for a, b, origins in probe.request("graph", {"after": None}).body["edges"]}
     assert edges[mid, leaf] == ["static"]
     assert probe.request("edges", {"edges": [[other, leaf]]}).kind == "ack"
-    edges = {(a, b): origins for a, b, origins in probe.request("graph").body["edges"]}
+    edges = {(a, b): origins for a, b, origins in probe.request("graph", {"after": None}).body["edges"]}
     assert edges[other, leaf] == ["runtime"]
     write(project / "leaf.py", "VALUE = 9\n")
     message = probe.next("invalidate")
@@ -461,8 +472,8 @@ def test_a_stop_signal_says_bye_removes_the_connection_file_and_exits_0(
     assert broker.signal(stop) == 0
     assert probe.next("bye").body == {"epoch": probe.info["epoch"]}
     assert not connection_path(str(project)).exists()
-    leftovers = [p.name for p in runtime.iterdir() if not p.name.endswith((".lock", ".clients"))]
-    assert leftovers == []  # no connection file, no ipc socket files
+    leftovers = [p.name for p in runtime.iterdir() if not p.name.endswith((".scan", ".clients"))]
+    assert leftovers == []  # no connection file, no ipc socket files, no lock file
 
 
 def test_polling_broker_sees_edits(project: Path, tmp_path: Path) -> None:

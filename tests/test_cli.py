@@ -49,7 +49,7 @@ def test_status_json_describes_the_live_broker(
     status = json.loads(capsys.readouterr().out)
     assert status["pid"] == broker.pid and status["root"] == str(project)
     assert status["files"] == 4 and status["graph"]["edges"] == 2
-    assert status["watcher"]["backend"] in ("watchfiles", "polling")
+    assert status["watcher"]["backend"] in ("inotify", "watchfiles", "polling")
     assert status["endpoints"]["pub"] == broker.info["pub"]
     assert [b["path"] for b in status["broken"]] == [str(project / "lone.py")]
     assert status["dropped"]["total"] == 0 and status["request_errors"] == 0

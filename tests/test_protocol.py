@@ -62,7 +62,10 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "report": {"client": "c1", "seq": 8, "stale": 2, "error": None},
         "status": {},
         "sync": {},
-        "graph": {},
+        "graph": {"after": [A, B]},
+        "hashes": {"after": A},
+        "list": {"what": "clients", "after": ""},
+        "paths": {"paths": [ROOT, "/usr/lib/python3.11"]},
         "source": {"hash": "ab12"},
         "goodbye": {"client": "c1"},
     },
@@ -75,13 +78,17 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
             "affected": [A],
             "hashes": {A: "ab12"},
             "broken": [{"path": B, "lineno": None, "message": "NameError: x"}],
+            "next": A,
         },
         "ack": {},
         "status": {"status": {"clients": [{"pid": 1, "argv": "x"}], "uptime": 3.5, "ok": True}},
         "synced": {"epoch": "e1", "seq": 9},
-        "graph": {"edges": [[A, B, ["helper", "VALUE"]]]},
+        "graph": {"edges": [[A, B, ["helper", "VALUE"]]], "next": None, "total": 1},
+        "hashes": {"hashes": {B: "cd34"}, "next": B},
+        "list": {"items": [{"client": "h:1", "pid": 1}], "next": None, "total": 1},
         "source": {"hash": "ab12", "data": b"x = 1\n"},
-        "error": {"message": "No source with hash ab12 is known; save the file again."},
+        "error": {"message": "No source with hash ab12 is known; save the file again.",
+                  "request": "source"},
     },
 }
 CASES = [(direction, kind) for direction in SAMPLES for kind in SAMPLES[direction]]
@@ -362,7 +369,7 @@ DROPS: dict[str, tuple[Build, str]] = {
     "bytes for str": (lambda c: signed(c, pack("bye", {"epoch": b"e"})), "schema"),
     "str over 4096": (lambda c: signed(c, pack("bye", {"epoch": "e" * (MAX_STR + 1)})), "schema"),
     "message over 16384": (
-        lambda c: signed(c, pack("error", {"message": "m" * (MAX_TEXT + 1)})),
+        lambda c: signed(c, pack("error", {"message": "m" * (MAX_TEXT + 1), "request": "x"})),
         "schema",
     ),
     "int for hash": (lambda c: signed(c, pack("invalidate", {**BODY, "hashes": {A: 5}})), "schema"),
@@ -371,7 +378,7 @@ DROPS: dict[str, tuple[Build, str]] = {
         "schema",
     ),
     "edge of three paths": (
-        lambda c: signed(c, pack("graph", {"edges": [[A, B, [], A]]})),
+        lambda c: signed(c, pack("graph", {"edges": [[A, B, [], A]], "next": None, "total": 1})),
         "schema",
     ),
     "free-form status nested 1000 deep": (
@@ -422,7 +429,7 @@ DROPS: dict[str, tuple[Build, str]] = {
         "path",
     ),
     "graph edge outside": (
-        lambda c: signed(c, pack("graph", {"edges": [[A, "/usr/lib/os.py", []]]})),
+        lambda c: signed(c, pack("graph", {"edges": [[A, "/usr/lib/os.py", []]], "next": None, "total": 1})),
         "path",
     ),
     "broken entry outside": (
@@ -461,7 +468,7 @@ def test_without_a_root_paths_must_still_be_absolute_and_normalised(path: str, r
 
 
 def test_the_longest_message_is_accepted() -> None:
-    body = {"message": "m" * MAX_TEXT}
+    body = {"message": "m" * MAX_TEXT, "request": "status"}
 
     assert make("client").decode(make("broker").encode("error", body)).body == body
 
@@ -516,7 +523,7 @@ def test_the_replay_table_is_bounded() -> None:
 
 def test_oversized_is_checked_before_the_signature() -> None:
     client = make("client", max_payload=100)
-    frames = make("broker").encode("error", {"message": "m" * 200})
+    frames = make("broker").encode("error", {"message": "m" * 200, "request": "x"})
 
     assert rejected(client, frames) == "oversized"
     assert rejected(client, [frames[0], frames[1], b"not a mac"]) == "oversized"

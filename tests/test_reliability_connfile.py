@@ -230,16 +230,21 @@ def test_ipc_paths_held_by_another_process_never_reach_a_client(
         context.term()
 
 
-def test_ipc_paths_taken_by_folders_fall_back_to_tcp(project: Path, worker: Worker) -> None:
+def test_ipc_paths_taken_by_folders_are_refused_in_one_line(project: Path) -> None:
+    # No fallback to clear-text TCP, which any local user could connect to.
     endpoints = ipc_endpoints(str(project))
     assert endpoints is not None
     for endpoint in endpoints:
         os.mkdir(endpoint[len("ipc://") :])
-    broker = Broker(project).start()
-    try:
-        info = read_connection_file(connection_path(str(project)))
-        assert info["pub"].startswith("tcp://127.0.0.1:")
-        assert info["router"].startswith("tcp://127.0.0.1:")
-        serves(worker, project, 5)
-    finally:
-        broker.stop()
+    done = subprocess.run(
+        [sys.executable, "-m", "relmod.server", str(project), "--log-level", "ERROR"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    router = endpoints[1][len("ipc://") :]
+    assert done.stderr.count("\n") == 1 and router in done.stderr, done.stderr
+    assert "RELMOD_RUNTIME_DIR" in done.stderr and "tcp://" not in done.stderr
+    assert not connection_path(str(project)).exists()

@@ -130,16 +130,6 @@ def test_a_steady_trickle_of_the_same_files_is_no_overflow(
     assert got and not any(batch.rescan for batch in got[1:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relmod/server/broker.py Broker._check_for_sync folds into the pending changes only "
-    "Project.suspects(), which looks at files the project already tracks: a file created (or "
-    "re-created after a deletion) just before a sync, whose watcher event has not reached the "
-    "loop yet, is not published before 'synced' is answered. Measured: 30 of 30 new files were "
-    "missing from the changes after the sync. A client that loaded a module, saw it deleted and "
-    "re-created, then called relmod.sync() could run the old code (seen in the flapping test "
-    "before the registry fix made the client re-read a gone dependency)",
-)
 def test_sync_covers_a_file_created_just_before_it(tmp_path: Path) -> None:
     from relmod.cli import ask
     from relmod.sources import content_hash

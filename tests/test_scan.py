@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from relmod.scan import iter_python_files, scan_imports
+from relmod.server.imports import statements_from_ast
+from relmod.server.scan import iter_python_files, scan_imports
 
 
 @pytest.fixture
@@ -31,13 +32,22 @@ def make(root: Path, *files: str) -> None:
             path.touch()
 
 
-def scan(root: Path, file: str, source: str, *, roots: list[Path] | None = None) -> set[str]:
-    """Write ``source`` to ``file`` and scan it; the answer relative to root, with / separators."""
+def scan(
+    root: Path, file: str, source: str, *, roots: list[Path] | None = None, exact: bool = False
+) -> set[str]:
+    """Write ``source`` to ``file`` and scan it; the answer relative to root, with / separators.
+
+    Unless ``exact`` (the whole-file ast parse alone), the fast reader's answer must equal the
+    whole-file parse's on every source that parses.
+    """
     path = root / file
     path.parent.mkdir(parents=True, exist_ok=True)
     data = source.encode()
     path.write_bytes(data)
-    found = scan_imports(str(path), data, roots=[str(r) for r in (roots or [root])])
+    search = [str(r) for r in (roots or [root])]
+    found = scan_imports(str(path), data, roots=search, exact=exact)
+    if not exact and statements_from_ast(data) is not None:
+        assert found == scan_imports(str(path), data, roots=search, exact=True)
     return {Path(p).relative_to(root).as_posix() if Path(p) != root else "." for p in found}
 
 
@@ -233,12 +243,9 @@ def test_relmod_paths_expand_the_home_folder(root: Path, monkeypatch: pytest.Mon
 # -- where imports hide -----------------------------------------------------------------------
 
 
-def test_imports_inside_functions_try_blocks_and_type_checking(root: Path) -> None:
-    make(root, "lazy.py", "typed.py", "fallback.py", "cls.py")
+def test_imports_inside_functions_try_blocks_and_classes(root: Path) -> None:
+    make(root, "lazy.py", "fallback.py", "cls.py", "other.py")
     source = (
-        "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n"
-        "    import typed\n"
         "try:\n"
         "    import fast_missing\n"
         "except ImportError:\n"
@@ -248,8 +255,38 @@ def test_imports_inside_functions_try_blocks_and_type_checking(root: Path) -> No
         "class C:\n"
         "    def m(self):\n"
         "        from cls import thing\n"
+        "if x: import other\n"
     )
-    assert scan(root, "main.py", source) == {"lazy.py", "typed.py", "fallback.py", "cls.py"}
+    assert scan(root, "main.py", source) == {"lazy.py", "fallback.py", "cls.py", "other.py"}
+
+
+def test_type_checking_and_main_guards_are_no_dependencies(root: Path) -> None:
+    make(root, "typed.py", "typed2.py", "script.py", "script2.py", "runtime.py", "nested.py")
+    make(root, "either.py", "kept.py")
+    source = (
+        "import typing\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    import typed\n"
+        "    from typed2 import T  # a comment\n"
+        "else:\n"
+        "    import runtime\n"
+        "if typing.TYPE_CHECKING:  # pragma: no cover\n"
+        "    import typed2\n"
+        "def f():\n"
+        "    if TYPE_CHECKING:\n"
+        "        import nested\n"
+        "    import kept\n"
+        "if TYPE_CHECKING or sys.flags.debug:\n"  # not a guard: it may run
+        "    import either\n"
+        "if __name__ == '__main__':\n"
+        "    import script\n"
+        "    from script2 import main\n"
+        "    main()\n"
+    )
+    found = {"runtime.py", "kept.py", "either.py"}
+    assert scan(root, "main.py", source) == found
+    assert scan(root, "exact.py", source, exact=True) == found
 
 
 def test_a_file_never_depends_on_itself(root: Path) -> None:
@@ -262,9 +299,12 @@ def test_a_file_that_does_not_parse_has_no_dependencies(
     root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     make(root, "util.py")
-    with caplog.at_level(logging.DEBUG, logger="relmod.scan"):
-        assert scan(root, "main.py", "import util\ndef broken(:\n") == set()
+    with caplog.at_level(logging.DEBUG, logger="relmod.server.scan"):
+        assert scan(root, "main.py", "import util\ndef broken(:\n", exact=True) == set()
     assert "does not parse" in caplog.text
+    # The fast reader may read what it can; the broker compile-checks every file and gives a
+    # broken one no edges (see test_server_scan.py).
+    assert scan(root, "fast.py", "import util\ndef broken(:\n") <= {"util.py"}
     path = root / "nul.py"
     assert scan_imports(str(path), b"import util\x00\n", roots=[str(root)]) == set()
 

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+EDGES_PER_MESSAGE = 5000
+"""Runtime edges per ``edges`` request, so that none outgrows the protocol's payload limit."""
+
+
 class _Lost(Exception):
     """The broker stopped answering or said goodbye."""
 
@@ -113,6 +117,7 @@ class BrokerFeed:
         self._waiting_syncs: list[tuple[int, _Command]] = []  # synced at seq, awaiting that seq
         self._pid = os.getpid()
         self._edges_sent = 0
+        self._edges_known: set[tuple[str, str]] = set()  # sent to the broker in this session
         self._heard_at = 0.0  # monotonic time of the last message that passed every check
         self._replaced_checked = 0.0
         self._outside: EmbeddedFeed | None = None  # watches loaded folders outside the root
@@ -375,6 +380,8 @@ class BrokerFeed:
             self._heard_at = time.monotonic()
             if msg.kind == expect:
                 return msg
+            if msg.kind == "error" and msg.body["request"] == kind:
+                raise _Lost(f"the broker refused {kind!r}: {msg.body['message']}")
             self._on_reply(msg)
 
     def _handshake(
@@ -396,6 +403,9 @@ class BrokerFeed:
         if not sub.poll(int(self.silence * 1000)):
             raise _Lost("no heartbeat from the broker")
         self._drain_sub(codec, sub, apply=False)
+        self._send_paths(codec, dealer, info)
+        self._edges_sent = -1  # a new session: the broker has none of our edges
+        self._edges_known.clear()
         self._resync(codec, dealer)
         self.connected.set()
         self.last_error = None
@@ -409,7 +419,17 @@ class BrokerFeed:
         reply = self._request(
             codec, dealer, "since", {"epoch": self.epoch or "", "seq": self.seq}, expect="changes"
         )
-        body = reply.body
+        body = dict(reply.body)
+        if body["full"]:
+            # Every file's hash comes in pages; revalidate once all are here.
+            hashes = dict(body["hashes"])
+            after = body["next"]
+            while after is not None:
+                page = self._request(codec, dealer, "hashes", {"after": after}, expect="hashes")
+                hashes.update(page.body["hashes"])
+                after = page.body["next"]
+            body["hashes"] = hashes
+        self._changes_arrived(body)
         self.resyncs += 1
         if body["full"]:
             self._revalidate(body["hashes"])
@@ -420,6 +440,22 @@ class BrokerFeed:
         }
         self.epoch, self.seq = body["epoch"], body["seq"]
         self._check_syncs()
+
+    def _changes_arrived(self, body: dict[str, Any]) -> None:
+        """A complete answer to ``since`` (all its pages), before anything is marked stale."""
+
+    def _send_paths(self, codec: Codec, dealer: zmq.Socket[Any], info: ConnectionInfo) -> None:
+        """Tell the broker which folders of the project are on our sys.path (import roots)."""
+        root = info["root"]
+        paths = []
+        for entry in sys.path:
+            if not entry or not os.path.isabs(entry):
+                continue
+            path = self.path_map.to_broker(os.path.normpath(entry))
+            if _inside(path, root) and path != root:
+                paths.append(path[:4000])
+        if paths:
+            dealer.send_multipart(codec.encode("paths", {"paths": paths[:1000]}))
 
     def _revalidate(self, hashes: dict[str, str | None]) -> None:
         """A new broker instance: mark whatever differs from what this process ran."""
@@ -552,6 +588,13 @@ class BrokerFeed:
 
     def _on_reply(self, msg: Message) -> None:
         """Replies nobody waits for synchronously: acks, and the broker's answer to sync."""
+        if msg.kind == "error":
+            log.warning("the relmod broker refused %r: %s", msg.body["request"], msg.body["message"])
+            if msg.body["request"] == "sync" and self._sync_requests:
+                command = self._sync_requests.popleft()
+                command.result = False  # the caller checks files directly
+                command.done.set()
+            return
         if msg.kind == "synced" and self._sync_requests:
             command = self._sync_requests.popleft()
             if msg.body["epoch"] != self.epoch:
@@ -606,6 +649,7 @@ class BrokerFeed:
         dealer.send_multipart(codec.encode("report", body))
 
     def _send_edges(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
+        """Send the runtime edges the broker has not had from this session, in chunks."""
         graph = self.client.registry.graph
         count = graph.edge_count()
         if count == self._edges_sent:
@@ -617,10 +661,14 @@ class BrokerFeed:
             if "runtime" not in origins:
                 continue
             a, b = self.path_map.to_broker(dependent), self.path_map.to_broker(dependency)
-            if root is None or (_inside(a, root) and _inside(b, root)):
+            if (a, b) not in self._edges_known and (
+                root is None or (_inside(a, root) and _inside(b, root))
+            ):
                 edges.append([a, b])
-        if edges:
-            dealer.send_multipart(codec.encode("edges", {"edges": edges[:200_000]}))
+                self._edges_known.add((a, b))
+        for start in range(0, len(edges), EDGES_PER_MESSAGE):
+            chunk = edges[start : start + EDGES_PER_MESSAGE]
+            dealer.send_multipart(codec.encode("edges", {"edges": chunk}))
 
 
 def _inside(path: str, root: str) -> bool:

@@ -513,25 +513,15 @@ class RemoteFeed(BrokerFeed):
                 monitor.close(0)
             self._end_session(codec, ctx, sub, dealer)
 
-    def _request(
-        self,
-        codec: Codec,
-        dealer: zmq.Socket[Any],
-        kind: str,
-        body: dict[str, Any],
-        expect: str,
-        timeout: float = 3.0,
-    ) -> Message:
-        reply = super()._request(codec, dealer, kind, body, expect, timeout)
-        if reply.kind == "changes":
-            # Before the base class marks anything stale: a reload must find the new hashes.
-            if reply.body["full"]:
-                root = self.info["root"] if self.info is not None else None
-                self.sources.replace(reply.body["hashes"], root=root)
-            else:
-                self.sources.update(reply.body["hashes"])
-            self._prefetch(reply.body["hashes"])
-        return reply
+    def _changes_arrived(self, body: dict[str, Any]) -> None:
+        # Before the base class marks anything stale: a reload must find the new hashes. A full
+        # answer arrives here whole (every page of hashes), so replace() sees every file.
+        if body["full"]:
+            root = self.info["root"] if self.info is not None else None
+            self.sources.replace(body["hashes"], root=root)
+        else:
+            self.sources.update(body["hashes"])
+        self._prefetch(body["hashes"])
 
     def _on_publication(self, msg: Message) -> bool:
         body = msg.body

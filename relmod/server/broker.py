@@ -17,9 +17,15 @@ pipe the loop polls, so a burst of batches costs the loop one wake-up. Signal ha
 same pipe to stop the loop.
 
 Start-up order matters: the lock first (a second broker must not steal the ipc paths), then the
-scan of every file (in worker processes, before any thread or ZeroMQ context exists), then the
-sockets and the watcher, then a catch-up pass for edits made during the scan, and only then the
-connection file, so a client that finds the file finds a broker ready to answer.
+sockets and the watcher, then the connection file, and only then the scan of every file, on a
+thread of its own (:class:`~relmod.server.scanner.ProjectScan`, with worker processes for big
+projects). So the broker answers from its first second, and since the watcher is live before the
+scan reads anything, no edit falls between the two: an edit during the scan is read as a change
+and published (a file the scan has not reached yet counts as new), and reaches the clients that
+loaded the file and, through the edges they report, its dependents. ``sync`` during the scan also
+looks at the files the scan has not reached yet. ``relmod status`` shows the scan's progress::
+
+    scan thread ──("records", [...]) etc.──> queue ──byte on the wake pipe──> loop: Project.receive
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import os
 import queue
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -43,6 +51,7 @@ from relmod.connfile import (
     connection_path,
     read_connection_file,
     remove_stale_connection_file,
+    sweep_runtime_dir,
     write_connection_file,
 )
 from relmod.errors import ConnectionFileError, ProtocolError
@@ -52,6 +61,9 @@ from relmod.server.history import History
 from relmod.server.pending import PendingChanges
 from relmod.server.project import Project
 from relmod.server.requests import RequestHandlers
+from relmod.server.roots import find_import_roots
+from relmod.server.scancache import ScanCache, cache_path
+from relmod.server.scanner import ProjectScan
 from relmod.server.sockets import BrokerSockets
 from relmod.watch import ChangeBatch, Watcher, find_default_watcher
 
@@ -68,8 +80,11 @@ WATCH_STEP_MS = 3
 latency against idle CPU; measured on 10,000 files (benchmarks/bench_broker.py): step 10 ms gives
 about 20 ms from write to invalidation at 0.3 % of a core idle, step 3 ms about 8 ms at 0.6 %.
 Bursts are coalesced by :class:`~relmod.server.pending.PendingChanges`, not by the step."""
-EXPIRE_EVERY = 5.0
-"""Seconds between two looks for clients that went silent."""
+EXPIRE_EVERY = 1.0
+"""Seconds between two looks for clients that went silent or whose process died."""
+CACHE_SAVE_EVERY = 300.0
+"""Seconds between two writes of the scan cache while files change (it is also written when the
+scan ends and when the broker stops)."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +97,15 @@ class BrokerConfig:
         tcp: ``(host, port)`` to bind PUB on ``port`` and ROUTER on ``port + 1`` with CURVE;
             None for ipc in the runtime folder (or tcp on 127.0.0.1 when ipc is unavailable).
         processes: worker processes for the first scan; None means one per CPU.
+        check: compile-check every file after the first scan (broken files are listed at once);
+            edits are always compile-checked.
     """
 
     root: str
     poll: bool | None = None
     tcp: tuple[str, int] | None = None
     processes: int | None = None
+    check: bool = True
 
 
 class Broker:
@@ -110,16 +128,22 @@ class Broker:
         self._started_mono = time.monotonic()
         self.codec = Codec(self.key, role="broker", root=self.root)
         self.project = Project(self.root)
+        self.scan: ProjectScan | None = None
         self.history = History()
-        self.clients = ClientTable()
+        self.clients = ClientTable(on_drop=self._client_gone)
         self.pending = PendingChanges(None, root=self.root)
         self.handlers = RequestHandlers(self)
         self.sockets: BrokerSockets | None = None
         self.watcher: Watcher | None = None
         self.publish_errors = 0
         self.batch_errors = 0
+        self.reply_refused: Counter[str] = Counter()
         self._lock = BrokerLock(self.root)
         self._batches: queue.SimpleQueue[ChangeBatch] = queue.SimpleQueue()
+        self._scan_events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._walked = False
+        self._after_walk: list[Callable[[], None]] = []
+        self._next_cache_save = 0.0
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -133,31 +157,22 @@ class Broker:
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Take the lock, scan the project, bind, watch, and write the connection file.
+        """Take the lock, bind, watch, write the connection file, and start the scan.
 
-        Returns early, without binding, when :meth:`request_stop` was called during the scan.
+        Returns at once; the scan goes on in the background while :meth:`serve` answers.
 
         Raises:
             BrokerAlreadyRunning: a live broker serves this root (nothing else was done).
             ConnectionFileError: the runtime folder is unusable.
+            BrokerError: no safe transport (the ipc path is too long, say).
             zmq.ZMQError: a socket could not be bound (a --tcp port in use, for example).
         """
         self._lock.acquire()
+        sweep_runtime_dir()
         remove_stale_connection_file(self.root)
-        began = time.monotonic()
-        count = self.project.load_all(
-            processes=self.config.processes, should_stop=lambda: self._stopping
+        self.project = Project(
+            self.root, find_import_roots(self.root), ScanCache.load(cache_path(self.root))
         )
-        logger.info(
-            "Scanned %d Python files under %s in %.2f s: %d dependency edges, %d broken.",
-            count,
-            self.root,
-            time.monotonic() - began,
-            self.project.graph.edge_count(),
-            len(self.project.broken()),
-        )
-        if self._stopping:
-            return
         self.sockets = sockets = BrokerSockets.bind(self.root, self.config.tcp)
         watcher = find_default_watcher(
             [self.root], self._on_change, poll=self.config.poll, step_ms=WATCH_STEP_MS
@@ -166,10 +181,9 @@ class Broker:
         watcher.start()
         if not watcher.wait_ready(10.0):
             logger.warning("The %s watcher is not live after 10 s; continuing.", watcher.backend)
-        self.pending.add(self.project.catch_up(), rescan=False)
         self._write_connection_file()
         logger.info(
-            "relmod broker %s serving %s (pid %d, epoch %s); PUB %s, ROUTER %s.",
+            "relmod broker %s serving %s (pid %d, epoch %s); PUB %s, ROUTER %s; scanning.",
             __version__,
             self.root,
             os.getpid(),
@@ -177,6 +191,96 @@ class Broker:
             sockets.pub_endpoint,
             sockets.router_endpoint,
         )
+        self.scan = ProjectScan(
+            self.root,
+            self.project.roots,
+            self.project.cache,
+            self._on_scan,
+            processes=self.config.processes,
+            check=self.config.check,
+        )
+        self.scan.start()
+
+    def _on_scan(self, event: str, payload: Any) -> None:
+        """The scan's callback, on the scan thread: queue the event, wake the loop."""
+        self._scan_events.put((event, payload))
+        self._wake()
+
+    def _collect_scan(self) -> None:
+        while True:
+            try:
+                event, payload = self._scan_events.get_nowait()
+            except queue.Empty:
+                return
+            self.project.receive(event, payload)
+            if event == "records":
+                fresh = self.project.take_fresh()
+                if fresh:
+                    self.pending.add(fresh, rescan=False)
+            elif event == "walked":
+                self._walk_done()
+            elif event == "scanned":
+                self._scanned()
+            elif event == "done":
+                self._walk_done()
+                self._scan_done()
+
+    @property
+    def walked(self) -> bool:
+        """Whether the scan has listed the project's files (or ended)."""
+        return self._walked
+
+    def after_walk(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the loop once the scan has listed the files (a full answer needs
+        the list)."""
+        self._after_walk.append(action)
+
+    def _walk_done(self) -> None:
+        self._walked = True
+        actions, self._after_walk = self._after_walk, []
+        for action in actions:
+            try:
+                action()
+            except Exception:  # a bug of ours: count it like a failed handler
+                self.handlers.errors += 1
+                logger.exception("A request deferred until the file list failed.")
+
+    def _scanned(self) -> None:
+        assert self.scan is not None
+        progress = self.scan.progress
+        logger.info(
+            "Scanned %d Python files under %s in %.2f s (%d unchanged since the last scan, "
+            "%d worker processes): %d dependency edges.",
+            progress.total,
+            self.root,
+            progress.scan_seconds or 0.0,
+            progress.cached,
+            progress.processes,
+            self.project.graph.edge_count(),
+        )
+
+    def _scan_done(self) -> None:
+        assert self.scan is not None
+        progress = self.scan.progress
+        if progress.state == "done" and progress.to_check:
+            logger.info(
+                "Compile-checked %d files in %.2f s: %d broken.",
+                progress.checked,
+                progress.check_seconds or 0.0,
+                len(self.project.broken()),
+            )
+        if progress.state == "done":
+            self._save_cache()
+
+    def _save_cache(self) -> None:
+        self.project.cache.save(keep=self.project.known())
+        self._next_cache_save = time.monotonic() + CACHE_SAVE_EVERY
+
+    def _client_gone(self, name: str) -> None:
+        """The client table dropped a client: forget the edges only it reported."""
+        removed = self.project.runtime.drop(name)
+        if removed:
+            logger.debug("dropped %d runtime edges of client %s", removed, name)
 
     def _write_connection_file(self) -> None:
         assert self.sockets is not None and self.watcher is not None
@@ -226,6 +330,10 @@ class Broker:
         held = self._lock.held
         if self._wrote_connection_file:
             self._remove_connection_file()
+        if self.scan is not None:
+            self.scan.stop()
+            if self.scan.progress.state == "done" and self.project.cache.dirty:
+                self._save_cache()
         if self.watcher is not None:
             self.watcher.stop()
         if self.sockets is not None:
@@ -262,6 +370,7 @@ class Broker:
             events = dict(poller.poll(self._poll_timeout_ms()))
             if self._wake_r in events:
                 self._drain_wake()
+            self._collect_scan()
             self._collect_batches()
             if router in events:
                 self._serve_requests(router)
@@ -289,13 +398,11 @@ class Broker:
             self.publish("heartbeat", {"epoch": self.epoch, "seq": self.seq, "time": time.time()})
             self._next_heartbeat = now + self.heartbeat
         if now >= self._next_expiry:
-            for name in self.clients.expire(now):
-                logger.info(
-                    "client %s was not heard from for %.0f s; dropped it",
-                    name,
-                    self.clients.timeout,
-                )
+            for name, why in self.clients.expire(now):
+                logger.info("dropped client %s: %s", name, why)
             self._next_expiry = now + EXPIRE_EVERY
+            if self.project.cache.dirty and self._next_cache_save and now >= self._next_cache_save:
+                self._save_cache()
 
     def _on_change(self, batch: ChangeBatch) -> None:
         """The watcher's callback, on the watcher's thread: queue the batch, wake the loop."""
@@ -357,6 +464,8 @@ class Broker:
         is pending, at once unless git holds the changes back.
         """
         self._collect_batches()
+        if not self._walked:
+            return  # the scan is still listing the files: ask again next turn
         suspects = self.project.suspects()
         if suspects:
             self.pending.add(suspects, rescan=False)
@@ -408,7 +517,12 @@ class Broker:
             logger.exception("Could not publish a %r message.", kind)
 
     def reply(self, identity: bytes, kind: str, body: dict[str, Any]) -> None:
-        """Sign and send one reply to the client behind ``identity`` (never blocks)."""
+        """Sign and send one reply to the client behind ``identity`` (never blocks).
+
+        A peer that does not read its replies has at most
+        :data:`~relmod.server.sockets.REPLY_HWM` of them queued; beyond that, and for a peer
+        that is gone, the reply is dropped and counted (``refused`` in status).
+        """
         if self.sockets is None:
             return
         try:
@@ -416,8 +530,12 @@ class Broker:
         except ValueError as err:
             self.handlers.errors += 1
             logger.warning("Cannot send a %r reply: %s", kind, err)
-            frames = self.codec.encode("error", {"message": str(err)[:4000]})
+            frames = self.codec.encode("error", {"message": str(err)[:4000], "request": kind})
         try:
             self.sockets.router.send_multipart([identity, *frames], zmq.NOBLOCK)
-        except zmq.ZMQError as err:  # the peer left, or its queue is full
+        except zmq.Again:
+            self.reply_refused["queue_full"] += 1
+            logger.debug("reply %r dropped: the peer's queue is full", kind)
+        except zmq.ZMQError as err:  # EHOSTUNREACH: the peer left
+            self.reply_refused["unroutable"] += 1
             logger.debug("reply %r not delivered: %s", kind, err)

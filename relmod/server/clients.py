@@ -1,34 +1,40 @@
 """The broker's table of connected client processes, for ``relmod status``.
 
 A client says ``hello`` when it connects, ``report`` when its state changes (and every few
-seconds as a keep-alive), and ``goodbye`` when it closes. Any request refreshes its entry; an
-entry not heard from for :data:`CLIENT_TIMEOUT` seconds is dropped (the process died, or froze).
+seconds as a keep-alive), and ``goodbye`` when it closes. Any request refreshes its entry. A client
+on this host whose process is gone is dropped at the next look (the broker looks every second);
+one on another host when it was not heard from for :data:`CLIENT_TIMEOUT` seconds (three missed
+keep-alives). The table holds at most :data:`MAX_CLIENTS`; a hello beyond that is refused.
 Entries are keyed by the client's name (``host:pid``); the ROUTER identity of its DEALER socket
 maps requests back to the name.
 
 Example:
     >>> table = ClientTable()
     >>> table.hello(b'id1', {'client': 'h:1', 'pid': 1, 'host': 'h', 'argv': 'app.py'}, now=0.0)
+    True
     >>> table.report(b'id1', {'client': 'h:1', 'seq': 4, 'stale': 2, 'error': None}, now=1.0)
     >>> [(row['pid'], row['seq'], row['stale']) for row in table.rows(now=2.0)]
     [(1, 4, 2)]
     >>> table.expire(now=100.0), len(table)
-    (['h:1'], 0)
+    ([('h:1', 'not heard from for 99 s')], 0)
 """
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from relmod.connfile import pid_alive
 
 __all__ = ["CLIENT_TIMEOUT", "ClientRecord", "ClientTable"]
 
 CLIENT_TIMEOUT = 60.0
 """Seconds of silence after which a client is dropped from the table."""
-MAX_CLIENTS = 10_000
-"""The table never grows beyond this many entries (the oldest-heard-from is dropped)."""
+MAX_CLIENTS = 1_000
+"""The table never grows beyond this many entries; a hello beyond it is refused."""
 
 
 @dataclass
@@ -63,17 +69,33 @@ class ClientRecord:
 class ClientTable:
     """Client records by name, with an identity index (see the module docstring)."""
 
-    def __init__(self, timeout: float = CLIENT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        timeout: float = CLIENT_TIMEOUT,
+        *,
+        on_drop: Callable[[str], None] | None = None,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
         self.timeout = timeout
+        self.max_clients = max_clients
+        self.refused = 0
+        self._on_drop = on_drop
+        self._host = socket.gethostname()
         self._records: dict[str, ClientRecord] = {}
         self._names: dict[bytes, str] = {}  # ROUTER identity -> client name
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def hello(self, identity: bytes, body: Mapping[str, Any], now: float) -> None:
-        """Register a client that said hello (a reconnecting client replaces its old entry)."""
+    def hello(self, identity: bytes, body: Mapping[str, Any], now: float) -> bool:
+        """Register a client that said hello (a reconnecting client replaces its old entry).
+
+        Returns False, and counts a refusal, when the table is full.
+        """
         name = body["client"]
+        if name not in self._records and len(self._records) >= self.max_clients:
+            self.refused += 1
+            return False
         self._drop(name)
         record = ClientRecord(
             name=name,
@@ -86,15 +108,21 @@ class ClientTable:
         )
         self._records[name] = record
         self._names[identity] = name
-        self._bound()
+        return True
+
+    def name_of(self, identity: bytes) -> str | None:
+        """The name of the client behind a ROUTER identity, if it said hello."""
+        return self._names.get(identity)
 
     def report(self, identity: bytes, body: Mapping[str, Any], now: float) -> None:
         """Update a client's progress; a client unknown so far (the broker restarted) is added."""
         name = body["client"]
         record = self._records.get(name)
         if record is None:
+            if len(self._records) >= self.max_clients:
+                self.refused += 1
+                return
             record = self._records[name] = ClientRecord(name=name, identity=identity)
-            self._bound()
         if record.identity != identity:
             self._names.pop(record.identity, None)
             record.identity = identity
@@ -118,10 +146,16 @@ class ClientTable:
             known = self._drop(owner) or known
         return known
 
-    def expire(self, now: float) -> list[str]:
-        """Drop clients silent for longer than the timeout; returns their names."""
-        gone = [n for n, r in self._records.items() if now - r.last_seen > self.timeout]
-        for name in gone:
+    def expire(self, now: float) -> list[tuple[str, str]]:
+        """Drop clients whose process died (on this host) or that were silent for longer than
+        the timeout; returns (name, why) of each."""
+        gone: list[tuple[str, str]] = []
+        for name, record in self._records.items():
+            if record.host == self._host and record.pid is not None and not pid_alive(record.pid):
+                gone.append((name, f"its process {record.pid} is gone"))
+            elif now - record.last_seen > self.timeout:
+                gone.append((name, f"not heard from for {now - record.last_seen:.0f} s"))
+        for name, _why in gone:
             self._drop(name)
         return gone
 
@@ -151,9 +185,6 @@ class ClientTable:
             return False
         if self._names.get(record.identity) == name:
             del self._names[record.identity]
+        if self._on_drop is not None:
+            self._on_drop(name)
         return True
-
-    def _bound(self) -> None:
-        while len(self._records) > MAX_CLIENTS:
-            oldest = min(self._records.values(), key=lambda r: r.last_seen)
-            self._drop(oldest.name)

@@ -30,19 +30,27 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from relmod.graph import RUNTIME, STATIC, DependencyGraph
+from relmod.graph import STATIC, DependencyGraph
 from relmod.ignore import is_ignored
-from relmod.scan import iter_python_files
-from relmod.server.scanner import FileRecord, inside, read_record, scan_many
+from relmod.server.edges import RuntimeEdges
+from relmod.server.resolve import ImportResolver
+from relmod.server.roots import ImportRoots
+from relmod.server.scan import iter_python_files
+from relmod.server.scancache import ScanCache
+from relmod.server.scanner import FileRecord, ProjectScan, inside, read_record
 from relmod.sources import Broken, StatSignature, content_hash, read_source, stat_signature
 
 __all__ = ["Project", "Update"]
 
 logger = logging.getLogger(__name__)
 
+FRESH_SLACK = 0.05
+"""File times come from a coarser clock than time.time(): a file edited just after the watch
+began may look a little older."""
 RECENT_SECONDS = 2.0
 """A file modified this recently is re-read by :meth:`Project.suspects`, whatever its stat says
 (mtime can have a one-second resolution, so an edit may leave the signature unchanged)."""
@@ -52,6 +60,8 @@ SETTLE_STEP = 0.02
 """A file read empty that had content is read again up to SETTLE_TRIES times, SETTLE_STEP
 seconds apart: an in-place save truncates the file before writing it, and a writer stalled in
 between would otherwise make an identical save look like two changes."""
+MAX_IMPORT_ROOTS = 64
+"""The most import roots a project has (clients may report more of their sys.path)."""
 DELETED_KEPT = 10_000
 """How many deleted paths are remembered, to report them (hash None) in a full answer."""
 
@@ -90,9 +100,16 @@ class Project:
         graph: static edges (``"static"``) and edges reported by clients (``"runtime"``).
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(
+        self, root: str, roots: ImportRoots | None = None, cache: ScanCache | None = None
+    ) -> None:
         self.root = os.path.realpath(root)
+        self.roots = roots if roots is not None else ImportRoots((self.root,))
+        self.cache = cache if cache is not None else ScanCache(os.devnull)
         self.graph = DependencyGraph()
+        self.version = 0
+        """Goes up whenever a hash or an edge changes (pages of big answers are cut from a
+        snapshot per version)."""
         # path -> hash of the last good version; for a file broken since we first saw it, the
         # hash of its broken bytes. Every tracked file is a key.
         self._hashes: dict[str, str] = {}
@@ -101,50 +118,136 @@ class Project:
         self._by_hash: dict[str, set[str]] = {}  # hash -> paths whose last good version has it
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._folder_cache: set[str] | None = None  # see _folders()
+        # Files the first scan found but has not delivered yet (None: no scan under way).
+        self._unscanned: set[str] | None = None
+        self._scan_began = time.time()
+        # The broker watches from about now: a file the first scan finds modified since then was
+        # edited while clients may have run its older content, so it is published as a change.
+        self._watch_began = time.time() - FRESH_SLACK
+        self._fresh: set[str] = set()
+        self._forced: set[str] = set()  # taken fresh: the next check publishes them
+        self._folder_mtimes: dict[str, int] = {}  # folder -> mtime_ns, for new_files()
+        self.runtime = RuntimeEdges(self.graph, self.is_tracked)
 
     # -- loading --------------------------------------------------------------------------------
 
-    def load_all(
-        self,
-        *,
-        processes: int | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> int:
-        """Scan every Python file under the root; returns how many were found.
+    def load_all(self, *, processes: int | None = None, check: bool = True) -> int:
+        """Scan every Python file under the root now, on this thread; returns how many.
+
+        The broker scans in the background instead (:class:`ProjectScan` delivering to
+        :meth:`receive`); this is the same scan, waited for.
 
         Args:
-            processes: worker processes for the scan (see :func:`scan_many`).
-            should_stop: a callable polled during the scan; True ends it early.
+            processes: worker processes for the scan (see :class:`ProjectScan`).
+            check: compile-check every file (the second pass).
         """
-        paths = [p for p in iter_python_files(self.root) if inside(p, self.root)]
-        stop = should_stop or (lambda: False)
-        for record in scan_many(paths, self.root, processes=processes, should_stop=stop):
-            self._load(record)
-        return len(paths)
+        scan = ProjectScan(
+            self.root, self.roots, self.cache, self.receive, processes=processes, check=check
+        )
+        scan.run()
+        return scan.progress.total
+
+    def receive(self, event: str, payload: Any) -> None:
+        """Take in one event of a :class:`ProjectScan` (on the thread that owns the project)."""
+        if event == "walked":
+            self._scan_began = time.time()
+            self._unscanned = set(payload) - self._hashes.keys()
+        elif event == "records":
+            for record in payload:
+                self._load(record)
+        elif event == "verdicts":
+            for record in payload:
+                self._load_verdict(record)
+        elif event in ("scanned", "done"):
+            self._unscanned = None
+
+    def unscanned(self) -> set[str]:
+        """The files the first scan found and has not delivered yet."""
+        return set(self._unscanned) if self._unscanned else set()
+
+    @property
+    def scanning(self) -> bool:
+        """Whether a first scan is still delivering files."""
+        return self._unscanned is not None
 
     def _load(self, record: FileRecord) -> None:
         path = record.path
-        if record.hash is None:
-            return
+        if self._unscanned is not None:
+            self._unscanned.discard(path)
+        if record.hash is None or path in self._hashes:
+            return  # gone; or read already, as a change reported during the scan
         if record.signature is not None:
             self._signatures[path] = record.signature
         # A file broken from the start has no last good version: its current hash stands in.
         self._set_hash(path, record.hash)
         if record.broken is not None:
             self._broken[path] = (record.broken, record.hash)
-        self.graph.set_dependencies(path, record.dependencies, origin=STATIC)
+        self._set_static(path, record.dependencies)
+        if record.signature is not None and record.signature.mtime_ns / 1e9 >= self._watch_began:
+            self._fresh.add(path)
 
-    def catch_up(self) -> set[str]:
-        """Files that may have changed since :meth:`load_all` read them (before the watch began).
+    def take_fresh(self) -> set[str]:
+        """Files the scan found edited after the broker began watching (see ``_watch_began``).
 
-        Returns new and vanished files and those whose stat signature moved; pass them to
-        :meth:`apply`.
+        Pass them to :meth:`apply`, which publishes them as changed even when the content is
+        the one the scan read: the scan may have read the edit before the watcher reported it.
         """
-        current = {p for p in iter_python_files(self.root) if inside(p, self.root)}
-        known = self.known()
-        suspects = current ^ known
-        suspects.update(p for p in current & known if stat_signature(p) != self._signatures.get(p))
-        return suspects
+        fresh, self._fresh = self._fresh, set()
+        self._forced.update(fresh)
+        return fresh
+
+    def _load_verdict(self, record: FileRecord) -> None:
+        """The compile pass found a file broken: as if it had been broken when first read."""
+        path = record.path
+        if record.broken is None or self._hashes.get(path) != record.hash or path in self._broken:
+            return  # changed since, and judged again as a change
+        self._broken[path] = (record.broken, record.hash)
+        self._set_static(path, ())
+        logger.info("%s does not compile: %s", path, record.broken.message)
+
+    def _set_static(self, path: str, dependencies: Iterable[str]) -> None:
+        self.graph.set_dependencies(path, dependencies, origin=STATIC)
+        self.version += 1
+
+    def resolver(self) -> ImportResolver:
+        """A fresh resolver over the project's import roots (it remembers the disk: make one
+        per batch of changes)."""
+        return ImportResolver(self.roots.roots, self.roots.aliases)
+
+    def add_import_roots(self, paths: Iterable[str]) -> bool:
+        """Search these folders too (clients report them from their ``sys.path``).
+
+        Only existing folders inside the project count, at most :data:`MAX_IMPORT_ROOTS` roots
+        in all. When the roots change, every tracked file's imports are resolved again, from
+        the scan cache (a file it lacks keeps its edges until it changes). Returns whether the
+        roots changed.
+        """
+        room = MAX_IMPORT_ROOTS - len(self.roots.roots)
+        wanted = [
+            p
+            for p in dict.fromkeys(paths)
+            if inside(p, self.root) and p not in self.roots.roots and os.path.isdir(p)
+        ][: max(0, room)]
+        if not wanted:
+            return False
+        self.roots = self.roots.with_paths(wanted)
+        logger.info("import roots are now %s", ", ".join(self.roots.roots))
+        resolver = self.resolver()
+        for path, digest in list(self._hashes.items()):
+            statements = self.cache.imports(digest)
+            if statements is not None and path not in self._broken:
+                found = resolver.resolve(path, statements)
+                self._set_static(path, {dep for dep in found if inside(dep, self.root)})
+        return True
+
+    def is_tracked(self, path: str) -> bool:
+        """Whether ``path`` is a file of the project (known, or still to be scanned) or a
+        folder holding one."""
+        return (
+            path in self._hashes
+            or (self._unscanned is not None and path in self._unscanned)
+            or path in self._folders()
+        )
 
     # -- questions ------------------------------------------------------------------------------
 
@@ -168,7 +271,10 @@ class Project:
         return [self._broken[path][0] for path in sorted(self._broken)]
 
     def suspects(self, now: float | None = None) -> set[str]:
-        """Tracked files to re-read before answering a sync: stat moved, or modified recently."""
+        """Files to re-read before answering a sync: tracked files whose stat moved or that were
+        modified recently, and during the first scan, files not scanned yet that were modified
+        since it began (their content is read as new and published, so a client that loaded
+        one hears of the edit even before the scan reaches it)."""
         now = time.time() if now is None else now
         found: set[str] = set()
         for path in self.known():
@@ -177,7 +283,56 @@ class Project:
                 signature is not None and now - signature.mtime_ns / 1e9 < RECENT_SECONDS
             ):
                 found.add(path)
+        if self._unscanned:
+            since = self._scan_began - RECENT_SECONDS
+            for path in list(self._unscanned):
+                signature = stat_signature(path)
+                if signature is not None and signature.mtime_ns / 1e9 >= since:
+                    found.add(path)
+        found.update(self.new_files(now))
         return found
+
+    def new_files(self, now: float | None = None) -> set[str]:
+        """Python files in the project's folders that it does not track (yet).
+
+        Only folders whose modification time moved since the last look, or that were modified
+        recently, are listed again (a file created, deleted or renamed in a folder changes its
+        time); a new folder is walked whole. The first look lists every folder once.
+        """
+        now = time.time() if now is None else now
+        found: set[str] = set()
+        folders = self._folders() | {self.root}
+        unscanned = self._unscanned or set()
+        for folder in sorted(folders):
+            try:
+                mtime = os.stat(folder).st_mtime_ns
+            except OSError:
+                continue
+            if self._folder_mtimes.get(folder) == mtime and now - mtime / 1e9 >= RECENT_SECONDS:
+                continue
+            self._folder_mtimes[folder] = mtime
+            try:
+                with os.scandir(folder) as listing:
+                    entries = list(listing)
+            except OSError:
+                continue
+            for entry in entries:
+                rel = os.path.relpath(entry.path, self.root)
+                if is_ignored(rel):
+                    continue
+                try:
+                    if entry.is_dir():
+                        if entry.path not in folders:
+                            found.update(iter_python_files(entry.path))
+                    elif entry.name.endswith(".py"):
+                        found.add(os.path.realpath(entry.path))
+                except OSError:
+                    continue
+        return {
+            p
+            for p in found
+            if p not in self._hashes and p not in unscanned and inside(p, self.root)
+        }
 
     def source(self, digest: str) -> bytes | None:
         """The bytes of a tracked file whose current content has this hash, or None."""
@@ -191,11 +346,6 @@ class Project:
         return None
 
     # -- changes --------------------------------------------------------------------------------
-
-    def add_runtime_edges(self, edges: Iterable[tuple[str, str]]) -> None:
-        """Record edges a client saw at run time (an edge known already is left as it is)."""
-        for dependent, dependency in edges:
-            self.graph.add_edge(dependent, dependency, origin=RUNTIME)
 
     def apply(self, paths: Iterable[str], *, rescan: bool = False) -> Update:
         """Decide what a batch of reported paths means.
@@ -215,8 +365,9 @@ class Project:
         update = Update(checked=len(files))
         content_changed: set[str] = set()
         unbroken: set[str] = set()
+        resolver = self.resolver()
         for path in sorted(files):
-            self._check(path, update, content_changed, unbroken)
+            self._check(path, update, content_changed, unbroken, resolver)
         if not content_changed and not unbroken:
             return update
         start = content_changed | {f for f in folders if f in self.graph}
@@ -272,15 +423,26 @@ class Project:
             self._folder_cache = found
         return self._folder_cache
 
-    def _check(self, path: str, update: Update, changed: set[str], unbroken: set[str]) -> None:
+    def _check(
+        self,
+        path: str,
+        update: Update,
+        changed: set[str],
+        unbroken: set[str],
+        resolver: ImportResolver,
+    ) -> None:
         """Re-read one file and record what it means in ``update`` and the two sets."""
-        record = read_record(path, self.root)
+        if self._unscanned is not None:
+            self._unscanned.discard(path)  # read now: the scan's record of it is older
+        record = read_record(path, self.root, resolver=resolver)
+        self._remember(record)
         old = self._hashes.get(path)
         was_broken = self._broken.get(path)
         if record.hash == EMPTY_HASH and old not in (None, EMPTY_HASH):
             for _ in range(SETTLE_TRIES):
                 time.sleep(SETTLE_STEP)
-                record = read_record(path, self.root)
+                record = read_record(path, self.root, resolver=resolver)
+                self._remember(record)
                 if record.hash != EMPTY_HASH:
                     break
         if record.hash is None:  # gone
@@ -294,13 +456,15 @@ class Project:
         self._deleted.pop(path, None)
         if was_broken is not None and was_broken[1] == record.hash:
             return  # the same broken bytes again
-        if was_broken is None and old == record.hash:
+        forced = path in self._forced
+        self._forced.discard(path)
+        if was_broken is None and old == record.hash and not forced:
             return  # a touch, an identical save, a rename of identical content
         if record.broken is not None:
             self._broken[path] = (record.broken, record.hash)
             if old is None:
                 self._set_hash(path, record.hash)  # no good version yet: see _load
-                self.graph.set_dependencies(path, (), origin=STATIC)
+                self._set_static(path, ())
             update.broken.append(record.broken)
             logger.info("%s does not compile: %s", path, record.broken.message)
             return
@@ -311,8 +475,19 @@ class Project:
                 unbroken.add(path)
                 return
         self._set_hash(path, record.hash)
-        self.graph.set_dependencies(path, record.dependencies, origin=STATIC)
+        self._set_static(path, record.dependencies)
         changed.add(path)
+
+    def _remember(self, record: FileRecord) -> None:
+        """Keep what a read learned in the scan cache, for the next start."""
+        if record.hash is None:
+            self.cache.forget_file(record.path)
+            return
+        self.cache.remember_file(record.path, record.signature, record.hash, record.read_at)
+        if record.statements is not None:
+            self.cache.remember_imports(record.hash, record.statements)
+        if record.checked:
+            self.cache.remember_verdict(record.hash, record.broken)
 
     def _forget(self, path: str) -> None:
         """A tracked file vanished: drop its hash and static imports; edges into it stay, so
@@ -323,7 +498,7 @@ class Project:
         self._broken.pop(path, None)
         self._signatures.pop(path, None)
         self._folder_cache = None
-        self.graph.set_dependencies(path, (), origin=STATIC)
+        self._set_static(path, ())
         self._deleted[path] = None
         self._deleted.move_to_end(path)
         while len(self._deleted) > DELETED_KEPT:
@@ -337,6 +512,7 @@ class Project:
             self._folder_cache = None  # a new file (broken files are in _hashes too)
         self._hashes[path] = digest
         self._by_hash.setdefault(digest, set()).add(path)
+        self.version += 1
 
     def _unindex(self, path: str, digest: str) -> None:
         holders = self._by_hash.get(digest)

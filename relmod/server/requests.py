@@ -9,32 +9,51 @@ request     body                                        reply
 ==========  ==========================================  ===========================================
 hello       client, pid, host, argv                     welcome {epoch, seq, root, heartbeat}
 since       epoch, seq                                  changes {epoch, seq, full, affected,
-                                                        hashes, broken}
-edges       edges [[dependent, dependency], ...]        ack (recorded as "runtime" edges)
+                                                        hashes, broken, next}
+hashes      after (a path)                              hashes {hashes, next}: the next page of a
+                                                        full answer
+edges       edges [[dependent, dependency], ...]        ack (recorded as "runtime" edges of the
+                                                        client, between tracked files only)
+paths       paths (the client's sys.path)               ack (folders inside the project become
+                                                        import roots)
 report      client, seq, stale, error                   ack
 status      {}                                          status {status: {...}}
+list        what ("clients" or "broken"), after         list {items, next, total}: the rows
+                                                        status leaves out
 sync        {}                                          synced {epoch, seq}, after publishing
                                                         every save made before the request
-graph       {}                                          graph {edges: [[dependent, dependency,
-                                                        origins], ...]}
+graph       after (an edge, or None)                    graph {edges: [[dependent, dependency,
+                                                        origins], ...], next, total}
 source      hash                                        source {hash, data (bytes or None)}
 goodbye     client                                      ack
 ==========  ==========================================  ===========================================
 
+Answers that grow with the project are paged (about :data:`~relmod.protocol.PAGE_BYTES` each):
+a full ``changes`` answer carries the first page of every file's hash and names the path after
+which ``hashes`` continues; ``graph`` and ``list`` page the same way. Pages are cut from a
+snapshot taken per version of the project, so paging through costs one sort, not one per page;
+a page asked for after the project changed comes from the new version, which is fine, since every
+change after the first answer is also published.
+
 A handler that raises is a bug of ours: it is logged and counted (``request_errors`` in status),
-and the client gets an ``error`` reply instead of waiting for a timeout.
+and the client gets an ``error`` reply naming its request instead of waiting for a timeout. A
+request the broker refuses (a hello beyond the client limit, edges from a client that did not say
+hello) gets an ``error`` reply too, and is counted in status under ``refused``.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from relmod.protocol import MAX_ITEMS, Message
-from relmod.server.status import broker_status
+from relmod.protocol import PAGE_BYTES, Message
+from relmod.server.status import broker_status, client_rows
+from relmod.sources import content_hash, read_source
 
 if TYPE_CHECKING:
     from relmod.server.broker import Broker
@@ -47,8 +66,13 @@ Reply = tuple[str, dict[str, Any]] | None
 """A reply kind and body, or None when the broker replies later (sync)."""
 _Handler = Callable[[bytes, dict[str, Any]], Reply]
 
-MAX_DELTA_ITEMS = MAX_ITEMS // 2
-"""A "since" answer larger than this many paths is sent as a full list of hashes instead."""
+BROKEN_IN_CHANGES = 1000
+"""Most broken files a ``changes`` answer lists (clients only warn with them)."""
+_PATH_COST = 40  # msgpack framing and a hash, beside the path itself
+
+
+class _Refused(Exception):
+    """A request the broker will not serve; the message goes back in an ``error`` reply."""
 
 
 class RequestHandlers:
@@ -57,18 +81,25 @@ class RequestHandlers:
     Attributes:
         counts: requests handled, per kind.
         errors: requests whose handler raised.
+        refused: requests refused, per reason.
     """
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
         self.counts: Counter[str] = Counter()
         self.errors = 0
+        self.refused: Counter[str] = Counter()
+        self._paths_snapshot: tuple[int, list[str], dict[str, str | None]] | None = None
+        self._edges_snapshot: tuple[int, list[tuple[str, str, tuple[str, ...]]]] | None = None
         self._handlers: dict[str, _Handler] = {
             "hello": self.hello,
             "since": self.since,
+            "hashes": self.hashes,
             "edges": self.edges,
+            "paths": self.paths,
             "report": self.report,
             "status": self.status,
+            "list": self.list_rows,
             "sync": self.sync,
             "graph": self.graph,
             "source": self.source,
@@ -82,6 +113,8 @@ class RequestHandlers:
         broker.clients.touch(identity, time.monotonic())
         try:
             reply = self._handlers[message.kind](identity, message.body)
+        except _Refused as refused:
+            reply = ("error", {"message": str(refused), "request": message.kind})
         except Exception as err:
             self.errors += 1
             logger.exception(
@@ -91,18 +124,29 @@ class RequestHandlers:
                 "error",
                 {
                     "message": f"{type(err).__name__}: {err}"[:3900]
-                    + " (a bug in the broker; its log has the traceback)"
+                    + " (a bug in the broker; its log has the traceback)",
+                    "request": message.kind,
                 },
             )
         if reply is not None:
             broker.reply(identity, *reply)
+
+    def refuse(self, reason: str, message: str) -> _Refused:
+        """Count a refusal; returns the exception for the handler to raise."""
+        self.refused[reason] += 1
+        return _Refused(message)
 
     # -- handlers -----------------------------------------------------------------------------
 
     def hello(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Register the client and tell it where the broker stands."""
         broker = self._broker
-        broker.clients.hello(identity, body, time.monotonic())
+        if not broker.clients.hello(identity, body, time.monotonic()):
+            raise self.refuse(
+                "clients",
+                f"The broker of {broker.root} serves {broker.clients.max_clients} clients already "
+                "and refuses more; close some, or start the broker again.",
+            )
         broker.heartbeat_soon()
         logger.info(
             "client %s (pid %d) connected: %s", body["client"], body["pid"], body["argv"][:200]
@@ -115,27 +159,83 @@ class RequestHandlers:
         }
 
     def since(self, identity: bytes, body: dict[str, Any]) -> Reply:
-        """What changed after (epoch, seq): a delta when history covers it, else every hash."""
+        """What changed after (epoch, seq): a delta when history covers it and it fits in a page,
+        else the first page of every file's hash (answered once the scan has listed the files:
+        a fraction of a second)."""
         broker = self._broker
+        if not broker.walked:
+            broker.after_walk(lambda: broker.reply(identity, *self._answer_since(body)))
+            return None
+        return self._answer_since(body)
+
+    def _answer_since(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        broker = self._broker
+        broken = broker.project.broken()[:BROKEN_IN_CHANGES]
         answer: dict[str, Any] = {
             "epoch": broker.epoch,
             "seq": broker.seq,
-            "broken": [b.to_wire() for b in broker.project.broken()],
+            "broken": [b.to_wire() for b in broken],
+            "next": None,
         }
         if body["epoch"] == broker.epoch and broker.history.covers(body["seq"], current=broker.seq):
             affected, hashes = broker.history.since(body["seq"])
-            if len(affected) + len(hashes) <= MAX_DELTA_ITEMS:
+            cost = sum(len(p) + _PATH_COST for p in affected) + sum(
+                len(p) + _PATH_COST for p in hashes
+            )
+            if cost <= PAGE_BYTES:
                 return "changes", {**answer, "full": False, "affected": affected, "hashes": hashes}
-        return "changes", {
-            **answer,
-            "full": True,
-            "affected": [],
-            "hashes": broker.project.full_hashes(),
-        }
+        page, after = self._hash_page("")
+        return "changes", {**answer, "full": True, "affected": [], "hashes": page, "next": after}
+
+    def hashes(self, identity: bytes, body: dict[str, Any]) -> Reply:
+        """The next page of every file's hash, after the path ``after``."""
+        page, after = self._hash_page(body["after"])
+        return "hashes", {"hashes": page, "next": after}
+
+    def _hash_page(self, after: str) -> tuple[dict[str, str | None], str | None]:
+        """A page of every file's hash. During the first scan, the files it has not reached
+        are read and hashed here, so the answer never depends on how far the scan got (a
+        client that sees a new broker revalidates against it, and a remote one gets its
+        sources by these hashes)."""
+        project = self._broker.project
+        snapshot = self._paths_snapshot
+        if snapshot is None or snapshot[0] != project.version or project.scanning:
+            hashes = project.full_hashes()
+            for path in project.unscanned():
+                hashes.setdefault(path, _UNREAD)
+            snapshot = self._paths_snapshot = (project.version, sorted(hashes), hashes)
+        _, paths, hashes = snapshot
+        start = bisect.bisect_right(paths, after) if after else 0
+        end = _page_end(paths, start, lambda p: len(p) + _PATH_COST)
+        page: dict[str, str | None] = {}
+        for path in paths[start:end]:
+            digest = hashes[path]
+            if digest is _UNREAD:
+                digest = _hash_now(path)
+                if digest is None:
+                    continue  # gone: it was never tracked, so nobody ran it
+            page[path] = digest
+        return page, (paths[end - 1] if end < len(paths) else None)
 
     def edges(self, identity: bytes, body: dict[str, Any]) -> Reply:
-        """Record the import edges a client saw at run time."""
-        self._broker.project.add_runtime_edges((a, b) for a, b in body["edges"])
+        """Record the import edges a client saw at run time, owned by that client."""
+        name = self._broker.clients.name_of(identity)
+        if name is None:
+            raise self.refuse(
+                "edges_unknown_client", "The broker takes edges only from a client that said hello."
+            )
+        self._broker.project.runtime.add(name, ((a, b) for a, b in body["edges"]))
+        return "ack", {}
+
+    def paths(self, identity: bytes, body: dict[str, Any]) -> Reply:
+        """Take folders of the client's sys.path that lie inside the project as import roots."""
+        root = self._broker.root
+        folders = [
+            os.path.normpath(p)
+            for p in body["paths"][:1000]
+            if os.path.isabs(p) and (p == root or p.startswith(root + "/"))
+        ]
+        self._broker.project.add_import_roots(folders)
         return "ack", {}
 
     def report(self, identity: bytes, body: dict[str, Any]) -> Reply:
@@ -144,8 +244,30 @@ class RequestHandlers:
         return "ack", {}
 
     def status(self, identity: bytes, body: dict[str, Any]) -> Reply:
-        """Everything ``relmod status`` shows."""
+        """Everything ``relmod status`` shows (long lists cut: see ``list``)."""
         return "status", {"status": broker_status(self._broker)}
+
+    def list_rows(self, identity: bytes, body: dict[str, Any]) -> Reply:
+        """A page of one of the lists status cuts short: ``clients`` or ``broken``."""
+        broker = self._broker
+        what = body["what"]
+        rows: list[dict[str, Any]]
+        if what == "clients":
+            rows = client_rows(broker)
+            key = "client"
+        elif what == "broken":
+            rows = [b.to_wire() for b in broker.project.broken()]
+            key = "path"
+        else:
+            raise self.refuse("list", f"The broker lists 'clients' or 'broken', not {what!r:.80}.")
+        keys = [row[key] for row in rows]
+        start = bisect.bisect_right(keys, body["after"]) if body["after"] else 0
+        end = _page_end(rows, start, lambda row: 200 + sum(len(str(v)) for v in row.values()))
+        return "list", {
+            "items": rows[start:end],
+            "next": keys[end - 1] if end < len(rows) else None,
+            "total": len(rows),
+        }
 
     def sync(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Publish every save made before now, then answer with the sequence number after it.
@@ -157,9 +279,21 @@ class RequestHandlers:
         return None
 
     def graph(self, identity: bytes, body: dict[str, Any]) -> Reply:
-        """Every edge of the dependency graph, with its origins."""
-        edges = [[a, b, list(origins)] for a, b, origins in self._broker.project.graph.edges()]
-        return "graph", {"edges": edges}
+        """A page of the dependency graph's edges, with their origins, after the edge ``after``."""
+        project = self._broker.project
+        version = project.version + project.runtime.changes
+        snapshot = self._edges_snapshot
+        if snapshot is None or snapshot[0] != version:
+            snapshot = self._edges_snapshot = (version, project.graph.edges())
+        _, edges = snapshot
+        after = body["after"]
+        start = bisect.bisect_right(edges, (after[0], after[1], ("~",))) if after else 0
+        end = _page_end(edges, start, lambda e: len(e[0]) + len(e[1]) + 30)
+        return "graph", {
+            "edges": [[a, b, list(origins)] for a, b, origins in edges[start:end]],
+            "next": list(edges[end - 1][:2]) if end < len(edges) else None,
+            "total": len(edges),
+        }
 
     def source(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """The bytes of the current file with this content hash (None when there is none)."""
@@ -171,7 +305,29 @@ class RequestHandlers:
         return "source", {"hash": digest, "data": data}
 
     def goodbye(self, identity: bytes, body: dict[str, Any]) -> Reply:
-        """Forget a client that is closing."""
+        """Forget a client that is closing (and the runtime edges only it reported)."""
         if self._broker.clients.goodbye(identity, body["client"]):
             logger.info("client %s said goodbye", body["client"])
         return "ack", {}
+
+
+_UNREAD: Any = object()  # stands for the hash of a file the scan has not read yet
+
+
+def _hash_now(path: str) -> str | None:
+    try:
+        return content_hash(read_source(path))
+    except OSError:
+        return None
+
+
+def _page_end(items: Sequence[Any], start: int, cost: Callable[[Any], int]) -> int:
+    """Where a page starting at ``start`` ends: at least one item, at most PAGE_BYTES."""
+    end = start
+    spent = 0
+    while end < len(items):
+        spent += cost(items[end])
+        if spent > PAGE_BYTES and end > start:
+            break
+        end += 1
+    return end

@@ -5,10 +5,18 @@ transport                  when
 =========================  ===================================================================
 ipc (default)              two socket files in the private 0700 runtime folder
                            (:func:`relmod.connfile.ipc_endpoints`)
-tcp on 127.0.0.1           ipc is unavailable, or its paths would be too long; random ports
 tcp with ``--tcp H:P``     PUB on ``H:P``, ROUTER on ``H:P+1``, CURVE-encrypted and admitting
                            only listed clients (:mod:`relmod.server.curve`)
 =========================  ===================================================================
+
+There is no fallback to clear-text TCP: when the ipc socket paths would be too long for the
+operating system, or ipc cannot be bound, the broker refuses to start with one line naming the
+path to shorten (``RELMOD_RUNTIME_DIR``), or ``--tcp`` to use instead. On clear-text TCP any local
+user could connect, read every invalidation and queue requests.
+
+The ROUTER socket queues at most :data:`REPLY_HWM` replies for one peer (ZeroMQ's high-water mark
+is per peer), with ``ROUTER_MANDATORY`` so that a reply beyond it, or to a peer that is gone,
+raises instead of vanishing, and the broker counts it.
 
 Only the broker's loop thread uses the sockets, from binding to closing.
 """
@@ -23,7 +31,8 @@ from typing import Any
 
 import zmq
 
-from relmod.connfile import ipc_endpoints
+from relmod.connfile import ipc_endpoints, ipc_refusal
+from relmod.errors import BrokerError
 from relmod.protocol import configure_socket
 from relmod.server.curve import CurveServer
 
@@ -31,6 +40,8 @@ __all__ = ["BrokerSockets"]
 
 logger = logging.getLogger(__name__)
 
+REPLY_HWM = 100
+"""Most replies queued for one peer that does not read them (a page is at most about 1 MB)."""
 BYE_LINGER_MS = 200
 """How long closing waits for the last publication (the "bye") to leave."""
 _ANY_HOST = ("0.0.0.0", "*", "::")
@@ -65,6 +76,8 @@ class BrokerSockets:
         router = self.context.socket(zmq.ROUTER)
         for sock in (pub, router):
             configure_socket(sock)
+        router.setsockopt(zmq.SNDHWM, min(REPLY_HWM, router.getsockopt(zmq.SNDHWM)))
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         return pub, router
 
     @classmethod
@@ -105,23 +118,19 @@ class BrokerSockets:
 
     def _bind_local(self, root: str) -> None:
         endpoints = ipc_endpoints(root)
-        if endpoints is not None:
-            try:
-                self.pub.bind(endpoints[0])
-                self.router.bind(endpoints[1])
-            except zmq.ZMQError as err:
-                logger.warning("Cannot bind ipc sockets (%s); using tcp on 127.0.0.1.", err)
-                self.pub.close(linger=0)
-                self.router.close(linger=0)
-                self.pub, self.router = self._make()  # unbound, for tcp
-            else:
-                self.pub_endpoint, self.router_endpoint = endpoints
-                self._ipc_paths = [e[len("ipc://") :] for e in endpoints]
-                return
-        pub_port = self.pub.bind_to_random_port("tcp://127.0.0.1")
-        router_port = self.router.bind_to_random_port("tcp://127.0.0.1")
-        self.pub_endpoint = f"tcp://127.0.0.1:{pub_port}"
-        self.router_endpoint = f"tcp://127.0.0.1:{router_port}"
+        if endpoints is None:
+            raise BrokerError(ipc_refusal(root))
+        try:
+            self.pub.bind(endpoints[0])
+            self.router.bind(endpoints[1])
+        except zmq.ZMQError as err:
+            raise BrokerError(
+                f"Cannot bind the broker's ipc sockets at {endpoints[1][len('ipc://'):]}: {err}. "
+                "Set RELMOD_RUNTIME_DIR to a short private folder, or serve with --tcp HOST:PORT "
+                "(CURVE-encrypted)."
+            ) from err
+        self.pub_endpoint, self.router_endpoint = endpoints
+        self._ipc_paths = [e[len("ipc://") :] for e in endpoints]
 
     @property
     def curve_public(self) -> str | None:

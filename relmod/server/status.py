@@ -8,12 +8,18 @@ Fields (every one always present)::
     heartbeat                       seconds between heartbeats
     watcher                         {backend, errors (on_change failures), batches}
     files                           Python files tracked
-    graph                           {files (nodes), edges, runtime_edges}
+    scan                            the first scan: {state ("walking", "scanning", "checking",
+                                    "done", "stopped"), total, scanned, cached, checked,
+                                    to_check, processes, scan_seconds, check_seconds}
+    roots                           the folders absolute imports are searched in
+    graph                           {files (nodes), edges, runtime_edges, runtime_clients}
     endpoints                       {pub, router, curve (bool)}
     clients                         [{client, pid, host, argv, connected_at, last_seen_ago,
                                       seq (last applied), stale (modules pending reload),
-                                      error (last reload error)}]
-    broken                          [{path, lineno, message}]
+                                      error (last reload error)}], the first STATUS_ROWS
+    clients_total                   how many clients there are (the "list" request pages them)
+    broken                          [{path, lineno, message}], the first STATUS_ROWS
+    broken_total                    how many files are broken
     recent                          the last 20 publications, newest first:
                                     [{seq, time, kind, changed (first 50), changed_count,
                                       affected (count)}]
@@ -23,6 +29,10 @@ Fields (every one always present)::
                                     and total
     requests                        requests handled, per kind
     request_errors                  requests whose handler failed
+    refused                         what the broker refused to one peer, per reason: clients
+                                    (hello beyond the limit), edges_untracked, edges_limit,
+                                    edges_unknown_client, queue_full (a peer not reading its
+                                    replies), unroutable (a peer gone)
     publish_errors, batch_errors    publications and batches that failed (bugs; see the log)
 """
 
@@ -35,18 +45,26 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from relmod._version import __version__
-from relmod.graph import RUNTIME
 from relmod.protocol import REASONS
 
 if TYPE_CHECKING:
     from relmod.server.broker import Broker
 
-__all__ = ["RECENT", "broker_status"]
+__all__ = ["RECENT", "STATUS_ROWS", "broker_status", "client_rows"]
 
+STATUS_ROWS = 100
+"""How many clients and broken files the status lists; ``relmod status`` pages the rest."""
 RECENT = 20
 """How many recent publications the status lists."""
 CHANGED_SHOWN = 50
 """How many changed paths the status lists per publication."""
+
+
+def client_rows(broker: Broker) -> list[dict[str, Any]]:
+    """Every client as a row, sorted by name (the order the "list" request pages in)."""
+    rows = broker.clients.rows(time.monotonic())
+    rows.sort(key=lambda row: row["client"])
+    return rows
 
 
 def broker_status(broker: Broker) -> dict[str, Any]:
@@ -56,6 +74,7 @@ def broker_status(broker: Broker) -> dict[str, Any]:
     sockets = broker.sockets
     dropped: Counter[str] = Counter(broker.codec.dropped)
     graph = broker.project.graph
+    broken = broker.project.broken()
     recent = [
         {
             "seq": entry.seq,
@@ -83,24 +102,36 @@ def broker_status(broker: Broker) -> dict[str, Any]:
             "batches": getattr(watcher, "batches", 0),
         },
         "files": broker.project.file_count,
+        "scan": broker.scan.progress.to_wire() if broker.scan else {"state": "none"},
+        "roots": list(broker.project.roots.roots),
         "graph": {
             "files": len(graph),
             "edges": graph.edge_count(),
-            "runtime_edges": sum(1 for *_, origins in graph.edges() if RUNTIME in origins),
+            "runtime_edges": len(broker.project.runtime),
+            "runtime_clients": broker.project.runtime.clients(),
         },
         "endpoints": {
             "pub": sockets.pub_endpoint if sockets else "",
             "router": sockets.router_endpoint if sockets else "",
             "curve": bool(sockets and sockets.curve),
         },
-        "clients": broker.clients.rows(now),
-        "broken": [b.to_wire() for b in broker.project.broken()],
+        "clients": broker.clients.rows(now)[:STATUS_ROWS],
+        "clients_total": len(broker.clients),
+        "broken": [b.to_wire() for b in broken[:STATUS_ROWS]],
+        "broken_total": len(broken),
         "recent": recent,
         "history": len(broker.history),
         "pending": {"paths": len(broker.pending), "git_hold": broker.pending.holding},
         "dropped": {**dict.fromkeys(REASONS, 0), **dropped, "total": sum(dropped.values())},
         "requests": dict(broker.handlers.counts),
         "request_errors": broker.handlers.errors,
+        "refused": {
+            **broker.handlers.refused,
+            **{f"edges_{k}": v for k, v in broker.project.runtime.refused.items()},
+            "clients": broker.handlers.refused["clients"] + broker.clients.refused,
+            "queue_full": broker.reply_refused["queue_full"],
+            "unroutable": broker.reply_refused["unroutable"],
+        },
         "publish_errors": broker.publish_errors,
         "batch_errors": broker.batch_errors,
     }

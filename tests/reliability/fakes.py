@@ -196,6 +196,7 @@ class FakeBroker:
                         "affected": [],
                         "hashes": {},
                         "broken": [],
+                        "next": None,
                     },
                 )
             elif kind == "sync":
@@ -203,10 +204,13 @@ class FakeBroker:
                     router.send_multipart([identity, *early])
                 self.before_synced = []
                 reply = ("synced", {"epoch": self.epoch, "seq": self.seq})
-            elif kind in ("report", "edges", "goodbye"):
+            elif kind in ("report", "edges", "goodbye", "paths"):
                 reply = ("ack", {})
             else:
-                reply = ("error", {"message": f"the fake broker does not answer {kind!r}."})
+                reply = (
+                    "error",
+                    {"message": f"the fake broker does not answer {kind!r}.", "request": kind},
+                )
             frames = self.codec.encode(*reply)
             self.replies.append(frames)
             router.send_multipart([identity, *frames])
