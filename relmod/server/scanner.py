@@ -70,6 +70,18 @@ CHECK_NICE = 10
 Deliver = Callable[[str, Any], None]
 
 
+def _pace() -> float:
+    """Seconds to pause after each chunk: ``$RELMOD_SCAN_PACE``, a test knob that keeps a
+    scan going long enough to edit files during it (0: no pause)."""
+    try:
+        return max(0.0, float(os.environ.get("RELMOD_SCAN_PACE", "0")))
+    except ValueError:
+        return 0.0
+
+
+_PACE = _pace()
+
+
 def inside(path: str, root: str) -> bool:
     """Whether ``path`` is ``root`` or lies below it (both absolute and normalised).
 
@@ -372,6 +384,8 @@ class ProjectScan:
         if chunk:
             self.progress.scanned += len(chunk)
             self._deliver("records", chunk)
+            if _PACE:
+                self._stop.wait(_PACE)
 
     def _read_all(
         self, paths: list[str]
