@@ -273,7 +273,7 @@ class Broker:
             self._save_cache()
 
     def _save_cache(self) -> None:
-        self.project.cache.save(keep=self.project.known())
+        self.project.cache.save(self.project.current_hashes())
         self._next_cache_save = time.monotonic() + CACHE_SAVE_EVERY
 
     def _client_gone(self, name: str) -> None:

@@ -266,6 +266,12 @@ class Project:
         hashes.update(self._hashes)
         return hashes
 
+    def current_hashes(self) -> dict[str, str]:
+        """Every tracked file's current content hash (a broken file's broken bytes included)."""
+        hashes = dict(self._hashes)
+        hashes.update((path, digest) for path, (_, digest) in self._broken.items())
+        return hashes
+
     def broken(self) -> list[Broken]:
         """The files that do not compile now, sorted by path."""
         return [self._broken[path][0] for path in sorted(self._broken)]

@@ -31,7 +31,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +117,12 @@ class ScanCache:
                 lineno, message = verdict
                 self._verdicts[str(digest)] = Broken("", lineno, str(message))
 
-    def save(self, keep: Iterable[str] | None = None) -> None:
-        """Write the cache atomically, keeping only the files in ``keep`` (all when None)."""
-        if keep is not None:
-            wanted = set(keep)
-            self._files = {p: entry for p, entry in self._files.items() if p in wanted}
-            digests = {digest for _, digest in self._files.values()}
+    def save(self, current: Mapping[str, str] | None = None) -> None:
+        """Write the cache atomically, pruned to the ``current`` files (path -> content hash)
+        and their contents; nothing is pruned when None."""
+        if current is not None:
+            self._files = {p: entry for p, entry in self._files.items() if p in current}
+            digests = set(current.values())
             self._imports = {h: v for h, v in self._imports.items() if h in digests}
             self._verdicts = {h: v for h, v in self._verdicts.items() if h in digests}
         payload = {
