@@ -62,6 +62,7 @@ class FakeBroker:
         self.codec = Codec(self.key, role="broker", root=self.root)
         self.requests: list[str] = []
         self.before_synced: list[list[bytes]] = []
+        self.refuse: set[str] = set()  # request kinds answered with an "error" reply
         self.replies: list[list[bytes]] = []
         self._work: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
         self._stop = threading.Event()
@@ -176,7 +177,9 @@ class FakeBroker:
                 continue
             self.requests.append(message.kind)
             kind = message.kind
-            if kind == "hello":
+            if kind in self.refuse:
+                reply = ("error", {"message": f"the fake broker refuses {kind!r}.", "request": kind})
+            elif kind == "hello":
                 reply = (
                     "welcome",
                     {
