@@ -89,6 +89,8 @@ class WorkerSetup:
         everything: every module imported reloads (the parent called ``relmod.enable()``).
         frozen: names that never reload (``enable(blacklist=...)``).
         exclude: module-name patterns excluded with ``relmod.configure(exclude=...)``.
+        syncs: the file counting the parent's ``relmod.sync()`` calls: a worker catches up
+            with each before its next task (same machine only).
         timeout: seconds to wait for the broker's first answer.
         initializer: the pool's own initializer, run after relmod is set up.
         initargs: its arguments.
@@ -111,6 +113,7 @@ class WorkerSetup:
     everything: bool = False
     frozen: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    syncs: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = field(default=())
@@ -159,6 +162,7 @@ class WorkerSetup:
             everything=scope.everything,
             frozen=tuple(sorted(client.registry.frozen)),
             exclude=scope.excluded,
+            syncs=None if remote else client.sync_counter(),
         )
         return replace(setup, **overrides)
 
@@ -178,6 +182,8 @@ class WorkerSetup:
         local = PathMap(dict(self.path_map)).to_local if connected else _same
         for root in self.roots:
             client.follow_project(local(root))
+        if self.syncs is not None and os.path.exists(self.syncs):
+            client.follow_syncs(self.syncs, self.timeout)
         for name, path in self.toplevel:
             target = normalize(local(path))
             if client.finder.toplevel.get(name) != target:

@@ -250,3 +250,28 @@ def test_plain_imports_reload_in_every_worker_without_toplevel(
         assert_monotonic(after, 1, 2)
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_after_the_parents_sync_no_task_runs_old_code(project: Path, feed: str, method: str) -> None:
+    """Edit, sync() in the parent, submit: every task sees the edit, with no retry, 30 times."""
+    import sys
+
+    sys.path.insert(0, str(project))
+    if feed == "embedded":
+        relmod.enable()
+    import tasks  # type: ignore[import-not-found]
+
+    pool = Pool("executor", method)
+    try:
+        start_all(pool)
+        stale = []
+        for value in range(2, 32):
+            write(project / "tasks.py", TASKS.format(value=value))
+            relmod.sync()
+            results = pool.batch(0.0)
+            stale += [(value, r[2]) for r in results if r[2] != value]
+        assert stale == [], f"{len(stale)} of {30 * WORKERS} tasks ran old code: {stale[:5]}"
+        assert tasks.VALUE == 31
+    finally:
+        pool.close()

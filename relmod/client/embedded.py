@@ -15,6 +15,9 @@ from relmod.watch import ChangeBatch, Watcher, find_default_watcher
 
 log = logging.getLogger(__name__)
 
+DEBOUNCE_MS = 100
+"""The longest a change waits while a storm of saves goes on (a lone save is reported at once)."""
+
 
 class EmbeddedFeed:
     """One watcher per process, started on first use, on a daemon thread."""
@@ -50,7 +53,11 @@ class EmbeddedFeed:
                 return
             self._watched = set(self._folders())
             self._watcher = find_default_watcher(
-                sorted(self._watched), self._on_change, poll=self._poll, recursive=False
+                sorted(self._watched),
+                self._on_change,
+                poll=self._poll,
+                recursive=False,
+                debounce_ms=DEBOUNCE_MS,
             )
             self._watcher.start()
 

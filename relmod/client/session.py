@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from relmod.client.barrier import SyncCounter, SyncFollower
 from relmod.client.embedded import EmbeddedFeed
 from relmod.errors import BrokerNotFound, ConfigurationError, ConnectionFileError, ReloadError
 from relmod.machinery.finder import ProjectFinder
@@ -57,6 +58,7 @@ class Client:
         # the files whose signature moved (or that changed too recently to trust it).
         self._seen: dict[str, tuple[StatSignature, str | None]] = {}
         self._feed_lock = threading.Lock()
+        self._counter: SyncCounter | None = None  # our syncs, as seen by our pool workers
         self.registry.add_load_listener(self._on_load)
         self.hook.install()
 
@@ -159,6 +161,31 @@ class Client:
         """Return once every change saved before the call is marked stale in this process."""
         feed = self.ensure_feed()
         feed.sync(timeout)
+        if self._counter is not None:
+            self._counter.bump()
+
+    def sync_counter(self) -> str:
+        """The file counting this process's syncs, for the workers it starts (made on demand)."""
+        with self._feed_lock:
+            if self._counter is None:
+                from relmod.connfile import runtime_dir
+
+                self._counter = SyncCounter(str(runtime_dir()))
+            return self._counter.path
+
+    def follow_syncs(self, path: str, timeout: float = 10.0) -> None:
+        """In a worker: before each task's import, catch up with the parent's ``sync()``."""
+        try:
+            follower = SyncFollower(path, lambda: self.sync(timeout))
+        except OSError as err:
+            log.warning(
+                "relmod: cannot follow the parent's syncs (%s): tasks may start before this "
+                "worker has seen the saves the parent synced.",
+                err,
+            )
+            return
+        self.hook.gate = follower.check
+        self.hook.install()
 
     def configure(
         self,

@@ -32,6 +32,9 @@ class ImportHook:
         self.registry = registry
         self.original: Callable[..., types.ModuleType] = builtins.__import__
         self.installed_namespaces: dict[int, str] = {}  # id(globals) -> folder, for install()
+        # Called before every import: a pool worker catches up with its parent's sync() there,
+        # since that is how a task's function reaches it (pickle imports it by name).
+        self.gate: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
     def install(self) -> None:
@@ -55,6 +58,9 @@ class ImportHook:
         fromlist: Sequence[str] | None = (),
         level: int = 0,
     ) -> types.ModuleType:
+        gate = self.gate
+        if gate is not None:
+            gate()
         registry = self.registry
         importer = registry.record_of_namespace(globals) if globals is not None else None
         if level > 0 and globals is not None:

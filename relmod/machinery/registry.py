@@ -199,6 +199,7 @@ class Registry:
         self._by_namespace: dict[int, Record] = {}
         self._by_name: dict[str, Record] = {}
         self._aliases: dict[str, str] = {}  # package folder -> its __init__.py
+        self._folders: dict[str, int] = {}  # folder -> how many records live in it
         self._reload_lock = threading.RLock()
         self._mark_lock = threading.Lock()
         self._create_lock = threading.RLock()
@@ -328,6 +329,8 @@ class Registry:
         rec = Record(key=key, name=name, module=module, kind=kind, by_path=by_path, folder=folder)
         rec.order = next(self._order)
         self._records[key] = rec
+        folder_key = self._folder_of(rec)
+        self._folders[folder_key] = self._folders.get(folder_key, 0) + 1
         self._by_id[id(module)] = rec
         self._by_namespace[id(rec.namespace)] = rec
         self._by_name[name] = rec
@@ -345,6 +348,12 @@ class Registry:
         if self._records.get(rec.key) is rec:
             del self._records[rec.key]
             self.graph.remove(rec.key)
+            folder = self._folder_of(rec)
+            left = self._folders.get(folder, 1) - 1
+            if left > 0:
+                self._folders[folder] = left
+            else:
+                self._folders.pop(folder, None)
         self._by_id.pop(id(rec.module), None)
         self._by_namespace.pop(id(rec.namespace), None)
         if self._by_name.get(rec.name) is rec:
@@ -459,14 +468,17 @@ class Registry:
 
     def files(self) -> dict[str, str | None]:
         """Every loaded source file with the hash of the version in use."""
-        return {k: r.hash for k, r in list(self._records.items()) if r.kind != "folder"}
+        # A module whose first run has not finished has nothing to compare with yet.
+        return {
+            k: r.hash for k, r in list(self._records.items()) if r.kind != "folder" and r.version
+        }
 
     def folders(self) -> set[str]:
         """The folders holding loaded modules (what an embedded watcher watches)."""
-        out = set()
-        for rec in list(self._records.values()):
-            out.add(rec.folder if rec.folder is not None else os.path.dirname(rec.key))
-        return out
+        return set(self._folders)
+
+    def _folder_of(self, rec: Record) -> str:
+        return rec.folder if rec.folder is not None else os.path.dirname(rec.key)
 
     def records(self) -> list[Record]:
         """A snapshot of every record (safe to iterate while other threads load)."""
@@ -839,8 +851,7 @@ class Registry:
             if rec.gen != gen:
                 return  # an invalidation arrived while we reloaded: it stays stale
             self.types.mark_fresh(rec.module)
-            if self.patch:
-                self.guard.disarm(rec.namespace)
+            self.guard.disarm(rec.namespace)  # also when patching was turned off while armed
 
     def _on_disk(self, rec: Record) -> bool:
         """Whether the module's file (or folder) is still there, as its sources see it."""

@@ -273,7 +273,9 @@ class InotifyWatcher(_ThreadedWatcher):
             fds.close()
             raise
         self._primed_generation = generation
-        weakref.finalize(self, fds.close)  # a watcher dropped without start() or stop()
+        # Not at exit: relmod's atexit hook stops the thread first; closing the fds under a thread
+        # blocked in poll() would leave it there until stop()'s join times out (2 s per exit).
+        weakref.finalize(self, fds.close).atexit = False  # a watcher dropped without stop()
 
     def start(self) -> None:
         """Add the watches (unless :meth:`prime` did) and start the thread.
