@@ -542,7 +542,11 @@ def _lock_file(path: Path, root: str) -> int | None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as err:
-        what = "is a symbolic link" if err.errno == errno.ELOOP else f"cannot be opened ({err.strerror})"
+        what = (
+            "is a symbolic link"
+            if err.errno == errno.ELOOP
+            else f"cannot be opened ({err.strerror})"
+        )
         raise ConnectionFileError(
             f"The broker lock file {path} {what}, so no broker can lock {root}. "
             "Remove it and start the broker again."

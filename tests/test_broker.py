@@ -37,7 +37,6 @@ from relmod.sources import content_hash
 pytestmark = pytest.mark.timeout(60)
 
 
-
 class BrokerProcess:
     """A real broker serving ``root``; its stderr goes to a file for the test to read."""
 
@@ -361,10 +360,14 @@ def test_a_git_index_lock_holds_invalidations_until_it_is_gone(project: Path, pr
 
 def test_graph_edges_and_source_requests(project: Path, probe: Probe) -> None:
     leaf, mid, other = (str(project / n) for n in ("leaf.py", "mid.py", "other.py"))
-    edges = {(a, b): origins for a, b, origins in probe.request("graph", {"after": None}).body["edges"]}
+    edges = {
+        (a, b): origins for a, b, origins in probe.request("graph", {"after": None}).body["edges"]
+    }
     assert edges[mid, leaf] == ["static"]
     assert probe.request("edges", {"edges": [[other, leaf]]}).kind == "ack"
-    edges = {(a, b): origins for a, b, origins in probe.request("graph", {"after": None}).body["edges"]}
+    edges = {
+        (a, b): origins for a, b, origins in probe.request("graph", {"after": None}).body["edges"]
+    }
     assert edges[other, leaf] == ["runtime"]
     write(project / "leaf.py", "VALUE = 9\n")
     message = probe.next("invalidate")

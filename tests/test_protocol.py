@@ -87,8 +87,10 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "hashes": {"hashes": {B: "cd34"}, "next": B},
         "list": {"items": [{"client": "h:1", "pid": 1}], "next": None, "total": 1},
         "source": {"hash": "ab12", "data": b"x = 1\n"},
-        "error": {"message": "No source with hash ab12 is known; save the file again.",
-                  "request": "source"},
+        "error": {
+            "message": "No source with hash ab12 is known; save the file again.",
+            "request": "source",
+        },
     },
 }
 CASES = [(direction, kind) for direction in SAMPLES for kind in SAMPLES[direction]]
@@ -429,7 +431,9 @@ DROPS: dict[str, tuple[Build, str]] = {
         "path",
     ),
     "graph edge outside": (
-        lambda c: signed(c, pack("graph", {"edges": [[A, "/usr/lib/os.py", []]], "next": None, "total": 1})),
+        lambda c: signed(
+            c, pack("graph", {"edges": [[A, "/usr/lib/os.py", []]], "next": None, "total": 1})
+        ),
         "path",
     ),
     "broken entry outside": (

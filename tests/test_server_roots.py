@@ -115,6 +115,7 @@ def test_folders_on_a_clients_sys_path_become_import_roots(tmp_path: Path) -> No
     worker = Worker(env=child_env(PYTHONPATH=path))
     probe = Probe(broker.info)
     try:
+
         def app_edges() -> set[str]:
             body = probe.request("graph", {"after": None}).body
             return {b for a, b, _ in body["edges"] if a == str(root / "app.py")}

@@ -34,13 +34,13 @@ SOURCES = {
         from .. import c
         from ...deep.er import thing
         ''',
-    "backslashes": '''
+    "backslashes": """
         import pkg.one, \\
             pkg.two
         from pkg.three \\
             import four
         x = 1; y = 2
-        ''',
+        """,
     "strings_and_comments": """
         TEMPLATE = '''
         import inside_a_triple_string
@@ -113,7 +113,9 @@ SOURCES = {
         e = relmod.at(computed)
         other.at('./not_relmod.py')
         """,
-    "cookie_and_tabs": "# -*- coding: latin-1 -*-\nname = 'caf\xe9'\nif x:\n\timport tabbed\nimport after\n",
+    "cookie_and_tabs": (
+        "# -*- coding: latin-1 -*-\nname = 'caf\xe9'\nif x:\n\timport tabbed\nimport after\n"
+    ),
     "yield_from_in_parens": """
         def gen():
             x = (yield
@@ -188,7 +190,9 @@ def write(path: Path, text: str) -> None:
 def test_a_warm_start_reads_only_the_files_that_changed(tmp_path: Path) -> None:
     root = (tmp_path / "proj").resolve()
     for index in range(50):
-        write(root / "pkg" / f"m{index}.py", f"from . import m{index - 1}\n" if index else "X = 1\n")
+        write(
+            root / "pkg" / f"m{index}.py", f"from . import m{index - 1}\n" if index else "X = 1\n"
+        )
     write(root / "pkg" / "__init__.py", "")
     # Signatures younger than the trust window are not stored: age the files.
     old = os.stat(root).st_mtime - 60

@@ -589,7 +589,8 @@ class BrokerFeed:
     def _on_reply(self, msg: Message) -> None:
         """Replies nobody waits for synchronously: acks, and the broker's answer to sync."""
         if msg.kind == "error":
-            log.warning("the relmod broker refused %r: %s", msg.body["request"], msg.body["message"])
+            body = msg.body
+            log.warning("the relmod broker refused %r: %s", body["request"], body["message"])
             if msg.body["request"] == "sync" and self._sync_requests:
                 command = self._sync_requests.popleft()
                 command.result = False  # the caller checks files directly

@@ -211,10 +211,33 @@ _STRICT_GUARD = re.compile(
 )
 _COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)", re.MULTILINE)
 # Encodings in which every ASCII byte means its ASCII character, so the byte patterns hold.
-_ASCII_BASED = (b"utf-8", b"utf8", b"ascii", b"us-ascii", b"latin", b"iso-8859", b"iso8859",
-                b"cp125", b"windows-125", b"koi8", b"euc", b"gb", b"big5", b"shift-jis", b"cp9")
-_GUARD_FORMS = frozenset({b"TYPE_CHECKING", b"typing.TYPE_CHECKING", b"__name__=='__main__'",
-                          b'__name__=="__main__"', b"'__main__'==__name__", b'"__main__"==__name__'})
+_ASCII_BASED = (
+    b"utf-8",
+    b"utf8",
+    b"ascii",
+    b"us-ascii",
+    b"latin",
+    b"iso-8859",
+    b"iso8859",
+    b"cp125",
+    b"windows-125",
+    b"koi8",
+    b"euc",
+    b"gb",
+    b"big5",
+    b"shift-jis",
+    b"cp9",
+)
+_GUARD_FORMS = frozenset(
+    {
+        b"TYPE_CHECKING",
+        b"typing.TYPE_CHECKING",
+        b"__name__=='__main__'",
+        b'__name__=="__main__"',
+        b"'__main__'==__name__",
+        b'"__main__"==__name__',
+    }
+)
 _BLOCK_END = "(?m)^[ \t]{{0,{indent}}}[^ \t\n\r#\\\\]"
 
 

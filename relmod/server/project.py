@@ -199,9 +199,12 @@ class Project:
     def _load_verdict(self, record: FileRecord) -> None:
         """The compile pass found a file broken: as if it had been broken when first read."""
         path = record.path
-        if record.broken is None or self._hashes.get(path) != record.hash or path in self._broken:
+        digest = record.hash
+        if record.broken is None or digest is None or self._hashes.get(path) != digest:
             return  # changed since, and judged again as a change
-        self._broken[path] = (record.broken, record.hash)
+        if path in self._broken:
+            return
+        self._broken[path] = (record.broken, digest)
         self._set_static(path, ())
         logger.info("%s does not compile: %s", path, record.broken.message)
 

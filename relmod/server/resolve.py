@@ -84,7 +84,8 @@ class ImportResolver:
     def _real(self, path: str) -> str:
         known = self._realpath.get(path)
         if known is None:
-            known = self._realpath[path] = os.path.realpath(path)
+            # Interned: the graph holds each path once, however many files import it.
+            known = self._realpath[path] = sys.intern(os.path.realpath(path))
         return known
 
     # -- statements -> files ---------------------------------------------------------------------

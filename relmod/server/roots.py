@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-try:  # Python 3.11+
-    import tomllib
-except ImportError:  # pragma: no cover - Python 3.10 without tomli
+_toml: Any
+if sys.version_info >= (3, 11):
+    import tomllib as _toml
+else:  # pragma: no cover - Python 3.10 reads pyproject.toml only with tomli installed
     try:
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as _toml  # type: ignore[import-not-found,no-redef,unused-ignore]
     except ImportError:
-        tomllib = None  # type: ignore[assignment]
+        _toml = None
 
 __all__ = ["ImportRoots", "find_import_roots"]
 
@@ -88,12 +90,12 @@ def _read_pyproject(root: str) -> dict[str, Any]:
     path = os.path.join(root, "pyproject.toml")
     if not os.path.isfile(path):
         return {}
-    if tomllib is None:
+    if _toml is None:
         logger.info("cannot read %s without tomllib (Python 3.11+) or tomli", path)
         return {}
     try:
         with open(path, "rb") as file:
-            config: dict[str, Any] = tomllib.load(file)
+            config: dict[str, Any] = _toml.load(file)
     except (OSError, ValueError) as err:  # TOMLDecodeError is a ValueError
         logger.warning("cannot read the import roots in %s: %s", path, err)
         return {}

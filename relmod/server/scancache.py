@@ -33,7 +33,6 @@ import secrets
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -76,6 +75,7 @@ class ScanCache:
         self._imports: dict[str, bytes] = {}
         self._verdicts: dict[str, Broken | None] = {}
         self.dirty = False
+        self._released = False  # the maps live on disk only until needed again (see release)
 
     # -- reading and writing the file -------------------------------------------------------------
 
@@ -117,9 +117,35 @@ class ScanCache:
                 lineno, message = verdict
                 self._verdicts[str(digest)] = Broken("", lineno, str(message))
 
+    def release(self) -> None:
+        """Let go of the maps once they are saved: the broker needs them again only for a
+        change of import roots or the next save, and reads them back then. Saves memory in
+        proportion to the project (about 1 KB a file)."""
+        if self.dirty:
+            return
+        self._files, self._imports, self._verdicts = {}, {}, {}
+        self._released = True
+
+    def _reload(self) -> None:
+        """Read the released maps back, under what was remembered since."""
+        if not self._released:
+            return
+        self._released = False
+        files, imports, verdicts = self._files, self._imports, self._verdicts
+        self._files, self._imports, self._verdicts = {}, {}, {}
+        try:
+            with open(self.path, "rb") as file:
+                self._decode(file.read(_MAX_BYTES + 1))
+        except Exception as err:  # gone or damaged: what is in memory is what there is
+            logger.debug("cannot read the scan cache %s back: %s", self.path, err)
+        self._files.update(files)
+        self._imports.update(imports)
+        self._verdicts.update(verdicts)
+
     def save(self, current: Mapping[str, str] | None = None) -> None:
         """Write the cache atomically, pruned to the ``current`` files (path -> content hash)
         and their contents; nothing is pruned when None."""
+        self._reload()
         if current is not None:
             self._files = {p: entry for p, entry in self._files.items() if p in current}
             digests = set(current.values())
@@ -146,7 +172,9 @@ class ScanCache:
             logger.warning("cannot write the scan cache %s: %s", self.path, err)
             return
         self.dirty = False
-        logger.debug("wrote the scan cache %s (%d files, %d bytes)", self.path, len(self), len(data))
+        logger.debug(
+            "wrote the scan cache %s (%d files, %d bytes)", self.path, len(self), len(data)
+        )
 
     # -- questions and answers --------------------------------------------------------------------
 
@@ -163,6 +191,9 @@ class ScanCache:
     def imports(self, digest: str) -> list[ImportStatement] | None:
         """The statements of the content with this hash, when known."""
         packed = self._imports.get(digest)
+        if packed is None and self._released:
+            self._reload()
+            packed = self._imports.get(digest)
         if packed is None:
             return None
         try:
@@ -203,4 +234,3 @@ class ScanCache:
     def remember_verdict(self, digest: str, broken: Broken | None) -> None:
         self._verdicts[digest] = broken
         self.dirty = True
-

@@ -32,10 +32,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -181,10 +183,8 @@ def _check_one(item: tuple[str, str]) -> tuple[str, str, tuple[int | None, str] 
     global _niced
     if not _niced and os.getpid() != _PARENT:
         _niced = True
-        try:
+        with contextlib.suppress(OSError):
             os.nice(CHECK_NICE)
-        except OSError:
-            pass
     path, digest = item
     try:
         data = read_source(path)
@@ -301,7 +301,7 @@ class ProjectScan:
         progress = self.progress
         progress.started = time.monotonic()
         try:
-            paths = [p for p in iter_python_files(self.root) if inside(p, self.root)]
+            paths = [sys.intern(p) for p in iter_python_files(self.root) if inside(p, self.root)]
             progress.total = len(paths)
             progress.state = "scanning"
             self._deliver("walked", paths)
@@ -390,20 +390,21 @@ class ProjectScan:
     def _read_all(
         self, paths: list[str]
     ) -> Iterator[tuple[str, str | None, StatSignature | None, float, bytes]]:
-        if len(paths) < PARALLEL_THRESHOLD or self._processes <= 1:
+        pool = self._get_pool() if len(paths) >= PARALLEL_THRESHOLD else None
+        if pool is None:
             for path in paths:
                 yield _read_one(path)
             return
-        pool = self._get_pool()
         yield from pool.imap_unordered(_read_one, paths, chunksize=_TASK_CHUNK)
 
     # -- the second pass: compile checks -------------------------------------------------------
 
     def _second_pass(self, unchecked: list[tuple[str, str]]) -> None:
-        if len(unchecked) < PARALLEL_THRESHOLD or self._processes <= 1:
+        pool = self._get_pool() if len(unchecked) >= PARALLEL_THRESHOLD else None
+        if pool is None:
             results: Iterator[Any] = (_check_one(item) for item in unchecked)
         else:
-            results = self._get_pool().imap_unordered(_check_one, unchecked, chunksize=_TASK_CHUNK)
+            results = pool.imap_unordered(_check_one, unchecked, chunksize=_TASK_CHUNK)
         chunk: list[FileRecord] = []
         for result in results:
             if self._stop.is_set():
@@ -425,11 +426,17 @@ class ProjectScan:
     # -- workers -------------------------------------------------------------------------------
 
     def _get_pool(self) -> Any:
-        if self._pool is None:
-            self.progress.processes = self._processes
+        """The worker pool, started on first use; None to work on this thread instead."""
+        if self._pool is None and self._processes > 1:
             logger.debug("starting %d scan worker processes", self._processes)
             context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(self._processes, initializer=_quiet_worker)
+            try:
+                self._pool = context.Pool(self._processes, initializer=_quiet_worker)
+            except Exception as err:  # no semaphores, no processes left, ...
+                logger.warning("cannot start scan worker processes (%s); scanning here", err)
+                self._processes = 1
+                return None
+            self.progress.processes = self._processes
         return self._pool
 
     def _close_pool(self) -> None:

@@ -125,7 +125,7 @@ class BrokerSockets:
             self.router.bind(endpoints[1])
         except zmq.ZMQError as err:
             raise BrokerError(
-                f"Cannot bind the broker's ipc sockets at {endpoints[1][len('ipc://'):]}: {err}. "
+                f"Cannot bind the broker's ipc sockets at {endpoints[1][len('ipc://') :]}: {err}. "
                 "Set RELMOD_RUNTIME_DIR to a short private folder, or serve with --tcp HOST:PORT "
                 "(CURVE-encrypted)."
             ) from err

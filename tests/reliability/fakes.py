@@ -178,7 +178,10 @@ class FakeBroker:
             self.requests.append(message.kind)
             kind = message.kind
             if kind in self.refuse:
-                reply = ("error", {"message": f"the fake broker refuses {kind!r}.", "request": kind})
+                reply = (
+                    "error",
+                    {"message": f"the fake broker refuses {kind!r}.", "request": kind},
+                )
             elif kind == "hello":
                 reply = (
                     "welcome",
