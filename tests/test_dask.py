@@ -188,3 +188,27 @@ def test_a_worker_started_with_preload_reloads_project_modules(project: Path) ->
             worker.terminate()
             worker.wait(30)
     assert tasks.VALUE == 1  # this process never asked relmod for anything: it runs what it ran
+
+
+def test_after_the_clients_sync_no_task_runs_old_code(project: Path) -> None:
+    """Edit, sync() in the client process, submit: every worker runs the edit, 30 times."""
+    import sys
+
+    sys.path.insert(0, str(project))
+    relmod.connect(str(project))
+    import tasks  # type: ignore[import-not-found]  # noqa: F401  (pickled by name below)
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.register_plugin(RelmodPlugin())
+        on_every_worker(client)
+        stale = []
+        for value in range(2, 32):
+            write(project / "tasks.py", TASKS.format(value=value))
+            relmod.sync()
+            stale += [(value, r[1]) for r in on_every_worker(client).values() if r[1] != value]
+        assert stale == [], f"{len(stale)} of 60 tasks ran old code: {stale[:5]}"

@@ -275,3 +275,26 @@ def test_after_the_parents_sync_no_task_runs_old_code(project: Path, feed: str, 
         assert tasks.VALUE == 31
     finally:
         pool.close()
+
+
+def test_joblib_loky_workers_follow_the_parents_sync(project: Path, feed: str) -> None:
+    """joblib's loky backend, the pool most scientific code uses, given relmod's initializer."""
+    import sys
+
+    joblib = pytest.importorskip("joblib")
+    sys.path.insert(0, str(project))
+    if feed == "embedded":
+        relmod.enable()
+    import tasks  # type: ignore[import-not-found]
+
+    with joblib.parallel_config(backend="loky", **relmod.pool_options()):
+        parallel = joblib.Parallel(n_jobs=2)
+        first = parallel(joblib.delayed(tasks.probe)(0.0) for _ in range(4))
+        assert {r[2] for r in first} == {1} and {r[3] for r in first} == {"keep"}
+        stale = []
+        for value in range(2, 32):
+            write(project / "tasks.py", TASKS.format(value=value))
+            relmod.sync()
+            results = parallel(joblib.delayed(tasks.probe)(0.0) for _ in range(4))
+            stale += [(value, r[2]) for r in results if r[2] != value]
+        assert stale == [], f"{len(stale)} of 120 tasks ran old code: {stale[:5]}"
