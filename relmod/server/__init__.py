@@ -8,7 +8,13 @@ module                 owns
 ``requests``           the answer to each ROUTER request kind
 ``status``             the status report
 ``project``            file hashes, broken files, the dependency graph; a batch -> an update
-``scanner``            reading, hashing, compile-checking and scanning files (many at once)
+``scanner``            reading and judging one file; the first scan of a project, in background
+``scan``               a file's project dependencies; the walk over a project's Python files
+``imports``            a file's import statements from its bytes (fast reader, ast reference)
+``resolve``            import statements -> files of the project, as Python's path finder looks
+``roots``              where absolute imports resolve: root, src/, pyproject.toml, clients' paths
+``scancache``          what earlier scans learned, on disk, so a restart reads only changes
+``edges``              runtime edges clients report, owned by the clients that reported them
 ``pending``            merging and pacing batches; holding them while git works
 ``history``            past publications, to answer "what changed since"
 ``clients``            the table of connected clients
