@@ -214,9 +214,10 @@ def toplevel(name: str, path: str | types.ModuleType) -> types.ModuleType:
         target = rec.folder or rec.key
     else:
         target = normalize(path)
-        if not os.path.exists(target) and os.path.isfile(target + ".py"):
+        sources = client.registry.sources  # the disk, or a broker serving a remote worker
+        if sources.kind(target) is None and sources.kind(target + ".py") == "file":
             target += ".py"
-    if not os.path.exists(target):
+    if client.registry.sources.kind(target) is None:
         raise ModuleNotFound(
             f"Cannot serve {name!r} from {target}: no such file or folder. Check the path; "
             f"relative paths resolve against the current folder ({os.getcwd()})."

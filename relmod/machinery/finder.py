@@ -97,7 +97,8 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
         if not all(part.isidentifier() for part in name.split(".")):
             raise ValueError(f"{name!r} is not a valid module name; use letters, digits and _.")
         self.toplevel[name] = path
-        self.registry.scope.add_root(path if os.path.isdir(path) else path + os.sep)
+        if self.registry.sources.kind(path) == "folder":
+            self.registry.scope.add_root(path)  # its submodules, found through __path__
         self.install()
 
     def find_spec(
@@ -147,9 +148,10 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
             if is_pkg:
                 spec.submodule_search_locations = [path]
             return spec
-        if os.path.isdir(path):
+        sources = self.registry.sources
+        if sources.kind(path) == "folder":
             init = os.path.join(path, "__init__.py")
-            if not os.path.isfile(init):
+            if sources.kind(init) != "file":
                 spec = ModuleSpec(fullname, None, is_package=True)
                 spec.submodule_search_locations = [path]
                 return spec

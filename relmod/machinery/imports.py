@@ -109,7 +109,9 @@ class ImportHook:
 
     def _base_folder(self, importer: Record | None, globals: dict[str, Any]) -> str | None:
         if importer is not None:
-            if not importer.by_path:
+            # Python resolves relative imports through the package; a module loaded by path, or
+            # a top-level module (toplevel('tasks', 'tasks.py')), has none: its folder serves.
+            if not importer.by_path and globals.get("__package__"):
                 return None
             return importer.folder if importer.folder is not None else os.path.dirname(importer.key)
         return self.installed_namespaces.get(id(globals))
