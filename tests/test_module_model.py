@@ -390,3 +390,30 @@ def test_namespace_packages_and_the_exclude_variable(
     write(project / "legacy_models.py", "V = 2\n")
     relmod.sync()
     assert nsp.inner.V == 2 and legacy_models.V == 1
+
+
+def test_a_first_import_never_runs_code_older_than_the_file(project: Path) -> None:
+    """relmod's code cache is judged by content, or by a stat signature too old to be racy."""
+    import subprocess
+
+    from support import child_env
+
+    env = child_env(RELMOD_CACHE_DIR=str(project.parent / "codecache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    probe = "import sys; sys.path.insert(0, '.'); import relmod; relmod.enable(); import fresh; print(fresh.V)"
+    for value in range(10, 16):  # same size each time, each saved and imported within a second
+        (project / "fresh.py").write_text(f"V = {value}\n")
+        out = subprocess.run(
+            [sys.executable, "-c", probe], cwd=project, env=env, capture_output=True, text=True
+        )
+        assert out.stdout.strip() == str(value), out.stderr
+    old = time.time() - 10  # a signature old enough to be trusted, then a same-size edit
+    os.utime(project / "fresh.py", (old, old))
+    subprocess.run(
+        [sys.executable, "-c", probe], cwd=project, env=env, check=True, capture_output=True
+    )
+    (project / "fresh.py").write_text("V = 99\n")
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "99", out.stderr

@@ -20,9 +20,10 @@ import marshal
 import os
 import sys
 import tempfile
+import time
 import types
 
-from relmod.sources import compile_source
+from relmod.sources import compile_source, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,55 @@ def load_code(path: str, data: bytes, digest: str) -> types.CodeType:
     return code
 
 
-def _store(where: str, code: types.CodeType) -> None:
+RACY_NS = 2_000_000_000
+"""A stat signature younger than this (2 s) is not trusted: two saves within one timestamp tick
+can share it (git's rule for its index)."""
+
+
+def load_file_code(path: str) -> tuple[types.CodeType, str, bytes | None]:
+    """The code of the file at ``path``, its content hash, and its bytes when they were read.
+
+    The fast path of a first import: when the file's stat signature (mtime and ctime in
+    nanoseconds, size, inode) is older than :data:`RACY_NS` and was seen before, the hash and the
+    code come from the cache without reading the source, as Python's own .pyc would, but judged
+    by a signature that a same-size edit within the same second cannot keep. Otherwise the file
+    is read and hashed, and the code comes from :func:`load_code`.
+
+    Raises:
+        OSError: the file cannot be read. SyntaxError and the like: it does not compile.
+    """
+    folder = cache_dir()
+    st = os.stat(path)
+    trusted = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
+    where = None
+    if folder is not None and trusted:
+        signature = f"{path}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_size}\0{st.st_ino}"
+        where = _cache_file(os.path.join(folder, "by-stat"), signature, "")
+        try:
+            with open(where, "rb") as file:
+                blob = file.read()
+            digest = blob[:32].decode("ascii")
+            code = marshal.loads(blob[32:])
+            if isinstance(code, types.CodeType) and code.co_filename == path:
+                return code, digest, None
+        except (OSError, EOFError, ValueError, TypeError, UnicodeDecodeError):
+            pass  # not seen with this signature yet
+    with open(path, "rb") as file:
+        data = file.read()
+    digest = content_hash(data)
+    code = load_code(path, data, digest)
+    if where is not None:
+        _store(where, code, prefix=digest.encode("ascii"))
+    return code, digest, data
+
+
+def _store(where: str, code: types.CodeType, prefix: bytes = b"") -> None:
     try:
         os.makedirs(os.path.dirname(where), mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(where), prefix=".tmp")
         try:
             with os.fdopen(fd, "wb") as file:
-                file.write(marshal.dumps(code))
+                file.write(prefix + marshal.dumps(code))
             os.replace(tmp, where)  # atomic: a reader sees the old file or the whole new one
         except BaseException:
             os.unlink(tmp)

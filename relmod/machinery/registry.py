@@ -50,7 +50,7 @@ from typing import Any, Literal, Protocol
 from relmod.errors import ModuleNotFound, ReloadError
 from relmod.graph import DependencyGraph
 from relmod.machinery import modules as m
-from relmod.machinery.code import defined_names, load_code
+from relmod.machinery.code import defined_names, load_code, load_file_code
 from relmod.machinery.events import Event, Listeners
 from relmod.machinery.patching import CallGuard, patch_namespace
 from relmod.machinery.scope import Scope
@@ -790,14 +790,16 @@ class Registry:
         """A module's first execution: read, hash, compile (or take the cached code), run."""
         verb = "load"
         try:
-            data = self.sources.read(rec.key)
+            if isinstance(self.sources, DiskSources):
+                code, digest, _ = load_file_code(rec.key)
+            else:
+                data = self.sources.read(rec.key)
+                digest = content_hash(data)
+                code = load_code(rec.key, data, digest)
         except OSError as err:
             if rec.by_path:
                 raise ModuleNotFound(f"Cannot load {rec.key}: {err.strerror}.") from err
             raise
-        digest = content_hash(data)
-        try:
-            code = load_code(rec.key, data, digest)
         except Exception as err:
             if rec.by_path:
                 raise self._error(rec, verb, err, first=True) from err
