@@ -400,7 +400,10 @@ def test_a_first_import_never_runs_code_older_than_the_file(project: Path) -> No
 
     env = child_env(RELMOD_CACHE_DIR=str(project.parent / "codecache"))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    probe = "import sys; sys.path.insert(0, '.'); import relmod; relmod.enable(); import fresh; print(fresh.V)"
+    probe = (
+        "import sys; sys.path.insert(0, '.'); import relmod; relmod.enable(); "
+        "import fresh; print(fresh.V)"
+    )
     for value in range(10, 16):  # same size each time, each saved and imported within a second
         (project / "fresh.py").write_text(f"V = {value}\n")
         out = subprocess.run(
