@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from relmod.client.cellwatch import CellWatch
 from relmod.client.session import RACY_SECONDS, Client, default_client
 from relmod.connfile import find_connection_file
 from relmod.errors import BrokerError, ReloadError
@@ -226,6 +227,7 @@ class CellSync:
         self.reloads = 0
         self.repeats_hidden = 0
         self._focus = _Focus(FOCUS_FILES)
+        self._queue = CellWatch.create()  # saves the kernel has queued, for every loaded folder
         self._invalidations = _InvalidationCount(client.registry)
         self._caught_up_at = -1  # forces a first catch-up
         self._feed_state: tuple[Any, ...] = ()
@@ -252,6 +254,8 @@ class CellSync:
         shell = self.shell
         install(shell.user_ns)
         self.client.follow_project(self.folder)
+        if self._queue is not None:
+            self._queue.follow(self.client.watched_folders())  # modules imported before us
         self.client.registry.add_load_listener(self._on_load)
         self.client.ensure_feed()
         shell.events.register("pre_run_cell", self.pre_run_cell)
@@ -260,6 +264,8 @@ class CellSync:
     def close(self) -> None:
         """Unregister everything :meth:`start` registered (the client keeps running)."""
         self._closed = True
+        if self._queue is not None:
+            self._queue.close()
         self._invalidations.close()
         shell = self._shell_ref()
         if shell is None:
@@ -281,9 +287,7 @@ class CellSync:
     def pre_run_cell(self, info: Any = None) -> None:
         """The ``pre_run_cell`` hook: cheap checks, and a catch-up only when one moved."""
         self.cells += 1
-        changed = self._focus.changed()
-        if changed:
-            self.client.files_changed(changed)
+        self._check_saves()
         feed = self.client.feed
         if (
             self._invalidations.value() != self._caught_up_at
@@ -301,14 +305,23 @@ class CellSync:
         """Reload every stale module now; return the failures not reported before."""
         self.catch_ups += 1
         self._follow_new_files()
-        changed = self._focus.changed()
-        if changed:
-            self.client.files_changed(changed)
+        self._check_saves()
         count = self._invalidations.value()  # read first: a later mark triggers the next catch-up
         errors = self._reload_stale()
         self._caught_up_at = count
         errors += self._broker_broken()
         return self._not_shown_yet(errors)
+
+    def _check_saves(self) -> None:
+        """Hand every save made before this cell to the client's content check."""
+        changed = self._focus.changed()
+        if self._queue is not None:
+            changed += self._queue.changed()
+            if self._queue.overflowed:  # the kernel dropped events: check every file
+                self._queue.overflowed = False
+                changed += self.client.known_files()
+        if changed:
+            self.client.files_changed(changed)
 
     def _follow_new_files(self) -> None:
         """Put newly loaded files in focus, and have the feed watch new folders."""
@@ -316,6 +329,8 @@ class CellSync:
         for path in loaded:
             if os.path.isfile(path):
                 self._focus.add(path)
+        if self._queue is not None and loaded:
+            self._queue.follow(self.client.watched_folders())
         feed = self.client.feed
         self._feed_state = (feed, getattr(feed, "epoch", None), getattr(feed, "seq", None))
 
