@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from relmod.client.bindings import NamespaceBindings
 from relmod.client.cellwatch import CellWatch
 from relmod.client.session import RACY_SECONDS, Client, default_client
 from relmod.connfile import find_connection_file
@@ -228,6 +229,7 @@ class CellSync:
         self.repeats_hidden = 0
         self._focus = _Focus(FOCUS_FILES)
         self._queue = CellWatch.create()  # saves the kernel has queued, for every loaded folder
+        self._bindings = NamespaceBindings()  # names cells bound with `from module import ...`
         self._invalidations = _InvalidationCount(client.registry)
         self._caught_up_at = -1  # forces a first catch-up
         self._feed_state: tuple[Any, ...] = ()
@@ -259,6 +261,7 @@ class CellSync:
         self.client.registry.add_load_listener(self._on_load)
         self.client.ensure_feed()
         shell.events.register("pre_run_cell", self.pre_run_cell)
+        shell.events.register("post_run_cell", self.post_run_cell)
         shell.register_magic_function(self.magic, magic_kind="line", magic_name="relmod")
 
     def close(self) -> None:
@@ -272,6 +275,8 @@ class CellSync:
             return
         if self.pre_run_cell in shell.events.callbacks["pre_run_cell"]:
             shell.events.unregister("pre_run_cell", self.pre_run_cell)
+        if self.post_run_cell in shell.events.callbacks["post_run_cell"]:
+            shell.events.unregister("post_run_cell", self.post_run_cell)
         if self._transformer in shell.ast_transformers:
             shell.ast_transformers.remove(self._transformer)
         shell.magics_manager.magics["line"].pop("relmod", None)
@@ -301,13 +306,28 @@ class CellSync:
             if self._transformer in transformers:
                 transformers.remove(self._transformer)
 
+    def post_run_cell(self, result: Any = None) -> None:
+        """Remember the cell's ``from`` imports, to bind their names again after reloads."""
+        source = getattr(getattr(result, "info", None), "raw_cell", None)
+        if not source or "import" not in source:
+            return
+        shell = self.shell
+        try:
+            code = shell.transform_cell(source)  # magics and the like become plain Python
+        except Exception:  # IPython's transformers raise on cells it could not run either
+            return
+        self._bindings.record_cell(code, shell.user_ns)
+
     def catch_up(self) -> list[ReloadError]:
         """Reload every stale module now; return the failures not reported before."""
         self.catch_ups += 1
         self._follow_new_files()
         self._check_saves()
         count = self._invalidations.value()  # read first: a later mark triggers the next catch-up
+        before = self.reloads
         errors = self._reload_stale()
+        if self.reloads != before and self.client.registry.patch:
+            self._bindings.refresh(self.shell.user_ns)
         self._caught_up_at = count
         errors += self._broker_broken()
         return self._not_shown_yet(errors)
