@@ -359,13 +359,6 @@ def test_a_method_removed_and_one_added_are_seen_by_old_instances(package: Packa
     assert not hasattr(before, "square")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="CallGuard arms functions only: looking up a name the previous class lacks on an "
-    "old instance is not a use of the module, so until something else uses the module a "
-    "method the edit added is missing there (and class attributes keep their old values)",
-)
 def test_a_method_the_edit_added_is_found_on_an_old_instance_before_any_other_use(
     package: Package,
 ) -> None:

@@ -44,6 +44,7 @@ Known limits (the new class is kept instead, or the object is left as it is):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -829,6 +830,39 @@ def _kind(code: types.CodeType) -> str | None:
     return "function"
 
 
+_HOOK = "__relmod_missing__"
+
+
+def _hook_missing(cls: type, on_call: Callable[[], None]) -> bool:
+    """Make a missing attribute of an instance a use of the stale module (a method the edit
+    added is then found on an old instance); classes with a ``__getattr__`` of their own, or
+    whose ``__dict__`` cannot take one, are left alone."""
+    if "__getattr__" in vars(cls) or any("__getattr__" in vars(b) for b in cls.__mro__[1:-1]):
+        return False
+
+    def __getattr__(self: Any, name: str) -> Any:  # noqa: N807
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        hook = type(self).__dict__.get("__getattr__")
+        if getattr(hook, _HOOK, False):
+            on_call()  # reloads (and patching removes this hook: disarm runs after it)
+        return object.__getattribute__(self, name)
+
+    setattr(__getattr__, _HOOK, True)
+    try:
+        cls.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    except (TypeError, AttributeError):
+        return False
+    return True
+
+
+def _unhook_missing(cls: type) -> None:
+    hook = vars(cls).get("__getattr__")
+    if hook is not None and getattr(hook, _HOOK, False):
+        with contextlib.suppress(TypeError, AttributeError):  # a class made read-only since
+            delattr(cls, "__getattr__")
+
+
 class CallGuard:
     """Makes a held function a use of its module: its next call brings the module up to date.
 
@@ -867,6 +901,7 @@ class CallGuard:
 
     def __init__(self) -> None:
         self._armed: dict[int, list[_Trampoline]] = {}
+        self._hooked: dict[int, list[type]] = {}  # classes given a missing-attribute hook
         self._lock = threading.Lock()
 
     def arm(self, ns: dict[str, Any], module_name: str, on_call: Callable[[], None]) -> int:
@@ -901,8 +936,10 @@ class CallGuard:
                 _ARMED[id(trampoline.code)] = trampoline
                 fn.__code__ = trampoline.code
             armed.append(trampoline)
+        hooked = [cls for cls in found.classes.values() if _hook_missing(cls, on_call)]
         with self._lock:
             self._armed.setdefault(id(ns), []).extend(armed)
+            self._hooked.setdefault(id(ns), []).extend(hooked)
         logger.debug("Armed %d functions of %s.", len(armed), module_name)
         return len(armed)
 
@@ -914,5 +951,8 @@ class CallGuard:
         """
         with self._lock:
             armed = self._armed.pop(id(ns), [])
+            hooked = self._hooked.pop(id(ns), [])
         for trampoline in armed:
             trampoline.restore()
+        for cls in hooked:
+            _unhook_missing(cls)
