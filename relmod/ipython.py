@@ -78,6 +78,15 @@ _RAISER_NAME = "__relmod_reload_errors__"
 _RACY_NS = int(RACY_SECONDS * 1e9)
 
 
+MAGIC_HELP = """\
+%relmod          the status: the feed (broker or this process's watcher), the modules, what is
+                 stale or broken, the files checked before each cell
+%relmod sync     check every file now and reload what changed (a barrier, like relmod.sync())
+%relmod help     this list
+
+Modules of the notebook's folder (or of the broker's project) reload before each cell, however
+they were imported; relmod.configure(...) sets how failures surface and what never reloads."""
+
 # -- what moved since the last cell -------------------------------------------------------------
 
 
@@ -449,7 +458,9 @@ class CellSync:
               ...
         """
         command = line.strip() or "status"
-        if command == "status":
+        if command in ("help", "-h", "--help", "?"):
+            print(MAGIC_HELP)
+        elif command == "status":
             print(self.describe())
         elif command == "sync":
             before = self.reloads
@@ -461,7 +472,10 @@ class CellSync:
         else:
             from IPython.core.error import UsageError
 
-            raise UsageError(f"%relmod takes 'status' or 'sync', not {command!r}.")
+            raise UsageError(
+                f"%relmod takes 'status', 'sync' or 'help', not {command!r}. "
+                f"`%relmod help` lists them."
+            )
 
     def status(self) -> dict[str, Any]:
         """What the extension knows: the feed, the modules, what is stale or broken.

@@ -231,7 +231,7 @@ def test_relmod_magic_prints_the_status_and_syncs(
     assert run(shell, "helpers.f()") == 9
 
     result = shell.run_cell("%relmod bogus")
-    assert "takes 'status' or 'sync'" in str(result.error_in_exec)
+    assert "takes 'status', 'sync' or 'help'" in str(result.error_in_exec)
 
 
 def test_unload_ext_stops_reloading_before_cells(
@@ -332,3 +332,13 @@ def test_a_dead_brokers_connection_file_leaves_the_notebook_embedded(
         assert "relmod: embedded feed" in capsys.readouterr().out
     finally:
         broker.stop()
+
+
+def test_relmod_magic_help_lists_the_subcommands(
+    shell: Any, notebook: Path, load_ext_names: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(shell, "%load_ext relmod")
+    capsys.readouterr()
+    run(shell, "%relmod help")
+    shown = capsys.readouterr().out
+    assert "%relmod sync" in shown and "%relmod help" in shown and "%relmod " in shown
