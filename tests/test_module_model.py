@@ -420,3 +420,24 @@ def test_a_first_import_never_runs_code_older_than_the_file(project: Path) -> No
         [sys.executable, "-c", probe], cwd=project, env=env, capture_output=True, text=True
     )
     assert out.stdout.strip() == "99", out.stderr
+
+
+def test_a_failed_reload_leaves_its_dependents_un_run(project: Path) -> None:
+    """A module that keeps its last good version gives its dependents nothing new to run."""
+    runs = project / "runs.log"
+    log_line = "with open({!r}, 'a') as _f:\n    _f.write({!r})\n"
+    bodies = {"base": "X = 1\n", "mid1": "from base import X\n", "top1": "import mid1\n"}
+    for name, body in bodies.items():
+        write(project / f"{name}.py", log_line.format(str(runs), name + " ") + body)
+    relmod.configure(on_error="keep")
+    relmod.enable()
+    import top1  # type: ignore[import-not-found]
+
+    runs.write_text("")
+    write(
+        project / "base.py",
+        log_line.format(str(runs), "base ") + "X = 2\nraise RuntimeError('boom')\n",
+    )
+    relmod.sync()
+    assert top1.mid1.X == 1
+    assert runs.read_text().split() == ["base"]  # base ran (and failed); mid1 and top1 did not
