@@ -48,7 +48,10 @@ class DependencyGraph:
         # origin sets are never empty.
         self._deps: dict[str, set[str]] = {}
         self._dependents: dict[str, set[str]] = {}
-        self._origins: dict[tuple[str, str], set[str]] = {}
+        # Origin sets are shared, immutable and few (static, runtime, both): one per edge would
+        # cost ~200 bytes each, and a big project has ~100,000 edges.
+        self._origins: dict[tuple[str, str], frozenset[str]] = {}
+        self._interned: dict[frozenset[str], frozenset[str]] = {}
 
     # -- changing the graph -----------------------------------------------------------------
 
@@ -372,21 +375,27 @@ class DependencyGraph:
             self._deps[path] = set()
             self._dependents[path] = set()
 
+    def _intern(self, origins: frozenset[str]) -> frozenset[str]:
+        return self._interned.setdefault(origins, origins)
+
     def _link(self, dependent: str, dependency: str, origin: str) -> None:
         self._deps[dependent].add(dependency)
         self._dependents[dependency].add(dependent)
-        self._origins.setdefault((dependent, dependency), set()).add(origin)
+        edge = (dependent, dependency)
+        old = self._origins.get(edge, frozenset())
+        if origin not in old:
+            self._origins[edge] = self._intern(old | {origin})
 
     def _unlink(self, dependent: str, dependency: str, origin: str | None) -> None:
-        origins = self._origins.get((dependent, dependency))
+        edge = (dependent, dependency)
+        origins = self._origins.get(edge)
         if origins is None:
             return
-        if origin is None:
-            origins.clear()
+        left = frozenset() if origin is None else origins - {origin}
+        if left:
+            self._origins[edge] = self._intern(left)
         else:
-            origins.discard(origin)
-        if not origins:
-            del self._origins[dependent, dependency]
+            del self._origins[edge]
             self._deps[dependent].discard(dependency)
             self._dependents[dependency].discard(dependent)
 
