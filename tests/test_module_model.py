@@ -441,3 +441,30 @@ def test_a_failed_reload_leaves_its_dependents_un_run(project: Path) -> None:
     relmod.sync()
     assert top1.mid1.X == 1
     assert runs.read_text().split() == ["base"]  # base ran (and failed); mid1 and top1 did not
+
+
+def test_a_module_is_the_path_named_links_and_their_targets_included(tmp_path: Path) -> None:
+    """A file replaced by a link, its target edited, a linked folder re-pointed: 20 times each."""
+    root = tmp_path / "links"
+    for version in ("v1", "v2"):
+        write(root / version / "m.py", f"V = '{version}'\n")
+    os.symlink(root / "v1", root / "current")
+    write(root / "leaf.py", "X = 0\n")
+    write(root / "elsewhere" / "target.py", "X = 1\n")
+    m = relmod.at(str(root / "current" / "m.py"))
+    leaf = relmod.at(str(root / "leaf.py"))
+    assert m.V == "v1" and leaf.X == 0
+    tmp = root / "leaf.tmp"
+    os.symlink(root / "elsewhere" / "target.py", tmp)
+    os.replace(tmp, root / "leaf.py")  # the module file is now a link to another file
+    relmod.sync()
+    assert leaf.X == 1
+    for n in range(20):
+        write(root / "elsewhere" / "target.py", f"X = {n + 2}\n")  # the link's target edited
+        version = "v2" if n % 2 == 0 else "v1"
+        os.symlink(root / version, root / "current.tmp")
+        os.replace(root / "current.tmp", root / "current")  # the folder link re-pointed
+        relmod.sync()
+        assert leaf.X == n + 2
+        assert m.V == version
+        assert relmod.at(str(root / "current" / "m.py")) is m  # one module for the path named

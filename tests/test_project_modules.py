@@ -272,3 +272,31 @@ def test_a_package_installed_editable_into_a_fresh_venv(tmp_path: Path, layout: 
                 stream.close()
         worker.wait(10)
         b.stop()
+
+
+def test_with_a_broker_a_re_pointed_folder_link_is_a_change_after_sync(
+    project: Path, broker: Broker
+) -> None:
+    for version in ("v1", "v2"):
+        write(project / version / "m.py", f"V = '{version}'\n")
+    os.symlink(project / "v1", project / "current")
+    worker = LineWorker(
+        """
+        import sys, relmod
+        relmod.connect()
+        m = relmod.at('current/m.py')
+        for line in sys.stdin:
+            relmod.sync()
+            print(m.V, flush=True)
+        """,
+        cwd=project,
+    )
+    try:
+        assert worker.ask() == "v1"
+        for n in range(20):
+            version = "v2" if n % 2 == 0 else "v1"
+            os.symlink(project / version, project / "current.tmp")
+            os.replace(project / "current.tmp", project / "current")
+            assert worker.ask() == version
+    finally:
+        worker.close()

@@ -16,7 +16,7 @@ import time
 import types
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relmod.client.barrier import SyncCounter, SyncFollower
 from relmod.client.embedded import EmbeddedFeed
@@ -26,6 +26,9 @@ from relmod.machinery.imports import ImportHook
 from relmod.machinery.registry import OnError, Registry
 from relmod.machinery.scope import is_installed
 from relmod.sources import StatSignature, file_hash, stat_signature
+
+if TYPE_CHECKING:
+    from relmod.client.connection import BrokerFeed
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ class Client:
                     self._seen[path] = (sig, digest)
                 if digest != files[path]:
                     changed.append(path)
-            elif path in self.registry:  # a folder
+            elif path in self.registry or self.registry.has_modules_under(path):  # a folder
                 changed.append(path)
         return self.registry.invalidate(changed) if changed else set()
 
@@ -161,6 +164,9 @@ class Client:
         """Return once every change saved before the call is marked stale in this process."""
         feed = self.ensure_feed()
         feed.sync(timeout)
+        linked = self.registry.linked_files()
+        if linked:  # a broker knows real paths only: a re-pointed link is ours to see
+            self.verify_files(linked)
         if self._counter is not None:
             self._counter.bump()
 
@@ -276,20 +282,38 @@ class Client:
         self.adopt_project()
 
     def connect(
-        self, start: str, *, timeout: float = 5.0, path_map: dict[str, str] | None = None
-    ) -> Any:
-        """Switch this process's feed to the broker serving ``start`` (see relmod.connect)."""
+        self,
+        start: str | None = None,
+        *,
+        timeout: float = 5.0,
+        path_map: dict[str, str] | None = None,
+        connection_file: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        feed_type: type[BrokerFeed] | None = None,
+    ) -> BrokerFeed:
+        """Switch this process's feed to a broker: the one path for every broker connection.
+
+        ``relmod.connect`` finds the broker serving ``start``; ``connect_remote`` names its
+        ``connection_file`` and a ``feed_type`` whose plug-in serves sources from the broker.
+        A process reading its disk then follows the broker's project, and processes started
+        from it find the same broker (``RELMOD_BROKER``).
+        """
         from relmod.client.connection import BrokerFeed
         from relmod.connfile import find_connection_file, read_connection_file
 
-        found = find_connection_file(start)
+        kind = feed_type if feed_type is not None else BrokerFeed
+        where = start if start is not None else os.fspath(connection_file or os.getcwd())
+        if connection_file is not None:
+            found: Path | None = Path(os.path.abspath(os.fspath(connection_file)))
+        else:
+            found = find_connection_file(where)
         if found is None:
             raise BrokerNotFound(
-                f"No relmod broker serves {start}. Start one with `relmod-broker {start}`, or "
+                f"No relmod broker serves {where}. Start one with `relmod-broker {where}`, or "
                 f"use relmod without connect(): it then watches files in this process."
             )
         current = self.feed
-        if isinstance(current, BrokerFeed) and current.path == found:
+        if isinstance(current, kind) and current.path == found:
             return current
         if os.path.lexists(found):
             # An unsafe or unusable connection file does not mend itself: say so at once
@@ -298,22 +322,32 @@ class Client:
                 read_connection_file(found)
             except ConnectionFileError as err:
                 raise BrokerNotFound(
-                    f"Cannot connect to the relmod broker of {start}: {err}"
+                    f"Cannot connect to the relmod broker of {where}: {err}"
                 ) from err
-        feed = BrokerFeed(self, found, path_map=path_map)
+        feed = kind(self, found, path_map=path_map, client_key=client_key)
+        served = feed.plugin.sources if feed.plugin is not None else None
+        previous = self.registry.sources
+        if served is not None:
+            # Before the handshake: it may mark loaded modules stale, and their reload must
+            # ask the broker, not the disk.
+            self.registry.sources = served
         feed.start()
         if not feed.wait_connected(timeout):
             why = feed.last_error or "it did not answer"
             feed.stop()
+            self.registry.sources = previous
             raise BrokerNotFound(
-                f"Cannot connect to the relmod broker of {start} ({why}). Start it with "
-                f"`relmod-broker {start}` and connect again."
+                f"Cannot connect to the relmod broker of {where} ({why}). Check that it runs "
+                f"(`relmod-broker <project>` starts it) and, over TCP, that this machine reaches "
+                f"its endpoints and that this client's public key is listed in its clients "
+                f"folder (relmod.curve.authorize_client)."
             )
         self.use_feed(feed)
-        if feed.info is not None:
-            self.follow_project(feed.path_map.to_local(feed.info["root"]))
-        # Spawned children, pools and notebooks started from here find the same broker.
-        os.environ["RELMOD_BROKER"] = str(found)
+        if feed.reads_disk:
+            if feed.info is not None:
+                self.follow_project(feed.path_map.to_local(feed.info["root"]))
+            # Spawned children, pools and notebooks started from here find the same broker.
+            os.environ["RELMOD_BROKER"] = str(found)
         return feed
 
     def close(self) -> None:

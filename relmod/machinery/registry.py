@@ -110,11 +110,16 @@ class DiskSources:
 
 
 def normalize(path: str, base: str | None = None) -> str:
-    """An absolute, symlink-free path, with ``~`` expanded, resolved against ``base`` or the cwd."""
+    """An absolute path, with ``~`` expanded, resolved against ``base`` or the cwd.
+
+    Symbolic links stay: a module is the path the user named, so a link re-pointed, or a file
+    replaced by a link, is a change of the module (:meth:`Registry.invalidate` also knows each
+    module by its real path, which is what a broker names).
+    """
     path = os.path.expanduser(path)
     if base is not None and not os.path.isabs(path):
         path = os.path.join(base, path)
-    return os.path.realpath(path)
+    return os.path.abspath(path)
 
 
 def path_module_name(path: str, *, folder: bool) -> str:
@@ -200,6 +205,7 @@ class Registry:
         self._by_name: dict[str, Record] = {}
         self._aliases: dict[str, str] = {}  # package folder -> its __init__.py
         self._folders: dict[str, int] = {}  # folder -> how many records live in it
+        self._by_real: dict[str, set[str]] = {}  # real path -> keys that name it through links
         self._reload_lock = threading.RLock()
         self._mark_lock = threading.Lock()
         self._create_lock = threading.RLock()
@@ -329,8 +335,11 @@ class Registry:
         rec = Record(key=key, name=name, module=module, kind=kind, by_path=by_path, folder=folder)
         rec.order = next(self._order)
         self._records[key] = rec
-        folder_key = self._folder_of(rec)
-        self._folders[folder_key] = self._folders.get(folder_key, 0) + 1
+        for folder_key in self._watch_folders(rec):
+            self._folders[folder_key] = self._folders.get(folder_key, 0) + 1
+        real = os.path.realpath(key)
+        if real != key:  # named through a link: changes arrive under the real path too
+            self._by_real.setdefault(real, set()).add(key)
         self._by_id[id(module)] = rec
         self._by_namespace[id(rec.namespace)] = rec
         self._by_name[name] = rec
@@ -348,12 +357,15 @@ class Registry:
         if self._records.get(rec.key) is rec:
             del self._records[rec.key]
             self.graph.remove(rec.key)
-            folder = self._folder_of(rec)
-            left = self._folders.get(folder, 1) - 1
-            if left > 0:
-                self._folders[folder] = left
-            else:
-                self._folders.pop(folder, None)
+            for folder in self._watch_folders(rec):
+                left = self._folders.get(folder, 1) - 1
+                if left > 0:
+                    self._folders[folder] = left
+                else:
+                    self._folders.pop(folder, None)
+            keys = self._by_real.get(os.path.realpath(rec.key))
+            if keys is not None:
+                keys.discard(rec.key)
         self._by_id.pop(id(rec.module), None)
         self._by_namespace.pop(id(rec.namespace), None)
         if self._by_name.get(rec.name) is rec:
@@ -480,6 +492,27 @@ class Registry:
     def _folder_of(self, rec: Record) -> str:
         return rec.folder if rec.folder is not None else os.path.dirname(rec.key)
 
+    def _watch_folders(self, rec: Record) -> set[str]:
+        """The folder of the path the module was named by, and of its real file (a link's
+        target may live elsewhere: an edit there is an edit of the module)."""
+        folder = self._folder_of(rec)
+        real = os.path.realpath(folder)
+        out = {folder, real}
+        if rec.kind != "folder":
+            out.add(os.path.dirname(os.path.realpath(rec.key)))
+        if real != folder:
+            out.add(os.path.dirname(folder))  # the link itself may be re-pointed
+        return out
+
+    def linked_files(self) -> list[str]:
+        """The loaded files named through a symbolic link (usually none)."""
+        return [key for keys in list(self._by_real.values()) for key in keys]
+
+    def has_modules_under(self, folder: str) -> bool:
+        """Whether a module was loaded from below ``folder`` (renamed, deleted, re-pointed)."""
+        prefix = folder.rstrip(os.sep) + os.sep
+        return any(key.startswith(prefix) for key in list(self._records))
+
     def records(self) -> list[Record]:
         """A snapshot of every record (safe to iterate while other threads load)."""
         return list(self._records.values())
@@ -511,6 +544,8 @@ class Registry:
             path = self._aliases.get(path, path)
             if path in self._records:
                 keys.add(path)
+            if path in self._by_real:
+                keys.update(self._by_real[path])  # reached through a link: the same module
             elif not path.endswith(".py"):
                 # A folder renamed or deleted: every module under it.
                 prefix = path.rstrip(os.sep) + os.sep
