@@ -465,6 +465,6 @@ def test_a_module_is_the_path_named_links_and_their_targets_included(tmp_path: P
         os.symlink(root / version, root / "current.tmp")
         os.replace(root / "current.tmp", root / "current")  # the folder link re-pointed
         relmod.sync()
-        assert leaf.X == n + 2
-        assert m.V == version
+        assert n + 2 == leaf.X
+        assert version == m.V
         assert relmod.at(str(root / "current" / "m.py")) is m  # one module for the path named
