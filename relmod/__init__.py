@@ -20,7 +20,6 @@ from relmod.api import (
     get_dependencies,
     imp,
     install,
-    pool_options,
     reload,
     remove_listener,
     stale_objects,
@@ -41,10 +40,11 @@ from relmod.errors import (
     ReloadError,
 )
 from relmod.execution import execfile
-from relmod.machinery.events import Event
 from relmod.ipython import load_ipython_extension, unload_ipython_extension
+from relmod.machinery.events import Event
 from relmod.sites import default_site as _default_site
 from relmod.testing import runtest, testfocus, testmod, testonly
+from relmod.workers import pool_options
 
 site = _default_site()
 

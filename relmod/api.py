@@ -260,24 +260,6 @@ def connect(
     return default_client().connect(start, timeout=timeout, path_map=path_map)
 
 
-def pool_options(**options: Any) -> dict[str, Any]:
-    """``initializer``/``initargs`` for a process pool whose workers follow edits.
-
-    Works for ``concurrent.futures.ProcessPoolExecutor`` and ``multiprocessing.Pool``, with the
-    fork and the spawn start methods: each worker re-registers the ``toplevel`` names, connects
-    to the same broker (or watches files itself), and keeps the last good code on a broken save.
-    Pass your own ``initializer=f, initargs=(...)`` to chain it.
-
-    Example:
-        >>> relmod.toplevel('tasks', './tasks.py')                            # doctest: +SKIP
-        >>> with ProcessPoolExecutor(4, **relmod.pool_options()) as pool:   # doctest: +SKIP
-        ...     pool.submit(tasks.run, 1).result()
-    """
-    from relmod.workers import pool_options as make
-
-    return make(**options)
-
-
 def connect_remote(
     connection_file: str,
     *,

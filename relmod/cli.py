@@ -16,33 +16,26 @@ import argparse
 import importlib
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import zmq
 
 from relmod._version import __version__
-from relmod.connfile import ConnectionInfo, find_connection_file, pid_alive, read_connection_file
+from relmod.arguments import OneLineParser
+from relmod.client.connection import broker_socket
+from relmod.connfile import ConnectionInfo, find_connection_file, read_live_broker
+from relmod.curve import client_key_for
 from relmod.errors import BrokerError, BrokerNotFound, BrokerTimeout, ProtocolError
 from relmod.graph import DependencyGraph
-from relmod.protocol import Codec, Message, configure_socket
+from relmod.protocol import Codec, Message
 from relmod.sources import display_path
 
 __all__ = ["main"]
 
 DEFAULT_TIMEOUT = 5.0
-CLIENT_KEY_ENV = "RELMOD_CLIENT_KEY"
-"""Names a ZeroMQ certificate file (public and secret key) to talk to a broker using CURVE."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors take one line of stderr."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 # -- talking to the broker ---------------------------------------------------------------------
@@ -61,38 +54,7 @@ def find_broker(path: str | None) -> ConnectionInfo:
         raise BrokerNotFound(
             f"No relmod broker serves {start}; start one with 'relmod-broker {start}'."
         )
-    info = read_connection_file(found)
-    if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
-        raise BrokerNotFound(
-            f"The relmod broker of {info['root']} (pid {info['pid']}) is not running; start it "
-            f"again with 'relmod-broker {info['root']}'."
-        )
-    return info
-
-
-def _curve_client(sock: zmq.Socket[Any], info: ConnectionInfo) -> None:
-    """Set a CURVE client's keys when the broker uses CURVE (``--tcp``)."""
-    server = info["curve_server_public"]
-    if server is None:
-        return
-    key_file = os.environ.get(CLIENT_KEY_ENV)
-    if not key_file:
-        raise BrokerError(
-            f"The broker of {info['root']} uses CURVE; set {CLIENT_KEY_ENV} to your certificate "
-            "file (public and secret key), whose public half is listed in the broker's clients "
-            "folder."
-        )
-    import zmq.auth
-
-    try:
-        public, secret = zmq.auth.load_certificate(key_file)
-    except (OSError, ValueError) as err:
-        raise BrokerError(f"Cannot read the CURVE certificate {key_file}: {err}.") from err
-    if secret is None:
-        raise BrokerError(f"The CURVE certificate {key_file} holds no secret key.")
-    sock.curve_serverkey = server.encode()
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
+    return read_live_broker(found)
 
 
 class BrokerLine:
@@ -107,14 +69,19 @@ class BrokerLine:
         self.info = info
         self.timeout = timeout
         self.codec = Codec(bytes.fromhex(info["key"]), role="client", root=info["root"])
-        self.context = zmq.Context()
-        self.dealer = self.context.socket(zmq.DEALER)
+        self.context: zmq.Context[Any] = zmq.Context()
         try:
-            configure_socket(self.dealer)
-            _curve_client(self.dealer, info)
-            self.dealer.connect(info["router"])
+            # The feed's own way to the broker: CURVE when the connection file says so, with
+            # this machine's key pair (or $RELMOD_CLIENT_KEY).
+            self.dealer = broker_socket(
+                self.context,
+                zmq.DEALER,
+                info,
+                client_key_for(info, None, local=True),
+                handshake_timeout=timeout,
+            )
         except BaseException:
-            self.close()
+            self.context.term()
             raise
 
     def ask(self, kind: str, body: dict[str, Any], expect: str) -> Message:
@@ -336,10 +303,10 @@ def _demo(args: argparse.Namespace) -> int:
 # -- the command --------------------------------------------------------------------------------
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog="relmod", description="Look at a project's relmod broker.")
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog="relmod", description="Look at a project's relmod broker.")
     parser.add_argument("--version", action="version", version=f"relmod {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
     status = commands.add_parser("status", help="show the broker serving a project")
     status.add_argument("path", nargs="?", help="a folder of the project (default: here)")

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypedDict, cast
 
-from relmod.errors import BrokerAlreadyRunning, ConnectionFileError
+from relmod.errors import BrokerAlreadyRunning, BrokerNotFound, ConnectionFileError
 
 logger = logging.getLogger(__name__)
 
@@ -376,6 +376,29 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def read_live_broker(path: str | Path) -> ConnectionInfo:
+    """Read a connection file and check that its broker runs: "is the broker alive", once.
+
+    A broker on another host cannot be checked here; it counts as alive (its silence tells).
+
+    Raises:
+        BrokerNotFound: there is no file, or its broker's pid is dead on this host.
+        ConnectionFileError: the file is unsafe or unreadable.
+    """
+    if not os.path.lexists(path):
+        raise BrokerNotFound(
+            f"No connection file at {path}: no broker is running there. Start one with "
+            "'relmod-broker', or point RELMOD_BROKER at the right file."
+        )
+    info = read_connection_file(path)
+    if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
+        raise BrokerNotFound(
+            f"The relmod broker of {info['root']} (pid {info['pid']}) is not running; start it "
+            f"again with 'relmod-broker {info['root']}'."
+        )
+    return info
 
 
 def find_connection_file(start: str) -> Path | None:

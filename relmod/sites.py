@@ -31,8 +31,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from relmod.client.session import default_client
 from relmod.errors import ConfigurationError, ModuleNotFound
 from relmod.ignore import is_ignored
+from relmod.machinery.registry import normalize
 from relmod.sources import file_hash
 
 __all__ = ["DEFAULT_SITE_FILES", "SITE_ENV", "Site", "default_site", "site_import"]
@@ -300,6 +302,11 @@ _default_site: Site[types.ModuleType] | None = None
 _default_site_lock = threading.Lock()
 
 
+def _load(path: str) -> types.ModuleType:
+    """Load a site name's file or folder as ``relmod.at`` does (this module sits below the face)."""
+    return default_client().registry.load(normalize(path))
+
+
 def default_site() -> Site[types.ModuleType]:
     """The process-wide site, whose names load with ``relmod.at``; made on first use.
 
@@ -313,10 +320,7 @@ def default_site() -> Site[types.ModuleType]:
     global _default_site
     with _default_site_lock:
         if _default_site is None:
-            # Imported here: relmod.api imports this module, and loading a name needs the client.
-            from relmod.api import at
-
-            _default_site = Site(at)
+            _default_site = Site(_load)
         return _default_site
 
 

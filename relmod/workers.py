@@ -46,10 +46,10 @@ import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from relmod.api import at, toplevel
-from relmod.client.connection import BrokerFeed, PathMap
+from relmod.arguments import OneLineParser
 from relmod.client.session import Client, default_client
 from relmod.errors import BrokerNotFound, RelmodError
 from relmod.machinery.registry import OnError, normalize
@@ -134,17 +134,17 @@ class WorkerSetup:
     @classmethod
     def capture(cls, client: Client | None = None, **overrides: Any) -> WorkerSetup:
         """The setup of the calling process: its toplevel names, broker, path map and poll."""
+        from relmod.client.connection import BrokerFeed, PathMap
+
         client = client if client is not None else default_client()
         feed = client.feed
         connection_file = os.environ.get("RELMOD_BROKER") or None
         mapping: dict[str, str] = {}
         remote, client_key = False, None
         if isinstance(feed, BrokerFeed):
-            from relmod.client.remote import RemoteFeed
-
             connection_file = str(feed.path)
-            mapping = dict(feed._path_map_raw)
-            if isinstance(feed, RemoteFeed):
+            mapping = dict(feed.path_map.mapping)
+            if not feed.reads_disk:
                 remote, client_key = True, feed.client_key
         to_broker = PathMap(mapping).to_broker if connection_file else _same
         toplevel = tuple(
@@ -174,6 +174,8 @@ class WorkerSetup:
                 no other source of code). A local worker only logs a warning and watches its
                 files itself until the broker answers.
         """
+        from relmod.client.connection import PathMap
+
         client = default_client()
         client.configure(on_error=self.on_error, poll=self.poll, exclude=self.exclude)
         if self.everything:
@@ -196,6 +198,8 @@ class WorkerSetup:
 
     def _connect(self, client: Client) -> bool:
         """Follow the parent's broker; False when this worker has none (it watches files)."""
+        from relmod.client.connection import BrokerFeed
+
         connection_file = self.connection_file
         if connection_file is None and self.project is not None:
             from relmod.connfile import find_connection_file
@@ -316,13 +320,6 @@ def pool_options(
 # -- python -m relmod.workers -----------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors take one line of stderr."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
 def _pair(text: str) -> tuple[str, str]:
     left, sep, right = text.partition("=")
     if not sep or not left or not right:
@@ -330,8 +327,8 @@ def _pair(text: str) -> tuple[str, str]:
     return left, right
 
 
-def _parser() -> _Parser:
-    parser = _Parser(
+def _parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="python -m relmod.workers",
         description=(
             "Call FUNCTION every few seconds with the latest saved code and print each result "

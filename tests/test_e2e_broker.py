@@ -238,3 +238,61 @@ def test_connect_without_a_broker_is_a_clear_error(tmp_path: Path) -> None:
             w.call("connect", root=str(tmp_path))
     finally:
         w.close()
+
+
+# -- a broker on TCP (CURVE): the same connection path as ipc ------------------------------------
+
+
+def _free_port_pair() -> int:
+    """A port P such that P and P + 1 are free on 127.0.0.1 (the broker binds both)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        if port + 1 < 65535:
+            return port
+    raise AssertionError("no free pair of ports")
+
+
+def test_connect_status_and_graph_speak_curve_to_a_tcp_broker(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import relmod
+    from relmod import cli
+    from relmod.connfile import connection_path, read_connection_file
+    from relmod.curve import local_key_path
+
+    broker = Broker(project, "--tcp", f"127.0.0.1:{_free_port_pair()}").start()
+    try:
+        info = read_connection_file(connection_path(str(project)))
+        assert info["curve_server_public"] and info["router"].startswith("tcp://")
+        assert oct(local_key_path(str(project)).stat().st_mode & 0o777) == "0o600"
+
+        # The library: no key given, none in the environment; the broker's local pair is used.
+        os.environ.pop("RELMOD_CLIENT_KEY", None)
+        conn = relmod.connect(str(project), timeout=10)
+        assert conn.status()["connected"] and conn.info["pid"] == broker.pid
+        mid = relmod.at(str(project / "mid.py"))
+        assert mid.DOUBLE == 2
+        write(project / "leaf.py", "VALUE = 21\n")
+        relmod.sync()
+        assert mid.DOUBLE == 42
+
+        # The command line, through the same sockets.
+        capsys.readouterr()
+        assert cli.main(["status", str(project), "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["endpoints"]["curve"] is True and status["pid"] == broker.pid
+        assert status["clients_total"] >= 1
+        assert cli.main(["graph", str(project)]) == 0
+        assert "mid.py" in capsys.readouterr().out
+    finally:
+        broker.stop()
+    assert not local_key_path(str(project)).exists(), "the local key pair leaves with the broker"

@@ -12,10 +12,18 @@ The thread subscribes to the broker's PUB socket and talks to its ROUTER through
 When nothing arrives for :attr:`BrokerFeed.silence` seconds, the broker is presumed gone: the
 feed starts an embedded watcher so this process never runs code older than the disk, re-reads
 the connection file every half second, and resynchronises when a broker answers again.
+
+One feed serves every broker, local or remote, ipc or TCP: :func:`broker_socket` makes every
+connected socket (a client's feed and ``relmod status`` alike), with CURVE when the connection
+file names a CURVE key (:mod:`relmod.curve` finds the client's certificate). The feed talks to
+its process through :class:`FeedHost` (the ``Client`` implements it), and a variant changes its
+steps through one plug point, :class:`FeedPlugin` (``relmod.client.remote`` plugs in module
+sources served by the broker, for a process without the project on its disk).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -24,20 +32,19 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 import zmq
 
 from relmod.client.embedded import EmbeddedFeed
-from relmod.machinery.registry import DiskSources
-from relmod.connfile import ConnectionInfo, pid_alive, read_connection_file
-from relmod.errors import BrokerError, BrokerNotFound, ProtocolError, RelmodError
+from relmod.connfile import ConnectionInfo, read_connection_file, read_live_broker
+from relmod.curve import client_key_for, secure_client_socket
+from relmod.errors import BrokerError, ProtocolError, RelmodError
+from relmod.machinery.registry import Registry, SourceProvider
 from relmod.protocol import Codec, Message, configure_socket
-
-if TYPE_CHECKING:
-    from relmod.client.session import Client
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +73,10 @@ class PathMap:
         ('/home/me/proj/a.py', '/srv/proj/a.py')
     """
 
-    def __init__(self, mapping: dict[str, str] | None = None) -> None:
-        self._pairs = [(b.rstrip("/"), loc.rstrip("/")) for b, loc in (mapping or {}).items()]
+    def __init__(self, mapping: Mapping[str, str] | None = None) -> None:
+        self.mapping: dict[str, str] = dict(mapping or {})
+        """``{broker_prefix: local_prefix}``, as given."""
+        self._pairs = [(b.rstrip("/"), loc.rstrip("/")) for b, loc in self.mapping.items()]
 
     def to_local(self, path: str) -> str:
         return self._swap(path, 0, 1)
@@ -83,23 +92,239 @@ class PathMap:
         return path
 
 
-class BrokerFeed:
-    """The client side of a broker connection (see the module docstring)."""
+class FeedHost(Protocol):
+    """What a feed needs from the process it serves (``relmod.client.session.Client``).
 
-    name = "broker"
+    The feed only ever marks: every door leads to the registry's ``invalidate``.
+    """
+
+    registry: Registry
+
+    def files_changed(self, paths: Iterable[str]) -> set[str]:
+        """Mark stale the modules whose file content differs from the version in use."""
+        ...
+
+    def verify_files(self, paths: Iterable[str]) -> set[str]:
+        """Like ``files_changed``, for files whose stat signature moved (or is too young)."""
+        ...
+
+    def apply_invalidation(self, affected: Iterable[str]) -> set[str]:
+        """Mark stale what the broker said is affected (it compared hashes already)."""
+        ...
+
+    def known_files(self) -> list[str]:
+        """The files of the modules loaded."""
+        ...
+
+    def watched_folders(self) -> set[str]:
+        """The folders of the modules loaded."""
+        ...
+
+
+Send = Callable[[str, dict[str, Any]], None]
+"""Sends one request to the broker (the connection thread only)."""
+
+
+class FeedPlugin(Protocol):
+    """The one plug point of :class:`BrokerFeed`: what a variant adds to its steps.
+
+    Every method runs on the connection thread except :meth:`attach` (in the constructor) and
+    :meth:`status` / :meth:`forked` (user threads). ``relmod.client.remote.ServedSources`` is
+    the one there is: module sources by content hash, for a process without the project on
+    its disk.
+
+    """
+
+    @property
+    def sources(self) -> SourceProvider | None:
+        """What the registry reads instead of the disk, or None to read the disk.
+
+        A plug-in with sources also means: no fallback watcher, no local file checks.
+        """
+        ...
+
+    def attach(self, host: FeedHost, wake: Callable[[], None]) -> None:
+        """The feed's host, and how to wake its thread (for requests made on user threads)."""
+        ...
+
+    def session_started(self) -> None:
+        """A new session: requests in flight on the previous one are lost."""
+        ...
+
+    def hashes_arrived(
+        self, hashes: Mapping[str, str | None], *, full: bool, root: str | None
+    ) -> None:
+        """Content hashes by broker path, before the modules they concern are marked stale.
+
+        ``full``: every file of the project (a new broker instance), else a change.
+        """
+        ...
+
+    def send_requests(self, send: Send) -> None:
+        """Send what the plug-in has to ask (the feed was woken, or a turn of its loop)."""
+        ...
+
+    def take_reply(self, msg: Message) -> bool:
+        """Handle a reply meant for the plug-in; False leaves it to the feed."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Fields added to the feed's ``status()``."""
+        ...
+
+    def forked(self) -> FeedPlugin:
+        """A plug-in for a forked child's new feed, keeping what can be kept."""
+        ...
+
+
+# -- the sequence rules ------------------------------------------------------------------------
+
+Verdict = Literal["apply", "drop", "resync", "bye"]
+
+
+def sequence_verdict(kind: str, body: Mapping[str, Any], epoch: str | None, seq: int) -> Verdict:
+    """What a client at ``(epoch, seq)`` does with a publication (the clone pattern, with gaps).
+
+    * ``bye``: the broker shut down;
+    * a new epoch: ``resync`` (a new broker instance; everything is compared again);
+    * a heartbeat: ``resync`` when it is ahead of us (the last update before a quiet period
+      was lost), else ``drop``;
+    * a duplicate (seq <= ours): ``drop``; a gap (seq > ours + 1): ``resync``;
+    * the next one: ``apply``.
+
+    Example:
+        >>> sequence_verdict("invalidate", {"epoch": "e", "seq": 5}, "e", 4)
+        'apply'
+        >>> sequence_verdict("invalidate", {"epoch": "e", "seq": 7}, "e", 4)
+        'resync'
+    """
+    if kind == "bye":
+        return "bye"
+    if body.get("epoch") != epoch:
+        return "resync"
+    number = body["seq"]
+    if kind == "heartbeat":
+        return "resync" if number > seq else "drop"
+    if number <= seq:
+        return "drop"
+    if number > seq + 1:
+        return "resync"
+    return "apply"
+
+
+# -- sockets -------------------------------------------------------------------------------------
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def broker_socket(
+    context: zmq.Context[Any],
+    kind: int,
+    info: ConnectionInfo,
+    key_file: str | None,
+    *,
+    handshake_timeout: float = 0.0,
+) -> zmq.Socket[Any]:
+    """A socket connected to the broker of ``info``: every client socket is made here.
+
+    A SUB socket subscribes to everything and connects to the PUB endpoint; a DEALER connects
+    to the ROUTER. With a CURVE broker the socket is a CURVE client presenting ``key_file``,
+    and with ``handshake_timeout`` the call waits that long for the handshake's verdict, so a
+    refused key is a clear error instead of a silent broker.
+
+    Raises:
+        BrokerError: the broker uses CURVE and no usable key was given, or it refused the key.
+    """
+    sock = context.socket(kind)
+    try:
+        configure_socket(sock)
+        secure_client_socket(sock, info, key_file)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        monitor = None
+        if handshake_timeout > 0 and info["curve_server_public"] is not None:
+            monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        sock.connect(info["pub"] if kind == zmq.SUB else info["router"])
+        if monitor is not None:
+            try:
+                _await_curve_handshake(monitor, info, key_file, handshake_timeout)
+            finally:
+                sock.disable_monitor()  # the verdict is in; later events are not read
+                monitor.close(0)
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock  # type: ignore[no-any-return]
+
+
+def _await_curve_handshake(
+    monitor: zmq.Socket[Any], info: ConnectionInfo, key_file: str | None, timeout: float
+) -> None:
+    """Wait for the CURVE handshake and say clearly when it failed.
+
+    A broker that refuses a client sends it nothing at all; only the socket's events tell
+    "your key is not listed" from "the broker is slow".
+    """
+    from zmq.utils.monitor import recv_monitor_message
+
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not monitor.poll(int(remaining * 1000) + 1):
+            return  # no verdict yet: the request that follows times out with its own message
+        event = recv_monitor_message(monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise BrokerError(
+                f"the broker of {info['root']} refused this client's CURVE key ({key_file}): "
+                "its public half is not listed in the broker's clients folder"
+            )
+        raise BrokerError(
+            f"the CURVE handshake with the broker of {info['root']} failed (zmq event {event}); "
+            "is this copy of the connection file current?"
+        )
+
+
+class BrokerFeed:
+    """The client side of a broker connection (see the module docstring).
+
+    Args:
+        host: the process's client (:class:`FeedHost`).
+        connection_file: the broker's connection file.
+        path_map: ``{broker_prefix: local_prefix}`` for a process that sees the project under
+            other paths.
+        client_key: the certificate to present to a CURVE broker; default
+            ``$RELMOD_CLIENT_KEY``, or (reading the disk) the pair the broker left for its own
+            machine's clients.
+        plugin: the variant's steps (:class:`FeedPlugin`), or None.
+    """
+
     silence = 3.0  # seconds without a message before the broker counts as gone
     report_every = 20.0  # seconds between keep-alive reports
 
     def __init__(
-        self, client: Client, connection_file: Path, *, path_map: dict[str, str] | None = None
+        self,
+        host: FeedHost,
+        connection_file: Path,
+        *,
+        path_map: Mapping[str, str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        plugin: FeedPlugin | None = None,
     ) -> None:
-        self.client = client
+        self.host = host
         self.path = Path(connection_file)
         self.path_map = PathMap(path_map)
-        self._path_map_raw = dict(path_map or {})
+        self.client_key: str | None = os.fspath(client_key) if client_key is not None else None
+        self.plugin = plugin
         self.epoch: str | None = None
         self.seq = 0
         self.connected = threading.Event()
+        self.refused = threading.Event()  # CURVE said no: retrying will not help by itself
         self.broken: dict[str, tuple[int | None, str]] = {}
         self.dropped = 0
         self.resyncs = 0
@@ -122,12 +347,20 @@ class BrokerFeed:
         self._replaced_checked = 0.0
         self._outside: EmbeddedFeed | None = None  # watches loaded folders outside the root
         self._outside_lock = threading.Lock()
+        self.name = "broker" if self.reads_disk else "remote"
+        if plugin is not None:
+            plugin.attach(host, self._wake)
+
+    @property
+    def reads_disk(self) -> bool:
+        """Whether this process reads the project from its own disk (else from the broker)."""
+        return self.plugin is None or self.plugin.sources is None
 
     # -- Feed interface (user threads) ---------------------------------------------------
 
     def start(self) -> None:
         if self._thread is None:
-            self.client.registry.add_load_listener(self._on_load)
+            self.host.registry.add_load_listener(self._on_load)
             self._thread = threading.Thread(target=self._run, name="relmod-broker", daemon=True)
             self._thread.start()
 
@@ -137,28 +370,42 @@ class BrokerFeed:
                 feed.follow()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self.connected.wait(timeout)
+        """Wait for the first session; False after ``timeout``, or at once when refused."""
+        deadline = time.monotonic() + timeout
+        while not self.connected.wait(min(0.02, max(0.0, deadline - time.monotonic()))):
+            if self.refused.is_set() or time.monotonic() >= deadline:
+                return False
+        return True
 
     def sync(self, timeout: float) -> None:
-        """Return once every change saved before the call is applied to our stale marks."""
+        """Return once every change saved before the call is applied to our stale marks.
+
+        Without a broker, a process reading its disk checks its files itself; one whose
+        sources come from the broker has nothing newer within reach and returns at once.
+        """
         if self.connected.is_set():
             command = self._send(_Command("sync"))
             if command.done.wait(timeout) and command.result is True:
-                self.client.verify_files(self._outside_files())  # what the broker does not serve
+                if self.reads_disk:
+                    self.host.verify_files(self._outside_files())  # what the broker does not serve
                 return
             log.warning(
-                "the broker did not confirm sync within %.1fs; checking loaded files directly",
+                "the broker did not confirm sync within %.1fs%s",
                 timeout,
+                "; checking loaded files directly" if self.reads_disk else "",
             )
-        # No broker to ask: check the files themselves (what the embedded watcher does).
-        self.client.verify_files(self.client.known_files())
+        if self.reads_disk:
+            # No broker to ask: check the files themselves (what the embedded watcher does).
+            self.host.verify_files(self.host.known_files())
+        else:
+            log.debug("sync: the broker is not connected; keeping the code in use")
 
     def stop(self) -> None:
         """Say goodbye, close the sockets and join the thread (never hangs)."""
         self._stop.set()
         if os.getpid() != self._pid:
             return  # a forked child never touches its parent's sockets
-        self.client.registry.remove_load_listener(self._on_load)
+        self.host.registry.remove_load_listener(self._on_load)
         self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -171,19 +418,25 @@ class BrokerFeed:
                 self._outside.stop()
                 self._outside = None
         for fd in (self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     close = stop
 
-    def _is_outside(self, path: str) -> bool:
+    def _is_outside(self, path: str, *, linked: bool = True) -> bool:
+        """Whether the broker never speaks of ``path``: outside its root by name, or (a name
+        through a symbolic link, unless ``linked`` is False) by its real path."""
         info = self.info
-        return info is not None and not _inside(path, self.path_map.to_local(info["root"]))
+        if info is None:
+            return False
+        root = self.path_map.to_local(info["root"])
+        if not _inside(path, root):
+            return True
+        return linked and not _inside(os.path.realpath(path), os.path.realpath(root))
 
     def _outside_files(self) -> list[str]:
-        return [f for f in self.client.known_files() if self._is_outside(f)]
+        linked = set(self.host.registry.linked_files())  # usually none: realpath only for these
+        return [f for f in self.host.known_files() if self._is_outside(f, linked=f in linked)]
 
     def _on_load(self, path: str) -> None:
         """A module loaded: the first one outside the broker's root starts the local watch."""
@@ -197,7 +450,7 @@ class BrokerFeed:
         a symbolic link that leads out of the project, or by an absolute path) is watched here,
         as it would be without a broker, and :meth:`sync` checks its file directly.
         """
-        if self.info is None or not isinstance(self.client.registry.sources, DiskSources):
+        if self.info is None or not self.reads_disk:
             return  # modules read through the broker (a remote client) have no local folders
         with self._outside_lock:
             if self._stop.is_set():
@@ -205,13 +458,13 @@ class BrokerFeed:
             if self._outside is not None:
                 self._outside.follow()
                 return
-            if not any(self._is_outside(f) for f in self.client.watched_folders()):
+            if not any(self._is_outside(f) for f in self.host.watched_folders()):
                 return
             outside = EmbeddedFeed(
-                lambda: {f for f in self.client.watched_folders() if self._is_outside(f)},
-                self.client.files_changed,
+                lambda: {f for f in self.host.watched_folders() if self._is_outside(f)},
+                self.host.files_changed,
                 self._outside_files,
-                verify_files=self.client.verify_files,
+                verify_files=self.host.verify_files,
             )
             outside.start()
             self._outside = outside
@@ -219,7 +472,17 @@ class BrokerFeed:
 
     def forked(self) -> BrokerFeed:
         """A fresh feed for a forked child: same broker, new sockets, new thread."""
-        return BrokerFeed(self.client, self.path, path_map=self._path_map_raw)
+        plugin = self.plugin.forked() if self.plugin is not None else None
+        feed = type(self)(
+            self.host,
+            self.path,
+            path_map=self.path_map.mapping,
+            client_key=self.client_key,
+            plugin=plugin,
+        )
+        if plugin is not None and plugin.sources is not None:
+            self.host.registry.sources = plugin.sources
+        return feed
 
     def status(self) -> dict[str, Any]:
         """What this process knows of its broker connection.
@@ -228,7 +491,7 @@ class BrokerFeed:
             >>> relmod.connect().status()['connected']  # doctest: +SKIP
             True
         """
-        return {
+        state = {
             "connected": self.connected.is_set(),
             "connection_file": str(self.path),
             "broker_pid": self.info["pid"] if self.info else None,
@@ -238,11 +501,14 @@ class BrokerFeed:
             "resyncs": self.resyncs,
             "reconnects": self.reconnects,
             "dropped": self.dropped,
-            "stale": self.client.registry.stale_count(),
+            "stale": self.host.registry.stale_count(),
             "broken": {p: {"lineno": ln, "message": msg} for p, (ln, msg) in self.broken.items()},
             "fallback": self._fallback is not None,
             "last_error": self.last_error,
         }
+        if self.plugin is not None:
+            state.update(self.plugin.status())
+        return state
 
     def __repr__(self) -> str:
         state = "connected" if self.connected.is_set() else "not connected"
@@ -254,10 +520,8 @@ class BrokerFeed:
         return command
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
-        except OSError:
-            pass
 
     # -- the connection thread ------------------------------------------------------------
 
@@ -265,7 +529,7 @@ class BrokerFeed:
         announced_loss = False
         while not self._stop.is_set():
             try:
-                self.info = info = self._read_info()
+                self.info = info = read_live_broker(self.path)
                 self._session(info)
             except _Lost as err:
                 self._lose(f"{err}")
@@ -281,26 +545,20 @@ class BrokerFeed:
                 break
         self._finish_syncs(False)
 
-    def _read_info(self) -> ConnectionInfo:
-        try:
-            info = read_connection_file(self.path)
-        except FileNotFoundError as err:
-            raise BrokerNotFound(
-                f"No connection file at {self.path}; is the broker running?"
-            ) from err
-        if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
-            raise BrokerNotFound(
-                f"The broker of {info['root']} (pid {info['pid']}) is not running; start it "
-                f"again with `relmod-broker {info['root']}`."
-            )
-        return info
-
     def _lose(self, why: str) -> None:
         self._finish_syncs(False)
-        if self.connected.is_set():
+        was_connected = self.connected.is_set()
+        if was_connected:
             self.reconnects += 1
         self.connected.clear()
         self.last_error = why
+        if not self.reads_disk:
+            # No project file lives on this disk to watch: keep the code in use meanwhile.
+            if was_connected:
+                log.warning(
+                    "relmod broker unavailable (%s); keeping the code in use until it answers", why
+                )
+            return
         if self._fallback is None and not self._stop.is_set():
             log.warning(
                 "relmod broker unavailable (%s); watching loaded files in this process until it "
@@ -308,47 +566,58 @@ class BrokerFeed:
                 why,
             )
             fallback = EmbeddedFeed(
-                self.client.watched_folders,
-                self.client.files_changed,
-                self.client.known_files,
-                verify_files=self.client.verify_files,
+                self.host.watched_folders,
+                self.host.files_changed,
+                self.host.known_files,
+                verify_files=self.host.verify_files,
             )
             fallback.start()
             self._fallback = fallback
             # Edits made while we were not listening: compare every file with what ran.
-            self.client.files_changed(self.client.known_files())
+            self.host.files_changed(self.host.known_files())
 
     def _session(self, info: ConnectionInfo) -> None:
-        key = bytes.fromhex(info["key"])
-        codec = Codec(key, role="client", root=info["root"])
-        ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        dealer = ctx.socket(zmq.DEALER)
+        codec = Codec(bytes.fromhex(info["key"]), role="client", root=info["root"])
+        key_file = client_key_for(info, self.client_key, local=self.reads_disk)
+        ctx: zmq.Context[Any] = zmq.Context()
+        sub = dealer = None
+        if self.plugin is not None:
+            self.plugin.session_started()
         try:
-            for sock in (sub, dealer):
-                configure_socket(sock)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(info["pub"])
-            dealer.connect(info["router"])
+            try:
+                sub = broker_socket(ctx, zmq.SUB, info, key_file)
+                dealer = broker_socket(
+                    ctx, zmq.DEALER, info, key_file, handshake_timeout=self.silence
+                )
+            except BrokerError as err:
+                self.last_error = str(err)  # before refused: a waiting connect() reads it then
+                self.refused.set()
+                raise
+            self.refused.clear()
             self._handshake(codec, sub, dealer, info)
             self._loop(codec, sub, dealer)
         finally:
             self._end_session(codec, ctx, sub, dealer)
 
     def _end_session(
-        self, codec: Codec, ctx: zmq.Context[Any], sub: zmq.Socket[Any], dealer: zmq.Socket[Any]
+        self,
+        codec: Codec,
+        ctx: zmq.Context[Any],
+        sub: zmq.Socket[Any] | None,
+        dealer: zmq.Socket[Any] | None,
     ) -> None:
         """Say goodbye when stopping, then close the sockets (never in a forked child)."""
         if os.getpid() == self._pid:
             try:
-                if self._stop.is_set() and self.connected.is_set():
+                if dealer is not None and self._stop.is_set() and self.connected.is_set():
                     dealer.send_multipart(
                         codec.encode("goodbye", {"client": self._client_id()}), zmq.NOBLOCK
                     )
             except zmq.ZMQError:
                 pass
-            sub.close(0)
-            dealer.close(0)
+            for sock in (sub, dealer):
+                if sock is not None:
+                    sock.close(0)
             ctx.term()
         self.connected.clear()
 
@@ -429,7 +698,10 @@ class BrokerFeed:
                 hashes.update(page.body["hashes"])
                 after = page.body["next"]
             body["hashes"] = hashes
-        self._changes_arrived(body)
+        if self.plugin is not None:
+            # Before anything is marked stale: a reload must find the new hashes. A full
+            # answer arrives here whole (every page), so the plug-in sees every file.
+            self.plugin.hashes_arrived(body["hashes"], full=body["full"], root=codec.root)
         self.resyncs += 1
         if body["full"]:
             self._revalidate(body["hashes"])
@@ -440,9 +712,6 @@ class BrokerFeed:
         }
         self.epoch, self.seq = body["epoch"], body["seq"]
         self._check_syncs()
-
-    def _changes_arrived(self, body: dict[str, Any]) -> None:
-        """A complete answer to ``since`` (all its pages), before anything is marked stale."""
 
     def _send_paths(self, codec: Codec, dealer: zmq.Socket[Any], info: ConnectionInfo) -> None:
         """Tell the broker which folders of the project are on our sys.path (import roots)."""
@@ -459,18 +728,18 @@ class BrokerFeed:
 
     def _revalidate(self, hashes: dict[str, str | None]) -> None:
         """A new broker instance: mark whatever differs from what this process ran."""
-        ours = self.client.registry.files()
+        ours = self.host.registry.files()
         mismatched = []
         for broker_path, digest in hashes.items():
             local = self.path_map.to_local(broker_path)
             if local in ours and ours[local] != digest:
                 mismatched.append(local)
         if mismatched:
-            self.client.apply_invalidation(mismatched)
+            self.host.apply_invalidation(mismatched)
 
     def _apply(self, affected: list[str]) -> None:
         if affected:
-            self.client.apply_invalidation([self.path_map.to_local(p) for p in affected])
+            self.host.apply_invalidation([self.path_map.to_local(p) for p in affected])
             self.invalidations += 1
 
     def _loop(self, codec: Codec, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
@@ -497,7 +766,7 @@ class BrokerFeed:
                 self._drain_commands(codec, dealer)
             if now - self._heard_at > self.silence:
                 raise _Lost(f"nothing heard from the broker for {self.silence:.0f}s")
-            registry = self.client.registry
+            registry = self.host.registry
             marks = (self.seq, registry.generation, registry.reloads + registry.errors_logged)
             if marks != counted:  # walk the modules only when something moved
                 counted = marks
@@ -529,28 +798,25 @@ class BrokerFeed:
             need_resync |= self._on_publication(msg)
 
     def _on_publication(self, msg: Message) -> bool:
+        """Apply one publication by the sequence rules; True when a resync is needed."""
         body = msg.body
-        if msg.kind == "bye":
+        verdict = sequence_verdict(msg.kind, body, self.epoch, self.seq)
+        if verdict == "bye":
             raise _Lost("the broker shut down")
-        if body.get("epoch") != self.epoch:
-            return True  # a new broker instance
-        seq = body["seq"]
-        if msg.kind == "heartbeat":
-            return bool(seq > self.seq)  # we lost the last update before a quiet period
-        if seq <= self.seq:
-            return False  # a duplicate
-        if seq > self.seq + 1:
-            return True  # a gap: ask what we missed
+        if verdict != "apply":
+            return verdict == "resync"
         if msg.kind == "invalidate":
+            if self.plugin is not None:  # its hashes first: a reload must find them
+                self.plugin.hashes_arrived(body["hashes"], full=False, root=None)
             self._apply(body["affected"])
             for path in body["changed"]:
                 self.broken.pop(self.path_map.to_local(path), None)
         elif msg.kind == "broken":
             local = self.path_map.to_local(body["path"])
             self.broken[local] = (body["lineno"], body["message"])
-            if local in self.client.registry:
+            if local in self.host.registry:
                 log.warning("%s", body["message"])
-        self.seq = seq
+        self.seq = body["seq"]
         self._check_syncs()
         return False
 
@@ -587,7 +853,9 @@ class BrokerFeed:
             raise _Lost(f"the broker was replaced by pid {info['pid']} (a new connection file)")
 
     def _on_reply(self, msg: Message) -> None:
-        """Replies nobody waits for synchronously: acks, and the broker's answer to sync."""
+        """Replies nobody waits for synchronously: acks, the plug-in's, and sync's answer."""
+        if self.plugin is not None and self.plugin.take_reply(msg):
+            return
         if msg.kind == "error":
             body = msg.body
             log.warning("the relmod broker refused %r: %s", body["request"], body["message"])
@@ -614,10 +882,16 @@ class BrokerFeed:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
-                return
+                break
             if command.kind == "sync":
                 dealer.send_multipart(codec.encode("sync", {}))
                 self._sync_requests.append(command)
+        if self.plugin is not None:
+
+            def send(kind: str, body: dict[str, Any]) -> None:
+                dealer.send_multipart(codec.encode(kind, body))
+
+            self.plugin.send_requests(send)
 
     def _check_syncs(self) -> None:
         for entry in list(self._waiting_syncs):
@@ -636,7 +910,7 @@ class BrokerFeed:
         self._sync_requests.clear()
 
     def _last_reload_error(self) -> str | None:
-        errors = [r.last_error for r in self.client.registry.records() if r.last_error]
+        errors = [r.last_error for r in self.host.registry.records() if r.last_error]
         return errors[-1] if errors else None
 
     def _report(self, codec: Codec, dealer: zmq.Socket[Any], state: tuple[Any, ...]) -> None:
@@ -651,7 +925,7 @@ class BrokerFeed:
 
     def _send_edges(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
         """Send the runtime edges the broker has not had from this session, in chunks."""
-        graph = self.client.registry.graph
+        graph = self.host.registry.graph
         count = graph.edge_count()
         if count == self._edges_sent:
             return

@@ -17,11 +17,11 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import NoReturn
 
 import zmq
 
 from relmod._version import __version__
+from relmod.arguments import OneLineParser
 from relmod.errors import BrokerError
 from relmod.server.broker import Broker, BrokerConfig
 
@@ -30,13 +30,6 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors take one line of stderr."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def _tcp(text: str) -> tuple[str, int]:
@@ -49,8 +42,8 @@ def _tcp(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _parser() -> _Parser:
-    parser = _Parser(
+def _parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="relmod-broker",
         description=(
             "Watch a project's Python files and tell every connected process (relmod.connect()) "

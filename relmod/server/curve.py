@@ -7,10 +7,11 @@ known clients:
 * The broker makes a fresh CURVE key pair at every start. The public key goes into the connection
   file (``curve_server_public``); the secret key never leaves the broker's memory.
 * A client proves itself with its own key pair. Its public key must be listed in the folder
-  ``<runtime_dir>/<root_id>.clients/`` as a ``*.key`` file in ZeroMQ's certificate format, which
-  ``zmq.auth.create_certificates(folder, "alice")`` writes (move ``alice.key_secret`` somewhere
-  private: only ``alice.key``, the public half, belongs in the folder). Keys can be added or
-  removed while the broker runs; each connection attempt reads the folder again when it changed.
+  :func:`relmod.curve.clients_dir` as a ``*.key`` file in ZeroMQ's certificate format
+  (:func:`relmod.curve.create_client_key` writes one, :func:`relmod.curve.authorize_client`
+  lists it). Keys can be added or removed while the broker runs; each connection attempt reads
+  the folder again when it changed. Clients on the broker's own machine use the key pair the
+  broker leaves in the private runtime folder at every start (:func:`relmod.curve.make_local_key`).
 * A ZAP handler (:class:`zmq.auth.thread.ThreadAuthenticator`, on its own thread with its own
   socket) accepts a connection only when the client's public key is listed. Without it CURVE would
   admit anyone who knows the server's public key.
@@ -33,21 +34,13 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from relmod.connfile import root_id, runtime_dir
+from relmod.curve import clients_dir, make_local_key, remove_local_key
 
 __all__ = ["ZAP_DOMAIN", "ClientKeys", "CurveServer", "clients_dir"]
 
 logger = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "relmod"
-
-
-def clients_dir(root: str) -> Path:
-    """The folder whose ``*.key`` files list the clients allowed over CURVE (created 0700)."""
-    folder = runtime_dir() / f"{root_id(root)}.clients"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
-    return folder
 
 
 class ClientKeys:
@@ -108,12 +101,14 @@ class CurveServer:
     """
 
     def __init__(self, context: zmq.Context[Any], root: str) -> None:
+        self.root = root
         self.public, self._secret = zmq.curve_keypair()
         self.keys = ClientKeys(clients_dir(root))
         self._auth = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
 
     def start(self) -> None:
-        """Start the ZAP handler; call before binding the sockets."""
+        """List a fresh local key pair and start the ZAP handler; call before binding."""
+        make_local_key(self.root)
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.keys)
 
@@ -125,5 +120,6 @@ class CurveServer:
         sock.zap_domain = ZAP_DOMAIN.encode()
 
     def stop(self) -> None:
-        """Stop the ZAP handler."""
+        """Stop the ZAP handler and take the local key pair away."""
         self._auth.stop()
+        remove_local_key(self.root)
