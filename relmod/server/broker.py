@@ -38,7 +38,6 @@ import os
 import queue
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,12 +61,13 @@ from relmod.server.clients import ClientTable
 from relmod.server.history import History
 from relmod.server.pending import PendingChanges
 from relmod.server.project import Project
-from relmod.server.requests import RequestHandlers
+from relmod.server.requests import AFTER_SYNC, AfterWalk, Outcome, Reply, RequestHandlers
 from relmod.server.roots import find_import_roots
 from relmod.server.scancache import ScanCache, cache_path
 from relmod.server.scanner import ProjectScan
 from relmod.server.sockets import BrokerSockets
-from relmod.watch import ChangeBatch, Watcher, find_default_watcher
+from relmod.server.state import BrokerState
+from relmod.watch import ChangeBatch, find_default_watcher
 
 __all__ = ["Broker", "BrokerConfig"]
 
@@ -132,30 +132,24 @@ class Broker:
 
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.root = os.path.realpath(config.root)
-        self.epoch = new_epoch()
+        root = os.path.realpath(config.root)
         self.key = new_key()
-        self.seq = 0
-        self.heartbeat = heartbeat_interval()
-        self.started = time.time()
-        self._started_mono = time.monotonic()
-        self.codec = Codec(self.key, role="broker", root=self.root)
-        self.project = Project(self.root)
-        self.scan: ProjectScan | None = None
-        self.history = History()
-        self.clients = ClientTable(on_drop=self._client_gone)
-        self.pending = PendingChanges(None, root=self.root)
-        self.handlers = RequestHandlers(self)
+        self.state = BrokerState(
+            root=root,
+            epoch=new_epoch(),
+            heartbeat=heartbeat_interval(),
+            codec=Codec(self.key, role="broker", root=root),
+            project=Project(root),
+            history=History(),
+            clients=ClientTable(on_drop=self._client_gone),
+            pending=PendingChanges(None, root=root),
+        )
+        self.handlers = RequestHandlers(self.state)
         self.sockets: BrokerSockets | None = None
-        self.watcher: Watcher | None = None
-        self.publish_errors = 0
-        self.batch_errors = 0
-        self.reply_refused: Counter[str] = Counter()
-        self._lock = BrokerLock(self.root)
+        self._lock = BrokerLock(self.state.root)
         self._batches: queue.SimpleQueue[ChangeBatch] = queue.SimpleQueue()
         self._scan_events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._walked = False
-        self._after_walk: list[Callable[[], None]] = []
+        self._after_walk: list[tuple[bytes, Callable[[], Reply]]] = []  # waiting for the list
         self._next_cache_save = 0.0
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -182,15 +176,20 @@ class Broker:
         """
         self._lock.acquire()
         sweep_runtime_dir()
-        remove_stale_connection_file(self.root)
-        self.project = Project(
-            self.root, find_import_roots(self.root), ScanCache.load(cache_path(self.root))
+        remove_stale_connection_file(self.state.root)
+        self.state.project = Project(
+            self.state.root,
+            find_import_roots(self.state.root),
+            ScanCache.load(cache_path(self.state.root)),
         )
-        self.sockets = sockets = BrokerSockets.bind(self.root, self.config.tcp)
+        self.sockets = sockets = BrokerSockets.bind(self.state.root, self.config.tcp)
+        self.state.pub_endpoint = sockets.pub_endpoint
+        self.state.router_endpoint = sockets.router_endpoint
+        self.state.curve = sockets.curve is not None
         watcher = find_default_watcher(
-            [self.root], self._on_change, poll=self.config.poll, step_ms=WATCH_STEP_MS
+            [self.state.root], self._on_change, poll=self.config.poll, step_ms=WATCH_STEP_MS
         )
-        self.watcher = watcher
+        self.state.watcher = watcher
         watcher.start()
         if not watcher.wait_ready(10.0):
             logger.warning("The %s watcher is not live after 10 s; continuing.", watcher.backend)
@@ -198,21 +197,21 @@ class Broker:
         logger.info(
             "relmod broker %s serving %s (pid %d, epoch %s); PUB %s, ROUTER %s; scanning.",
             __version__,
-            self.root,
+            self.state.root,
             os.getpid(),
-            self.epoch,
+            self.state.epoch,
             sockets.pub_endpoint,
             sockets.router_endpoint,
         )
-        self.scan = ProjectScan(
-            self.root,
-            self.project.roots,
-            self.project.cache,
+        self.state.scan = ProjectScan(
+            self.state.root,
+            self.state.project.roots,
+            self.state.project.cache,
             self._on_scan,
             processes=self.config.processes,
             check=self.config.check,
         )
-        self.scan.start()
+        self.state.scan.start()
 
     def _on_scan(self, event: str, payload: Any) -> None:
         """The scan's callback, on the scan thread: queue the event, wake the loop."""
@@ -225,11 +224,11 @@ class Broker:
                 event, payload = self._scan_events.get_nowait()
             except queue.Empty:
                 return
-            self.project.receive(event, payload)
+            self.state.project.receive(event, payload)
             if event == "records":
-                fresh = self.project.take_fresh()
+                fresh = self.state.project.take_fresh()
                 if fresh:
-                    self.pending.add(fresh, rescan=False)
+                    self.state.pending.add(fresh, rescan=False)
             elif event == "walked":
                 self._walk_done()
             elif event == "scanned":
@@ -238,49 +237,42 @@ class Broker:
                 self._walk_done()
                 self._scan_done()
 
-    @property
-    def walked(self) -> bool:
-        """Whether the scan has listed the project's files (or ended)."""
-        return self._walked
-
-    def after_walk(self, action: Callable[[], None]) -> None:
-        """Run ``action`` on the loop once the scan has listed the files (a full answer needs
-        the list)."""
-        self._after_walk.append(action)
-
     def _walk_done(self) -> None:
-        self._walked = True
-        actions, self._after_walk = self._after_walk, []
-        for action in actions:
+        """The scan has listed the files: answer the requests that waited for the list."""
+        self.state.walked = True
+        waiting, self._after_walk = self._after_walk, []
+        for identity, answer in waiting:
             try:
-                action()
+                reply = answer()
             except Exception:  # a bug of ours: count it like a failed handler
-                self.handlers.errors += 1
+                self.state.request_errors += 1
                 logger.exception("A request deferred until the file list failed.")
+                continue
+            self.reply(identity, *reply)
 
     def _scanned(self) -> None:
-        assert self.scan is not None
-        progress = self.scan.progress
+        assert self.state.scan is not None
+        progress = self.state.scan.progress
         logger.info(
             "Scanned %d Python files under %s in %.2f s (%d unchanged since the last scan, "
             "%d worker processes): %d dependency edges.",
             progress.total,
-            self.root,
+            self.state.root,
             progress.scan_seconds or 0.0,
             progress.cached,
             progress.processes,
-            self.project.graph.edge_count(),
+            self.state.project.graph.edge_count(),
         )
 
     def _scan_done(self) -> None:
-        assert self.scan is not None
-        progress = self.scan.progress
+        assert self.state.scan is not None
+        progress = self.state.scan.progress
         if progress.state == "done" and progress.to_check:
             logger.info(
                 "Compile-checked %d files in %.2f s: %d broken.",
                 progress.checked,
                 progress.check_seconds or 0.0,
-                len(self.project.broken()),
+                len(self.state.project.broken()),
             )
         if progress.state == "done":
             self._save_cache()
@@ -288,38 +280,33 @@ class Broker:
 
     def _save_cache(self) -> None:
         """Write the scan cache (pruned to the current files), then let go of it in memory."""
-        self.project.cache.save(self.project.current_hashes())
-        self.project.cache.release()
+        self.state.project.cache.save(self.state.project.current_hashes())
+        self.state.project.cache.release()
         self._next_cache_save = time.monotonic() + CACHE_SAVE_EVERY
 
     def _client_gone(self, name: str) -> None:
         """The client table dropped a client: forget the edges only it reported."""
-        removed = self.project.runtime.drop(name)
+        removed = self.state.project.runtime.drop(name)
         if removed:
             logger.debug("dropped %d runtime edges of client %s", removed, name)
 
     def _write_connection_file(self) -> None:
-        assert self.sockets is not None and self.watcher is not None
+        assert self.sockets is not None and self.state.watcher is not None
         info = ConnectionInfo(
             version=CONNECTION_VERSION,
-            root=self.root,
+            root=self.state.root,
             pid=os.getpid(),
             host=socket.gethostname(),
-            epoch=self.epoch,
+            epoch=self.state.epoch,
             key=self.key.hex(),
             pub=self.sockets.pub_endpoint,
             router=self.sockets.router_endpoint,
-            started=self.started,
-            watcher=self.watcher.backend,
+            started=self.state.started,
+            watcher=self.state.watcher.backend,
             curve_server_public=self.sockets.curve_public,
         )
-        write_connection_file(connection_path(self.root), info)
+        write_connection_file(connection_path(self.state.root), info)
         self._wrote_connection_file = True
-
-    @property
-    def uptime(self) -> float:
-        """Seconds since the broker started."""
-        return time.monotonic() - self._started_mono
 
     @property
     def wake_fd(self) -> int:
@@ -346,14 +333,14 @@ class Broker:
         held = self._lock.held
         if self._wrote_connection_file:
             self._remove_connection_file()
-        if self.scan is not None:
-            self.scan.stop()
-            if self.scan.progress.state == "done" and self.project.cache.dirty:
+        if self.state.scan is not None:
+            self.state.scan.stop()
+            if self.state.scan.progress.state == "done" and self.state.project.cache.dirty:
                 self._save_cache()
-        if self.watcher is not None:
-            self.watcher.stop()
+        if self.state.watcher is not None:
+            self.state.watcher.stop()
         if self.sockets is not None:
-            self.sockets.close(last=self.codec.encode("bye", {"epoch": self.epoch}))
+            self.sockets.close(last=self.state.codec.encode("bye", {"epoch": self.state.epoch}))
             self.sockets = None
         self._lock.release()
         for fd in (self._wake_r, self._wake_w):
@@ -361,10 +348,10 @@ class Broker:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
         if held:
-            logger.info("relmod broker for %s stopped.", self.root)
+            logger.info("relmod broker for %s stopped.", self.state.root)
 
     def _remove_connection_file(self) -> None:
-        path = connection_path(self.root)
+        path = connection_path(self.state.root)
         try:
             if read_connection_file(path)["pid"] == os.getpid():
                 path.unlink()
@@ -395,7 +382,7 @@ class Broker:
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
         deadline = min(self._next_heartbeat, self._next_expiry)
-        wait = self.pending.wait_seconds(now)
+        wait = self.state.pending.wait_seconds(now)
         seconds = deadline - now if wait is None else min(wait, deadline - now)
         return max(0, int(seconds * 1000 + 0.999))
 
@@ -403,21 +390,27 @@ class Broker:
         now = time.monotonic()
         if self._sync_requests:
             self._check_for_sync()
-        taken = self.pending.take(now, force=bool(self._waiting_syncs))
+        taken = self.state.pending.take(now, force=bool(self._waiting_syncs))
         if taken is not None:
             self._publish_changes(*taken)
-        if self._waiting_syncs and not self.pending:
+        if self._waiting_syncs and not self.state.pending:
             waiting, self._waiting_syncs = self._waiting_syncs, []
             for identity in waiting:
-                self.reply(identity, "synced", {"epoch": self.epoch, "seq": self.seq})
+                self.reply(identity, "synced", {"epoch": self.state.epoch, "seq": self.state.seq})
         if now >= self._next_heartbeat:
-            self.publish("heartbeat", {"epoch": self.epoch, "seq": self.seq, "time": time.time()})
-            self._next_heartbeat = now + self.heartbeat
+            self.publish(
+                "heartbeat", {"epoch": self.state.epoch, "seq": self.state.seq, "time": time.time()}
+            )
+            self._next_heartbeat = now + self.state.heartbeat
         if now >= self._next_expiry:
-            for name, why in self.clients.expire(now):
+            for name, why in self.state.clients.expire(now):
                 logger.info("dropped client %s: %s", name, why)
             self._next_expiry = now + EXPIRE_EVERY
-            if self.project.cache.dirty and self._next_cache_save and now >= self._next_cache_save:
+            if (
+                self.state.project.cache.dirty
+                and self._next_cache_save
+                and now >= self._next_cache_save
+            ):
                 self._save_cache()
 
     def _on_change(self, batch: ChangeBatch) -> None:
@@ -441,7 +434,7 @@ class Broker:
                 batch = self._batches.get_nowait()
             except queue.Empty:
                 return
-            self.pending.add(set(batch.paths), rescan=batch.rescan)
+            self.state.pending.add(set(batch.paths), rescan=batch.rescan)
 
     def _serve_requests(self, router: zmq.Socket[Any]) -> None:
         for _ in range(MAX_REQUESTS_PER_TURN):
@@ -450,27 +443,31 @@ class Broker:
             except zmq.Again:
                 return
             try:
-                identity, message = self.codec.decode_routed(frames)
+                identity, message = self.state.codec.decode_routed(frames)
             except ProtocolError:
                 continue  # counted in codec.dropped and logged at debug level
-            self.handlers.handle(identity, message)
+            self._act(identity, self.handlers.answer(identity, message))
+
+    def _act(self, identity: bytes, outcome: Outcome) -> None:
+        """Do what a handler's answer asks: reply now, or when the file list or a sync is due."""
+        if isinstance(outcome, AfterWalk):
+            if self.state.walked:
+                self._act(identity, outcome.answer())
+            else:
+                self._after_walk.append((identity, outcome.answer))
+        elif outcome is AFTER_SYNC:
+            # "synced" once every save made before now is published (see _tick); the syncs of
+            # one turn of the loop share one look at the files.
+            self._sync_requests.append(identity)
+        else:
+            assert isinstance(outcome, tuple)
+            self.reply(identity, *outcome)
+            if outcome[0] == "welcome":
+                # A joining client waits for its first publication before asking what changed;
+                # an early heartbeat spares it most of a heartbeat interval.
+                self._next_heartbeat = 0.0
 
     # -- sync ---------------------------------------------------------------------------------
-
-    def heartbeat_soon(self) -> None:
-        """Send the next heartbeat at the end of this turn of the loop.
-
-        A joining client waits for its first publication before asking what changed; an early
-        heartbeat after its hello spares it most of a heartbeat interval.
-        """
-        self._next_heartbeat = 0.0
-
-    def request_sync(self, identity: bytes) -> None:
-        """Answer "synced" once every save made before now is published (see :meth:`_tick`).
-
-        The syncs that arrive in one turn of the loop share one look at the files.
-        """
-        self._sync_requests.append(identity)
 
     def _check_for_sync(self) -> None:
         """Fold saves the watcher has not reported yet into the pending changes.
@@ -480,11 +477,11 @@ class Broker:
         is pending, at once unless git holds the changes back.
         """
         self._collect_batches()
-        if not self._walked:
+        if not self.state.walked:
             return  # the scan is still listing the files: ask again next turn
-        suspects = self.project.suspects()
+        suspects = self.state.project.suspects()
         if suspects:
-            self.pending.add(suspects, rescan=False)
+            self.state.pending.add(suspects, rescan=False)
         self._waiting_syncs += self._sync_requests
         self._sync_requests = []
 
@@ -492,15 +489,17 @@ class Broker:
 
     def _publish_changes(self, paths: set[str], rescan: bool) -> None:
         try:
-            update = self.project.apply(paths, rescan=rescan)
+            update = self.state.project.apply(paths, rescan=rescan)
         except Exception:  # a bug of ours; the loop must keep serving
-            self.batch_errors += 1
+            self.state.batch_errors += 1
             logger.exception("Failed to process a batch of %d paths; skipped it.", len(paths))
             return
         for broken in update.broken:
-            self.seq += 1
-            self.publish("broken", {"epoch": self.epoch, "seq": self.seq, **broken.to_wire()})
-            self.history.record_broken(self.seq, broken.path)
+            self.state.seq += 1
+            self.publish(
+                "broken", {"epoch": self.state.epoch, "seq": self.state.seq, **broken.to_wire()}
+            )
+            self.state.history.record_broken(self.state.seq, broken.path)
         if not update.changed:
             return
         # Split a huge update so that no message outgrows the payload limit; clients apply
@@ -510,13 +509,13 @@ class Broker:
             changed = update.changed[index::parts]
             affected = update.affected[index::parts]
             hashes = {path: update.hashes[path] for path in changed}
-            self.seq += 1
-            body = {"epoch": self.epoch, "seq": self.seq, "changed": changed}
+            self.state.seq += 1
+            body = {"epoch": self.state.epoch, "seq": self.state.seq, "changed": changed}
             self.publish("invalidate", {**body, "affected": affected, "hashes": hashes})
-            self.history.record_invalidation(self.seq, changed, affected, hashes)
+            self.state.history.record_invalidation(self.state.seq, changed, affected, hashes)
         logger.info(
             "invalidation up to #%d: %d changed, %d affected (%d files read)",
-            self.seq,
+            self.state.seq,
             len(update.changed),
             len(update.affected),
             update.checked,
@@ -527,9 +526,9 @@ class Broker:
         if self.sockets is None:
             return
         try:
-            self.sockets.pub.send_multipart(self.codec.encode(kind, body), zmq.NOBLOCK)
+            self.sockets.pub.send_multipart(self.state.codec.encode(kind, body), zmq.NOBLOCK)
         except (ValueError, zmq.ZMQError):
-            self.publish_errors += 1
+            self.state.publish_errors += 1
             logger.exception("Could not publish a %r message.", kind)
 
     def reply(self, identity: bytes, kind: str, body: dict[str, Any]) -> None:
@@ -542,16 +541,16 @@ class Broker:
         if self.sockets is None:
             return
         try:
-            frames = self.codec.encode(kind, body)
+            frames = self.state.codec.encode(kind, body)
         except ValueError as err:
-            self.handlers.errors += 1
+            self.state.request_errors += 1
             logger.warning("Cannot send a %r reply: %s", kind, err)
-            frames = self.codec.encode("error", {"message": str(err)[:4000], "request": kind})
+            frames = self.state.codec.encode("error", {"message": str(err)[:4000], "request": kind})
         try:
             self.sockets.router.send_multipart([identity, *frames], zmq.NOBLOCK)
         except zmq.Again:
-            self.reply_refused["queue_full"] += 1
+            self.state.reply_refused["queue_full"] += 1
             logger.debug("reply %r dropped: the peer's queue is full", kind)
         except zmq.ZMQError as err:  # EHOSTUNREACH: the peer left
-            self.reply_refused["unroutable"] += 1
+            self.state.reply_refused["unroutable"] += 1
             logger.debug("reply %r not delivered: %s", kind, err)

@@ -35,6 +35,10 @@ snapshot taken per version of the project, so paging through costs one sort, not
 a page asked for after the project changed comes from the new version, which is fine, since every
 change after the first answer is also published.
 
+Handlers read the broker's :class:`~relmod.server.state.BrokerState` and return their answer; the
+broker's loop, which owns the sockets, sends it (:class:`AfterWalk` and :data:`AFTER_SYNC` ask it
+to answer later). Nothing here calls back into the broker.
+
 A handler that raises is a bug of ours: it is logged and counted (``request_errors`` in status),
 and the client gets an ``error`` reply naming its request instead of waiting for a timeout. A
 request the broker refuses (a hello beyond the client limit, edges from a client that did not say
@@ -47,24 +51,41 @@ import bisect
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from relmod.protocol import PAGE_BYTES, Message
+from relmod.server.state import BrokerState
 from relmod.server.status import broker_status, client_rows
 from relmod.sources import content_hash, read_source
 
-if TYPE_CHECKING:
-    from relmod.server.broker import Broker
-
-__all__ = ["RequestHandlers"]
+__all__ = ["AFTER_SYNC", "AfterWalk", "Outcome", "Reply", "RequestHandlers"]
 
 logger = logging.getLogger(__name__)
 
-Reply = tuple[str, dict[str, Any]] | None
-"""A reply kind and body, or None when the broker replies later (sync)."""
-_Handler = Callable[[bytes, dict[str, Any]], Reply]
+Reply = tuple[str, dict[str, Any]]
+"""A reply's kind and body."""
+
+
+@dataclass(frozen=True)
+class AfterWalk:
+    """Answer once the scan has listed the project's files: the broker calls ``answer`` then."""
+
+    answer: Callable[[], Reply]
+
+
+class _AfterSync:
+    def __repr__(self) -> str:
+        return "AFTER_SYNC"
+
+
+AFTER_SYNC: Final = _AfterSync()
+"""Answer "synced" once every save made before the request is published."""
+
+Outcome = Reply | AfterWalk | _AfterSync
+"""What a handler returns: a reply now, or when to answer later."""
+_Handler = Callable[[bytes, dict[str, Any]], Outcome]
 
 BROKEN_IN_CHANGES = 1000
 """Most broken files a ``changes`` answer lists (clients only warn with them)."""
@@ -76,19 +97,14 @@ class _Refused(Exception):
 
 
 class RequestHandlers:
-    """The broker's request handlers and their counters.
+    """The broker's request handlers; they count into the state (requests, errors, refusals).
 
-    Attributes:
-        counts: requests handled, per kind.
-        errors: requests whose handler raised.
-        refused: requests refused, per reason.
+    Args:
+        state: what they read (and the counters they keep).
     """
 
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
-        self.counts: Counter[str] = Counter()
-        self.errors = 0
-        self.refused: Counter[str] = Counter()
+    def __init__(self, state: BrokerState) -> None:
+        self._state = state
         self._paths_snapshot: tuple[int, list[str], dict[str, str | None]] | None = None
         self._edges_snapshot: tuple[int, list[tuple[str, str, tuple[str, ...]]]] | None = None
         self._handlers: dict[str, _Handler] = {
@@ -106,21 +122,23 @@ class RequestHandlers:
             "goodbye": self.goodbye,
         }
 
-    def handle(self, identity: bytes, message: Message) -> None:
-        """Answer one verified request (never raises)."""
-        broker = self._broker
-        self.counts[message.kind] += 1
-        broker.clients.touch(identity, time.monotonic())
+    def answer(self, identity: bytes, message: Message) -> Outcome:
+        """The answer to one verified request (never raises: a failure is an error reply)."""
+        state = self._state
+        state.requests[message.kind] += 1
+        state.clients.touch(identity, time.monotonic())
         try:
-            reply = self._handlers[message.kind](identity, message.body)
+            return self._handlers[message.kind](identity, message.body)
         except _Refused as refused:
-            reply = ("error", {"message": str(refused), "request": message.kind})
+            return "error", {"message": str(refused), "request": message.kind}
         except Exception as err:
-            self.errors += 1
+            state.request_errors += 1
             logger.exception(
-                "The %r request handler failed (%d failures so far).", message.kind, self.errors
+                "The %r request handler failed (%d failures so far).",
+                message.kind,
+                state.request_errors,
             )
-            reply = (
+            return (
                 "error",
                 {
                     "message": f"{type(err).__name__}: {err}"[:3900]
@@ -128,57 +146,52 @@ class RequestHandlers:
                     "request": message.kind,
                 },
             )
-        if reply is not None:
-            broker.reply(identity, *reply)
 
     def refuse(self, reason: str, message: str) -> _Refused:
         """Count a refusal; returns the exception for the handler to raise."""
-        self.refused[reason] += 1
+        self._state.refused[reason] += 1
         return _Refused(message)
 
     # -- handlers -----------------------------------------------------------------------------
 
     def hello(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Register the client and tell it where the broker stands."""
-        broker = self._broker
-        if not broker.clients.hello(identity, body, time.monotonic()):
+        state = self._state
+        if not state.clients.hello(identity, body, time.monotonic()):
             raise self.refuse(
                 "clients",
-                f"The broker of {broker.root} serves {broker.clients.max_clients} clients already "
+                f"The broker of {state.root} serves {state.clients.max_clients} clients already "
                 "and refuses more; close some, or start the broker again.",
             )
-        broker.heartbeat_soon()
         logger.info(
             "client %s (pid %d) connected: %s", body["client"], body["pid"], body["argv"][:200]
         )
         return "welcome", {
-            "epoch": broker.epoch,
-            "seq": broker.seq,
-            "root": broker.root,
-            "heartbeat": broker.heartbeat,
+            "epoch": state.epoch,
+            "seq": state.seq,
+            "root": state.root,
+            "heartbeat": state.heartbeat,
         }
 
-    def since(self, identity: bytes, body: dict[str, Any]) -> Reply:
+    def since(self, identity: bytes, body: dict[str, Any]) -> Outcome:
         """What changed after (epoch, seq): a delta when history covers it and it fits in a page,
         else the first page of every file's hash (answered once the scan has listed the files:
         a fraction of a second)."""
-        broker = self._broker
-        if not broker.walked:
-            broker.after_walk(lambda: broker.reply(identity, *self._answer_since(body)))
-            return None
+        if not self._state.walked:
+            return AfterWalk(lambda: self._answer_since(body))
         return self._answer_since(body)
 
-    def _answer_since(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        broker = self._broker
-        broken = broker.project.broken()[:BROKEN_IN_CHANGES]
+    def _answer_since(self, body: dict[str, Any]) -> Reply:
+        state = self._state
+        broken = state.project.broken()[:BROKEN_IN_CHANGES]
         answer: dict[str, Any] = {
-            "epoch": broker.epoch,
-            "seq": broker.seq,
+            "epoch": state.epoch,
+            "seq": state.seq,
             "broken": [b.to_wire() for b in broken],
             "next": None,
         }
-        if body["epoch"] == broker.epoch and broker.history.covers(body["seq"], current=broker.seq):
-            affected, hashes = broker.history.since(body["seq"])
+        if body["epoch"] == state.epoch and state.history.covers(body["seq"], current=state.seq):
+            affected, hashes = state.history.since(body["seq"])
             cost = sum(len(p) + _PATH_COST for p in affected) + sum(
                 len(p) + _PATH_COST for p in hashes
             )
@@ -197,7 +210,7 @@ class RequestHandlers:
         are read and hashed here, so the answer never depends on how far the scan got (a
         client that sees a new broker revalidates against it, and a remote one gets its
         sources by these hashes)."""
-        project = self._broker.project
+        project = self._state.project
         snapshot = self._paths_snapshot
         if snapshot is None or snapshot[0] != project.version or project.scanning:
             hashes = project.full_hashes()
@@ -219,44 +232,44 @@ class RequestHandlers:
 
     def edges(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Record the import edges a client saw at run time, owned by that client."""
-        name = self._broker.clients.name_of(identity)
+        name = self._state.clients.name_of(identity)
         if name is None:
             raise self.refuse(
                 "edges_unknown_client", "The broker takes edges only from a client that said hello."
             )
-        self._broker.project.runtime.add(name, ((a, b) for a, b in body["edges"]))
+        self._state.project.runtime.add(name, ((a, b) for a, b in body["edges"]))
         return "ack", {}
 
     def paths(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Take folders of the client's sys.path that lie inside the project as import roots."""
-        root = self._broker.root
+        root = self._state.root
         folders = [
             os.path.normpath(p)
             for p in body["paths"][:1000]
             if os.path.isabs(p) and (p == root or p.startswith(root + "/"))
         ]
-        self._broker.project.add_import_roots(folders)
+        self._state.project.add_import_roots(folders)
         return "ack", {}
 
     def report(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Note a client's progress: last seq applied, stale modules, last reload error."""
-        self._broker.clients.report(identity, body, time.monotonic())
+        self._state.clients.report(identity, body, time.monotonic())
         return "ack", {}
 
     def status(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Everything ``relmod status`` shows (long lists cut: see ``list``)."""
-        return "status", {"status": broker_status(self._broker)}
+        return "status", {"status": broker_status(self._state)}
 
     def list_rows(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """A page of one of the lists status cuts short: ``clients`` or ``broken``."""
-        broker = self._broker
+        state = self._state
         what = body["what"]
         rows: list[dict[str, Any]]
         if what == "clients":
-            rows = client_rows(broker)
+            rows = client_rows(state)
             key = "client"
         elif what == "broken":
-            rows = [b.to_wire() for b in broker.project.broken()]
+            rows = [b.to_wire() for b in state.project.broken()]
             key = "path"
         else:
             raise self.refuse("list", f"The broker lists 'clients' or 'broken', not {what!r:.80}.")
@@ -269,18 +282,17 @@ class RequestHandlers:
             "total": len(rows),
         }
 
-    def sync(self, identity: bytes, body: dict[str, Any]) -> Reply:
+    def sync(self, identity: bytes, body: dict[str, Any]) -> Outcome:
         """Publish every save made before now, then answer with the sequence number after it.
 
         The broker answers at the end of this turn of its loop (all syncs of a turn share one
         look at the files), or later while git holds changes back.
         """
-        self._broker.request_sync(identity)
-        return None
+        return AFTER_SYNC
 
     def graph(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """A page of the dependency graph's edges, with their origins, after the edge ``after``."""
-        project = self._broker.project
+        project = self._state.project
         version = project.version + project.runtime.changes
         snapshot = self._edges_snapshot
         if snapshot is None or snapshot[0] != version:
@@ -298,15 +310,15 @@ class RequestHandlers:
     def source(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """The bytes of the current file with this content hash (None when there is none)."""
         digest = body["hash"]
-        data = self._broker.project.source(digest)
-        if data is not None and len(data) > self._broker.codec.max_payload - 1024:
+        data = self._state.project.source(digest)
+        if data is not None and len(data) > self._state.codec.max_payload - 1024:
             logger.warning("source %s is too large to send (%d bytes)", digest, len(data))
             data = None
         return "source", {"hash": digest, "data": data}
 
     def goodbye(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Forget a client that is closing (and the runtime edges only it reported)."""
-        if self._broker.clients.goodbye(identity, body["client"]):
+        if self._state.clients.goodbye(identity, body["client"]):
             logger.info("client %s said goodbye", body["client"])
         return "ack", {}
 

@@ -42,13 +42,11 @@ import os
 import socket
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relmod._version import __version__
 from relmod.protocol import REASONS
-
-if TYPE_CHECKING:
-    from relmod.server.broker import Broker
+from relmod.server.state import BrokerState
 
 __all__ = ["RECENT", "STATUS_ROWS", "broker_status", "client_rows"]
 
@@ -60,18 +58,17 @@ CHANGED_SHOWN = 50
 """How many changed paths the status lists per publication."""
 
 
-def client_rows(broker: Broker) -> list[dict[str, Any]]:
+def client_rows(broker: BrokerState) -> list[dict[str, Any]]:
     """Every client as a row, sorted by name (the order the "list" request pages in)."""
     rows = broker.clients.rows(time.monotonic())
     rows.sort(key=lambda row: row["client"])
     return rows
 
 
-def broker_status(broker: Broker) -> dict[str, Any]:
+def broker_status(broker: BrokerState) -> dict[str, Any]:
     """Everything ``relmod status`` shows about ``broker``, as a msgpack-safe dict."""
     now = time.monotonic()
     watcher = broker.watcher
-    sockets = broker.sockets
     dropped: Counter[str] = Counter(broker.codec.dropped)
     graph = broker.project.graph
     broken = broker.project.broken()
@@ -111,9 +108,9 @@ def broker_status(broker: Broker) -> dict[str, Any]:
             "runtime_clients": broker.project.runtime.clients(),
         },
         "endpoints": {
-            "pub": sockets.pub_endpoint if sockets else "",
-            "router": sockets.router_endpoint if sockets else "",
-            "curve": bool(sockets and sockets.curve),
+            "pub": broker.pub_endpoint,
+            "router": broker.router_endpoint,
+            "curve": broker.curve,
         },
         "clients": broker.clients.rows(now)[:STATUS_ROWS],
         "clients_total": len(broker.clients),
@@ -123,12 +120,12 @@ def broker_status(broker: Broker) -> dict[str, Any]:
         "history": len(broker.history),
         "pending": {"paths": len(broker.pending), "git_hold": broker.pending.holding},
         "dropped": {**dict.fromkeys(REASONS, 0), **dropped, "total": sum(dropped.values())},
-        "requests": dict(broker.handlers.counts),
-        "request_errors": broker.handlers.errors,
+        "requests": dict(broker.requests),
+        "request_errors": broker.request_errors,
         "refused": {
-            **broker.handlers.refused,
+            **broker.refused,
             **{f"edges_{k}": v for k, v in broker.project.runtime.refused.items()},
-            "clients": broker.handlers.refused["clients"] + broker.clients.refused,
+            "clients": broker.refused["clients"] + broker.clients.refused,
             "queue_full": broker.reply_refused["queue_full"],
             "unroutable": broker.reply_refused["unroutable"],
         },
