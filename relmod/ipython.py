@@ -39,11 +39,10 @@ from __future__ import annotations
 import ast
 import logging
 import os
-import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,37 +90,27 @@ they were imported; relmod.configure(...) sets how failures surface and what nev
 
 
 class _InvalidationCount:
-    """How many times :meth:`Registry.invalidate` marked modules stale, read in O(1).
-
-    Uses ``Registry.generation`` when the registry keeps one; otherwise counts calls through a
-    wrapper set on the registry instance (the feeds call ``registry.invalidate`` on the instance,
-    so they all go through it), removed again by :meth:`close`.
-    """
+    """How many times :meth:`Registry.invalidate` marked modules stale, read in O(1)."""
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._count = 0
-        self._lock = threading.Lock()
-        self._native = isinstance(getattr(registry, "generation", None), int)
-        if not self._native:
-            self._original = registry.invalidate
-            registry.invalidate = self._invalidate  # type: ignore[method-assign]
 
     def value(self) -> int:
-        if self._native:
-            return int(self._registry.generation)
-        return self._count
-
-    def _invalidate(self, paths: Iterable[str]) -> set[str]:
-        marked = self._original(paths)
-        if marked:
-            with self._lock:
-                self._count += 1
-        return marked
+        return self._registry.generation
 
     def close(self) -> None:
-        if not self._native and vars(self._registry).get("invalidate") == self._invalidate:
-            del self._registry.invalidate
+        pass
+
+
+def _feed_position(feed: object) -> tuple[object, str | None, int]:
+    """The feed, and where a broker feed stands (epoch, seq): a move means news arrived."""
+    # Imported here: relmod imports this module, and zmq is loaded only by a broker's feed
+    # (an IPython kernel has it loaded anyway).
+    from relmod.client.connection import BrokerFeed
+
+    if isinstance(feed, BrokerFeed):
+        return feed, feed.epoch, feed.seq
+    return feed, None, 0
 
 
 # (mtime_ns, ctime_ns, size, inode) of a file, or None when it cannot be stat'ed
@@ -306,7 +295,7 @@ class CellSync:
         if (
             self._invalidations.value() != self._caught_up_at
             or self._loaded
-            or self._feed_state != (feed, getattr(feed, "epoch", None), getattr(feed, "seq", None))
+            or self._feed_state != _feed_position(feed)
         ):
             self._hold(self.catch_up())
         if self._transformer_on and not self._errors:
@@ -361,7 +350,7 @@ class CellSync:
         if self._queue is not None and loaded:
             self._queue.follow(self.client.watched_folders())
         feed = self.client.feed
-        self._feed_state = (feed, getattr(feed, "epoch", None), getattr(feed, "seq", None))
+        self._feed_state = _feed_position(feed)
 
     def _reload_stale(self) -> list[ReloadError]:
         """Reload every stale module; collect the failures."""
@@ -482,13 +471,16 @@ class CellSync:
 
         Walks every module (for the magic, not for every cell).
         """
+        from relmod.client.connection import BrokerFeed
+        from relmod.client.embedded import EmbeddedFeed
+
         client = self.client
         feed = client.feed
         registry = client.registry
         by_path = sum(1 for r in registry.records() if r.by_path and r.kind != "folder")
         out: dict[str, Any] = {
             "folder": self.folder,
-            "feed": getattr(feed, "name", "none"),
+            "feed": feed.name if feed is not None else "none",
             "connected": False,
             "epoch": None,
             "seq": None,
@@ -502,8 +494,8 @@ class CellSync:
         }
         broken = {path: message for path, (_, message) in self._shown.items()}
         broken.update({r.key: r.last_error for r in registry.records() if r.last_error})
-        if out["feed"] == "broker":
-            state = feed.status()  # type: ignore[union-attr]
+        if isinstance(feed, BrokerFeed) and feed.reads_disk:
+            state = feed.status()
             out.update(
                 connected=state["connected"],
                 epoch=state["epoch"],
@@ -514,8 +506,8 @@ class CellSync:
             )
             for error in self._broker_broken():
                 broken.setdefault(error.path, str(error))
-        elif out["feed"] == "embedded":
-            out["backend"] = getattr(feed, "backend", "none")
+        elif isinstance(feed, EmbeddedFeed):
+            out["backend"] = feed.backend
         out["broken"] = dict(sorted(broken.items()))
         return out
 
@@ -601,8 +593,9 @@ def _connect(client: Client, folder: str) -> str:
         feed = client.connect(folder, timeout=CONNECT_TIMEOUT)
     except BrokerError as err:
         return f"relmod: {err} Until then, this process watches its own files."
-    info = getattr(feed, "info", None) or {}
-    return f"relmod: connected to the broker of {info.get('root', folder)} (pid {info.get('pid')})."
+    info = feed.info
+    root, pid = (info["root"], info["pid"]) if info is not None else (folder, None)
+    return f"relmod: connected to the broker of {root} (pid {pid})."
 
 
 def load_ipython_extension(ipython: Any) -> CellSync:

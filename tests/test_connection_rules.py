@@ -1,0 +1,208 @@
+"""The broker feed's sequence rules, fast: no broker, no sockets, a fake host.
+
+A publication is applied only when it is the next one of the current epoch. A duplicate is
+dropped; a gap, a heartbeat ahead of us, or a new epoch asks the broker what we missed (a
+resync); ``bye`` ends the session. The end-to-end tests (tests/test_e2e_broker.py,
+tests/test_reliability_*.py) show the same rules with real processes; these show each rule alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relmod.client.connection import BrokerFeed, Send, _Command, _Lost, sequence_verdict
+from relmod.machinery.registry import Registry, SourceProvider
+from relmod.protocol import Message
+
+
+class FakeHost:
+    """A FeedHost that records what the feed marks."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self.invalidated: list[list[str]] = []
+        self.log: list[str] = []
+
+    def files_changed(self, paths: Iterable[str]) -> set[str]:
+        return set()
+
+    def verify_files(self, paths: Iterable[str]) -> set[str]:
+        return set()
+
+    def apply_invalidation(self, affected: Iterable[str]) -> set[str]:
+        self.invalidated.append(list(affected))
+        self.log.append("invalidate")
+        return set()
+
+    def known_files(self) -> list[str]:
+        return []
+
+    def watched_folders(self) -> set[str]:
+        return set()
+
+
+class RecordingPlugin:
+    """A FeedPlugin that notes when hashes arrive (they must come before the marks)."""
+
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+        self.hashes: list[dict[str, str | None]] = []
+
+    @property
+    def sources(self) -> SourceProvider | None:
+        return None
+
+    def attach(self, host: Any, wake: Any) -> None:
+        pass
+
+    def session_started(self) -> None:
+        pass
+
+    def hashes_arrived(
+        self, hashes: Mapping[str, str | None], *, full: bool, root: str | None
+    ) -> None:
+        self.hashes.append(dict(hashes))
+        self.host.log.append("hashes")
+
+    def send_requests(self, send: Send) -> None:
+        pass
+
+    def take_reply(self, msg: Message) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def forked(self) -> RecordingPlugin:
+        return self
+
+
+def message(kind: str, **body: Any) -> Message:
+    return Message(kind=kind, body=body, sender=b"s" * 16, counter=1)
+
+
+def invalidate(seq: int, epoch: str = "E", path: str = "/srv/p/a.py") -> Message:
+    return message(
+        "invalidate",
+        epoch=epoch,
+        seq=seq,
+        changed=[path],
+        affected=[path],
+        hashes={path: "h"},
+    )
+
+
+@pytest.fixture
+def host() -> FakeHost:
+    return FakeHost()
+
+
+@pytest.fixture
+def feed(host: FakeHost, tmp_path: Path) -> Any:
+    feed = BrokerFeed(host, tmp_path / "conn.json", path_map={"/srv/p": "/w/p"})
+    feed.epoch, feed.seq = "E", 4
+    yield feed
+    feed.stop()
+
+
+# -- the rule alone -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "verdict"),
+    [
+        ("invalidate", {"epoch": "E", "seq": 5}, "apply"),  # the next one
+        ("broken", {"epoch": "E", "seq": 5}, "apply"),
+        ("invalidate", {"epoch": "E", "seq": 4}, "drop"),  # a duplicate
+        ("invalidate", {"epoch": "E", "seq": 1}, "drop"),  # an old one
+        ("invalidate", {"epoch": "E", "seq": 6}, "resync"),  # a gap
+        ("heartbeat", {"epoch": "E", "seq": 5}, "resync"),  # the last update was lost
+        ("heartbeat", {"epoch": "E", "seq": 4}, "drop"),  # all is well
+        ("heartbeat", {"epoch": "E", "seq": 3}, "drop"),
+        ("invalidate", {"epoch": "F", "seq": 5}, "resync"),  # a new broker instance
+        ("heartbeat", {"epoch": "F", "seq": 0}, "resync"),
+        ("bye", {"epoch": "E"}, "bye"),
+    ],
+)
+def test_sequence_verdicts(kind: str, body: dict[str, Any], verdict: str) -> None:
+    assert sequence_verdict(kind, body, "E", 4) == verdict
+
+
+def test_before_the_first_session_every_publication_asks_for_a_resync() -> None:
+    assert sequence_verdict("heartbeat", {"epoch": "E", "seq": 0}, None, 0) == "resync"
+
+
+# -- the feed applying them ---------------------------------------------------------------------
+
+
+def test_the_next_invalidation_marks_the_local_paths_and_advances(
+    feed: Any, host: FakeHost
+) -> None:
+    feed.broken["/w/p/a.py"] = (1, "broken before")
+    assert feed._on_publication(invalidate(5)) is False
+    assert host.invalidated == [["/w/p/a.py"]], "broker paths are mapped to local ones"
+    assert feed.seq == 5 and feed.invalidations == 1
+    assert feed.broken == {}, "a change of a broken file clears its notice"
+
+
+def test_a_duplicate_changes_nothing(feed: Any, host: FakeHost) -> None:
+    assert feed._on_publication(invalidate(4)) is False
+    assert host.invalidated == [] and feed.seq == 4
+
+
+@pytest.mark.parametrize(
+    "publication",
+    [
+        invalidate(6),  # a gap
+        message("heartbeat", epoch="E", seq=5, time=0.0),  # ahead of us
+        invalidate(5, epoch="F"),  # a new epoch
+    ],
+    ids=["gap", "heartbeat-ahead", "new-epoch"],
+)
+def test_a_loss_asks_for_a_resync_and_marks_nothing_yet(
+    feed: Any, host: FakeHost, publication: Message
+) -> None:
+    assert feed._on_publication(publication) is True
+    assert host.invalidated == [] and (feed.epoch, feed.seq) == ("E", 4)
+
+
+def test_bye_ends_the_session(feed: Any) -> None:
+    with pytest.raises(_Lost, match="shut down"):
+        feed._on_publication(message("bye", epoch="E"))
+
+
+def test_a_broken_notice_is_recorded_by_local_path(feed: Any) -> None:
+    notice = message(
+        "broken", epoch="E", seq=5, path="/srv/p/b.py", lineno=3, message="SyntaxError"
+    )
+    assert feed._on_publication(notice) is False
+    assert feed.broken == {"/w/p/b.py": (3, "SyntaxError")} and feed.seq == 5
+
+
+def test_a_sync_waiting_for_a_sequence_number_ends_when_it_is_applied(feed: Any) -> None:
+    command = _Command("sync")
+    feed._waiting_syncs.append((6, command))
+    feed._on_publication(invalidate(5))
+    assert not command.done.is_set()
+    feed._on_publication(invalidate(6))
+    assert command.done.is_set() and command.result is True
+
+
+def test_a_plugin_hears_the_hashes_before_anything_is_marked(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    plugin = RecordingPlugin(host)
+    feed = BrokerFeed(host, tmp_path / "conn.json", plugin=plugin)
+    try:
+        feed.epoch, feed.seq = "E", 0
+        feed._on_publication(invalidate(1, path="/p/a.py"))
+        feed._on_publication(invalidate(1, path="/p/a.py"))  # a duplicate: not heard
+        assert plugin.hashes == [{"/p/a.py": "h"}]
+        assert host.log == ["hashes", "invalidate"]
+        assert feed.reads_disk and feed.name == "broker"  # a plug-in without sources
+    finally:
+        feed.stop()
