@@ -26,13 +26,13 @@ from relmod.machinery.imports import ImportHook
 from relmod.machinery.registry import OnError, Registry
 from relmod.machinery.scope import is_installed
 from relmod.sources import StatSignature, file_hash, stat_signature
+from relmod.stattrust import RACY_SECONDS as RACY_SECONDS  # noqa: PLC0414 (ipython reads it here)
+from relmod.stattrust import signature_trusted
 
 if TYPE_CHECKING:
     from relmod.client.connection import BrokerFeed
 
 log = logging.getLogger(__name__)
-
-RACY_SECONDS = 2.0
 
 
 class Feed(Protocol):
@@ -137,20 +137,15 @@ class Client:
     def verify_files(self, paths: Iterable[str]) -> set[str]:
         """Like :meth:`files_changed`, but skips files whose stat signature has not moved.
 
-        A signature younger than :data:`RACY_SECONDS` is not trusted (two saves within one
-        timestamp tick can share it), the same rule git uses for its index.
+        A signature younger than :data:`~relmod.stattrust.RACY_SECONDS` is not trusted (two
+        saves within one timestamp tick can share it), the same rule git uses for its index.
         """
         suspects = []
-        now_ns = time.time_ns()
+        now = time.time()
         for path in paths:
             sig = stat_signature(path)
             seen = self._seen.get(path)
-            if (
-                sig is None
-                or seen is None
-                or seen[0] != sig
-                or now_ns - max(sig.mtime_ns, sig.ctime_ns) < RACY_SECONDS * 1e9
-            ):
+            if seen is None or seen[0] != sig or not signature_trusted(sig, now):
                 suspects.append(path)
         return self.files_changed(suspects) if suspects else set()
 

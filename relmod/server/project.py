@@ -43,6 +43,7 @@ from relmod.server.scan import iter_python_files
 from relmod.server.scancache import ScanCache
 from relmod.server.scanner import FileRecord, ProjectScan, inside, read_record
 from relmod.sources import Broken, StatSignature, content_hash, read_source, stat_signature
+from relmod.stattrust import RACY_SECONDS, signature_trusted
 
 __all__ = ["Project", "Update"]
 
@@ -51,9 +52,9 @@ logger = logging.getLogger(__name__)
 FRESH_SLACK = 0.05
 """File times come from a coarser clock than time.time(): a file edited just after the watch
 began may look a little older."""
-RECENT_SECONDS = 2.0
+RECENT_SECONDS = RACY_SECONDS
 """A file modified this recently is re-read by :meth:`Project.suspects`, whatever its stat says
-(mtime can have a one-second resolution, so an edit may leave the signature unchanged)."""
+(:mod:`relmod.stattrust`: an edit within the timestamp resolution may leave it unchanged)."""
 EMPTY_HASH = content_hash(b"")
 SETTLE_TRIES = 3
 SETTLE_STEP = 0.02
@@ -289,7 +290,7 @@ class Project:
         for path in self.known():
             signature = stat_signature(path)
             if signature != self._signatures.get(path) or (
-                signature is not None and now - signature.mtime_ns / 1e9 < RECENT_SECONDS
+                signature is not None and not signature_trusted(signature, now)
             ):
                 found.add(path)
         if self._unscanned:

@@ -9,10 +9,10 @@ user), in msgpack::
      "verdicts": {hash: None | [lineno or None, message]}}        # compiles, or why not
 
 A file whose stat signature is unchanged is not read again: its hash and imports come from here.
-Only signatures older than the read by :data:`TRUST_AFTER` seconds are stored, since a write within
-the file system's timestamp resolution of the read could leave the signature unchanged. Imports
-and verdicts are keyed by content hash, so a file that comes back to an earlier content costs
-nothing either. Verdicts depend on the Python version, so a cache from another one is ignored.
+Only signatures trusted at the time of the read are stored (``relmod.stattrust``), since a write
+within the file system's timestamp resolution of the read could leave the signature unchanged.
+Imports and verdicts are keyed by content hash, so a file that comes back to an earlier content
+costs nothing either. Verdicts depend on the Python version, so a cache from another one is ignored.
 
 The file is only a cache: anything unreadable, of another format or of another Python is ignored
 (logged), and it is rewritten whole, atomically, pruned to the files the project has now.
@@ -39,13 +39,14 @@ import msgpack  # type: ignore[import-untyped]
 from relmod.connfile import root_id, runtime_dir
 from relmod.server.imports import ImportStatement
 from relmod.sources import Broken, StatSignature
+from relmod.stattrust import RACY_SECONDS, signature_trusted
 
 __all__ = ["TRUST_AFTER", "ScanCache", "cache_path", "pack_statements", "unpack_statements"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
-TRUST_AFTER = 2.0
+TRUST_AFTER = RACY_SECONDS
 """A signature is stored only when the file was last modified this long before it was read."""
 _PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 _MAX_BYTES = 512 * 1024 * 1024
@@ -212,7 +213,7 @@ class ScanCache:
         self, path: str, signature: StatSignature | None, digest: str, read_at: float
     ) -> None:
         """Store a file's hash under its signature, when the signature can be trusted later."""
-        if signature is None or signature.mtime_ns / 1e9 > read_at - TRUST_AFTER:
+        if signature is None or not signature_trusted(signature, read_at):
             self._files.pop(path, None)
             return
         self._files[path] = (signature, digest)
