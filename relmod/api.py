@@ -270,7 +270,9 @@ def connect_remote(
     """Subscribe to a broker whose project is not on this disk: sources come from the broker.
 
     Example:
-        >>> relmod.connect_remote('/run/relmod/conn.json', path_map={'/srv/p': '/app'})  # doctest: +SKIP
+        >>> relmod.connect_remote(
+        ...     '/run/relmod/conn.json', path_map={'/srv/p': '/app'}
+        ... )  # doctest: +SKIP
     """
     from relmod.client.remote import connect_remote as connect
 

@@ -10,10 +10,28 @@ import os
 
 IGNORED_DIRS: frozenset[str] = frozenset(
     {
-        ".git", ".hg", ".svn", ".bzr", "_darcs",
-        ".venv", "venv", ".tox", ".nox", "site-packages",
-        "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis",
-        ".ipynb_checkpoints", "node_modules", "build", "dist", ".eggs", ".idea", ".vscode",
+        ".git",
+        ".hg",
+        ".svn",
+        ".bzr",
+        "_darcs",
+        ".venv",
+        "venv",
+        ".tox",
+        ".nox",
+        "site-packages",
+        "__pycache__",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".hypothesis",
+        ".ipynb_checkpoints",
+        "node_modules",
+        "build",
+        "dist",
+        ".eggs",
+        ".idea",
+        ".vscode",
     }
 )
 
@@ -35,8 +53,3 @@ def is_ignored(path: str) -> bool:
     if name in IGNORED_DIRS:
         return True
     return name.endswith(IGNORED_SUFFIXES) or name.startswith(IGNORED_PREFIXES)
-
-
-def is_python_source(path: str) -> bool:
-    """Whether a path names a Python source file relmod would load."""
-    return path.endswith(".py") and not is_ignored(path)

@@ -125,7 +125,9 @@ def test_relative_imports_at_any_depth_record_edges(tmp_path: Path) -> None:
     a = relmod.at(str(tmp_path / "proj" / "sub" / "a.py"))
     assert a.b.B == "b" and a.X == "x" and a.B == "b" and a.sibling.S == 1
     deps = {
-        os.path.basename(m.__file__) for m in relmod.get_dependencies(a) if getattr(m, "__file__", None)
+        os.path.basename(m.__file__)
+        for m in relmod.get_dependencies(a)
+        if getattr(m, "__file__", None)
     }
     assert {"b.py", "c.py", "sibling.py"} <= deps
     assert "a.py" in repr(relmod.deps())
@@ -201,7 +203,8 @@ def test_install_in_a_script_and_in_cell_mode(tmp_path: Path) -> None:
     os.chdir(tmp_path / "proj")
     cell_ns: dict[str, object] = {"__name__": "__main__"}
     exec(
-        "import relmod\nhere = relmod.install(globals())\nfrom . import myfunc\nR = myfunc.add(2, 2)",
+        "import relmod\nhere = relmod.install(globals())\n"
+        "from . import myfunc\nR = myfunc.add(2, 2)",
         cell_ns,
     )
     assert cell_ns["R"] == 4
@@ -366,7 +369,9 @@ def test_the_watcher_marks_stale_and_the_user_thread_reloads(tmp_path: Path) -> 
     feed = relmod.client.session.default_client().ensure_feed()
     assert feed.wait_ready(10)  # type: ignore[attr-defined]
     path.write_text("import threading\nV = 2\nTHREAD = threading.current_thread().name\n")
-    wait_for(lambda: _client().registry.is_stale(mod), what="the embedded watcher to mark m.py stale")
+    wait_for(
+        lambda: _client().registry.is_stale(mod), what="the embedded watcher to mark m.py stale"
+    )
     assert mod.V == 2
     assert threading.current_thread().name == mod.THREAD
 

@@ -253,7 +253,9 @@ def test_plain_imports_reload_in_every_worker_without_toplevel(
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_after_the_parents_sync_no_task_runs_old_code(project: Path, feed: str, method: str) -> None:
+def test_after_the_parents_sync_no_task_runs_old_code(
+    project: Path, feed: str, method: str
+) -> None:
     """Edit, sync() in the parent, submit: every task sees the edit, with no retry, 30 times."""
     import sys
 

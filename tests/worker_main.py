@@ -12,7 +12,6 @@ import traceback
 from typing import Any
 
 import relmod
-from relmod.client.session import default_client as _client
 from relmod.client.session import default_client
 
 loaded: dict[str, Any] = {}
@@ -41,7 +40,7 @@ def handle(cmd: dict[str, Any]) -> Any:
     if op == "get":
         return value_of(cmd["name"], cmd["attr"])
     if op == "stale":
-        return _client().registry.is_stale(loaded[cmd["name"]])
+        return default_client().registry.is_stale(loaded[cmd["name"]])
     if op == "wait_value":
         # Poll the module attribute (as a worker using it would) until it equals the target.
         deadline = time.monotonic() + cmd.get("timeout", 10.0)

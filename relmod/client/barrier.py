@@ -14,6 +14,7 @@ hundred nanoseconds.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import mmap
 import os
@@ -54,10 +55,8 @@ class SyncCounter:
     def close(self) -> None:
         if os.getpid() != self._owner:
             return
-        try:
+        with contextlib.suppress(OSError):  # already gone: nothing left to clean
             os.unlink(self.path)
-        except OSError:
-            pass
 
 
 class SyncFollower:

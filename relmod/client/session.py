@@ -121,18 +121,22 @@ class Client:
         Runs on a feed's thread; cheap: hashes the reported files, runs no user code.
         """
         files = self.registry.files()
-        changed = []
-        for path in paths:
-            if path in files:
-                sig = stat_signature(path)
-                digest = file_hash(path)
-                if sig is not None:
-                    self._seen[path] = (sig, digest)
-                if digest != files[path]:
-                    changed.append(path)
-            elif path in self.registry or self.registry.has_modules_under(path):  # a folder
-                changed.append(path)
+        changed: list[str] = []
+        for reported in paths:
+            for path in self.registry.names_of(reported):
+                self._check_one(path, files, changed)
         return self.registry.invalidate(changed) if changed else set()
+
+    def _check_one(self, path: str, files: dict[str, str | None], changed: list[str]) -> None:
+        if path in files:
+            sig = stat_signature(path)
+            digest = file_hash(path)
+            if sig is not None:
+                self._seen[path] = (sig, digest)
+            if digest != files[path]:
+                changed.append(path)
+        elif path in self.registry or self.registry.has_modules_under(path):  # a folder
+            changed.append(path)
 
     def verify_files(self, paths: Iterable[str]) -> set[str]:
         """Like :meth:`files_changed`, but skips files whose stat signature has not moved.

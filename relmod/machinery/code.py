@@ -24,6 +24,7 @@ import time
 import types
 
 from relmod.sources import compile_source, content_hash
+from relmod.stattrust import RACY_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,8 @@ def load_code(path: str, data: bytes, digest: str) -> types.CodeType:
     return code
 
 
-RACY_NS = 2_000_000_000
-"""A stat signature younger than this (2 s) is not trusted: two saves within one timestamp tick
-can share it (git's rule for its index)."""
+RACY_NS = int(RACY_SECONDS * 1e9)
+"""The stat-trust rule (:mod:`relmod.stattrust`) in nanoseconds, for the first-import fast path."""
 
 
 def load_file_code(path: str) -> tuple[types.CodeType, str, bytes | None]:

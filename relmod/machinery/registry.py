@@ -504,6 +504,11 @@ class Registry:
             out.add(os.path.dirname(folder))  # the link itself may be re-pointed
         return out
 
+    def names_of(self, path: str) -> list[str]:
+        """The paths a reported path stands for: itself, and the links that name it."""
+        linked = self._by_real.get(path)
+        return [path, *linked] if linked else [path]
+
     def linked_files(self) -> list[str]:
         """The loaded files named through a symbolic link (usually none)."""
         return [key for keys in list(self._by_real.values()) for key in keys]
