@@ -38,6 +38,7 @@ from relmod.sources import content_hash
 
 pytestmark = pytest.mark.timeout(120)
 
+
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp~")
