@@ -131,21 +131,40 @@ def _store(where: str, code: types.CodeType, prefix: bytes = b"") -> None:
         log.debug("cannot cache the code of %s: %s", code.co_filename, err)
 
 
+_STORE_OPS = frozenset(dis.opmap[name] for name in ("STORE_NAME", "STORE_GLOBAL"))
+_EXTENDED_ARG = dis.EXTENDED_ARG
+_IMPORT_STAR = dis.opmap.get("IMPORT_STAR", -1)  # up to 3.11
+_INTRINSIC_1 = dis.opmap.get("CALL_INTRINSIC_1", -1)  # 3.12+: argument 2 is import *
+_INTRINSIC_IMPORT_STAR = 2
+
+
 def defined_names(code: types.CodeType) -> tuple[frozenset[str], bool]:
     """The names a module's top-level code binds, and whether it runs ``from x import *``.
+
+    A walk over the raw instructions (``co_code`` is the unspecialised bytecode), not
+    ``dis.get_instructions``, which builds an object per instruction: this runs on every reload.
 
     Example:
         >>> names, star = defined_names(compile('import os\\nx = 1\\ndef f(): pass', 'm', 'exec'))
         >>> sorted(names), star
         (['f', 'os', 'x'], False)
+        >>> defined_names(compile('from os import *', 'm', 'exec'))[1]
+        True
     """
-    names = set()
+    raw = code.co_code
+    names = code.co_names
+    bound = set()
     star = False
-    for instruction in dis.get_instructions(code):
-        if instruction.opname in _STORES:
-            names.add(str(instruction.argval))
-        elif instruction.opname == "IMPORT_STAR" or (
-            instruction.opname == "CALL_INTRINSIC_1" and "IMPORT_STAR" in str(instruction.argrepr)
-        ):
+    extended = 0
+    for i in range(0, len(raw), 2):
+        op = raw[i]
+        arg = raw[i + 1] | extended
+        if op == _EXTENDED_ARG:
+            extended = arg << 8
+            continue
+        extended = 0
+        if op in _STORE_OPS:
+            bound.add(names[arg])
+        elif op == _IMPORT_STAR or (op == _INTRINSIC_1 and arg == _INTRINSIC_IMPORT_STAR):
             star = True
-    return frozenset(names), star
+    return frozenset(bound), star

@@ -50,7 +50,7 @@ from typing import Any, Literal, Protocol
 from relmod.errors import ModuleNotFound, ReloadError
 from relmod.graph import DependencyGraph
 from relmod.machinery import modules as m
-from relmod.machinery.code import defined_names, load_code, load_file_code
+from relmod.machinery.code import RACY_NS, defined_names, load_code, load_file_code
 from relmod.machinery.events import Event, Listeners
 from relmod.machinery.patching import CallGuard, patch_namespace
 from relmod.machinery.scope import Scope
@@ -175,6 +175,9 @@ class Record:
     last_error: str | None = None
     code: types.CodeType | None = None  # compiled, waiting to run in the current unit
     digest: str | None = None  # the hash of ``code``'s source
+    ran_code: types.CodeType | None = None  # the code that last ran, and the file's stat
+    ran_signature: tuple[int, int, int, int] | None = None  # signature before it was read
+    next_signature: tuple[int, int, int, int] | None = None  # of ``code``'s file, in a unit
 
     @property
     def namespace(self) -> dict[str, Any]:
@@ -668,7 +671,7 @@ class Registry:
     ) -> list[Record]:
         """The members to re-execute, compiled; none when nothing they ran has changed."""
         reasons = False
-        compiled: list[tuple[Record, bytes, str]] = []
+        compiled: list[tuple[Record, bytes | None, str]] = []
         for rec in runnable:
             lost_init = rec.kind == "package" and rec.by_path and not self._on_disk(rec)
             if lost_init and rec.folder and self.sources.kind(rec.folder) == "folder":
@@ -680,6 +683,12 @@ class Registry:
                 # A dependency whose file is gone (deleted, or turned into a package): whether a
                 # module still needs it is for its own run to say, so its dependents run again.
                 rec.version += 1
+                continue
+            signature = rec.next_signature = self._trusted_signature(rec)
+            if signature is not None and signature == rec.ran_signature and rec.ran_code:
+                compiled.append((rec, None, rec.hash or ""))  # unchanged since it ran: no read
+                if rec.key in force or self._deps_moved(rec, members):
+                    reasons = True
                 continue
             try:
                 data = self.sources.read(rec.key)
@@ -694,7 +703,7 @@ class Registry:
             return []
         for rec, data, digest in compiled:
             try:
-                rec.code = load_code(rec.key, data, digest)
+                rec.code = rec.ran_code if data is None else load_code(rec.key, data, digest)
             except Exception as err:  # SyntaxError, ValueError, RecursionError, MemoryError...
                 rec.failed_hash = digest
                 for other, _, _ in compiled:
@@ -702,6 +711,18 @@ class Registry:
                 raise self._error(rec, "reload", err, first=False) from err
             rec.digest = digest
         return [rec for rec, _, _ in compiled]
+
+    def _trusted_signature(self, rec: Record) -> tuple[int, int, int, int] | None:
+        """The file's stat signature, when it is old enough to stand for its content."""
+        if not isinstance(self.sources, DiskSources):
+            return None
+        try:
+            st = os.stat(rec.key)
+        except OSError:
+            return None
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS:
+            return None
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
     def _become_namespace(self, rec: Record) -> None:
         """A package loaded by path lost its ``__init__.py``: it is now a folder namespace."""
@@ -756,6 +777,7 @@ class Registry:
         now = time.time()
         for rec, old in saved:
             rec.hash = rec.digest
+            rec.ran_code, rec.ran_signature = rec.code, rec.next_signature
             rec.failed_hash = None
             rec.last_error = None
             rec.version += 1
@@ -829,6 +851,7 @@ class Registry:
     def _first_run(self, rec: Record) -> None:
         """A module's first execution: read, hash, compile (or take the cached code), run."""
         verb = "load"
+        signature = self._trusted_signature(rec)  # taken before the file is read
         try:
             if isinstance(self.sources, DiskSources):
                 code, digest, _ = load_file_code(rec.key)
@@ -852,6 +875,7 @@ class Registry:
                 raise self._error(rec, verb, err, first=True) from err
             raise
         rec.hash = digest
+        rec.ran_code, rec.ran_signature = code, signature
         rec.version = 1
         rec.dep_versions = self._versions_of_deps(rec)
         linecache.checkcache(rec.key)
