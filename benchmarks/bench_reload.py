@@ -89,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         assert got == n + LENGTH - 1, got
 
     base = statistics.median(timings["importlib"])
-    print(
-        f"Deep reload of a {LENGTH}-module chain, {rounds} rounds, Python {sys.version.split()[0]}\n"
-    )
+    version = sys.version.split()[0]
+    print(f"Deep reload of a {LENGTH}-module chain, {rounds} rounds, Python {version}\n")
     print("| reload | median ms | vs importlib.reload |")
     print("| --- | ---: | ---: |")
     for label, values in timings.items():

@@ -701,9 +701,9 @@ class Registry:
                 reasons = True
         if not reasons:
             return []
-        for rec, data, digest in compiled:
+        for rec, source, digest in compiled:
             try:
-                rec.code = rec.ran_code if data is None else load_code(rec.key, data, digest)
+                rec.code = rec.ran_code if source is None else load_code(rec.key, source, digest)
             except Exception as err:  # SyntaxError, ValueError, RecursionError, MemoryError...
                 rec.failed_hash = digest
                 for other, _, _ in compiled:
