@@ -209,6 +209,7 @@ class Registry:
         self._aliases: dict[str, str] = {}  # package folder -> its __init__.py
         self._folders: dict[str, int] = {}  # folder -> how many records live in it
         self._by_real: dict[str, set[str]] = {}  # real path -> keys that name it through links
+        self._real_folders: dict[str, str] = {}  # folder -> its real path (resolved once)
         self._reload_lock = threading.RLock()
         self._mark_lock = threading.Lock()
         self._create_lock = threading.RLock()
@@ -340,7 +341,7 @@ class Registry:
         self._records[key] = rec
         for folder_key in self._watch_folders(rec):
             self._folders[folder_key] = self._folders.get(folder_key, 0) + 1
-        real = os.path.realpath(key)
+        real = self._realpath(key)
         if real != key:  # named through a link: changes arrive under the real path too
             self._by_real.setdefault(real, set()).add(key)
         self._by_id[id(module)] = rec
@@ -366,7 +367,7 @@ class Registry:
                     self._folders[folder] = left
                 else:
                     self._folders.pop(folder, None)
-            keys = self._by_real.get(os.path.realpath(rec.key))
+            keys = self._by_real.get(self._realpath(rec.key))
             if keys is not None:
                 keys.discard(rec.key)
         self._by_id.pop(id(rec.module), None)
@@ -499,10 +500,10 @@ class Registry:
         """The folder of the path the module was named by, and of its real file (a link's
         target may live elsewhere: an edit there is an edit of the module)."""
         folder = self._folder_of(rec)
-        real = os.path.realpath(folder)
+        real = self._real_folder(folder)
         out = {folder, real}
         if rec.kind != "folder":
-            out.add(os.path.dirname(os.path.realpath(rec.key)))
+            out.add(os.path.dirname(self._realpath(rec.key)))
         if real != folder:
             out.add(os.path.dirname(folder))  # the link itself may be re-pointed
         return out
@@ -515,6 +516,19 @@ class Registry:
     def linked_files(self) -> list[str]:
         """The loaded files named through a symbolic link (usually none)."""
         return [key for keys in list(self._by_real.values()) for key in keys]
+
+    def _real_folder(self, folder: str) -> str:
+        real = self._real_folders.get(folder)
+        if real is None:
+            real = self._real_folders[folder] = os.path.realpath(folder)
+        return real
+
+    def _realpath(self, path: str) -> str:
+        """``os.path.realpath``, with folders resolved once (an lstat per component is slow)."""
+        if os.path.islink(path):
+            return os.path.realpath(path)
+        folder, name = os.path.split(path)
+        return os.path.join(self._real_folder(folder), name)
 
     def has_modules_under(self, folder: str) -> bool:
         """Whether a module was loaded from below ``folder`` (renamed, deleted, re-pointed)."""
