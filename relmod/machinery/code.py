@@ -79,32 +79,38 @@ RACY_NS = int(RACY_SECONDS * 1e9)
 """The stat-trust rule (:mod:`relmod.stattrust`) in nanoseconds, for the first-import fast path."""
 
 
-def load_file_code(path: str) -> tuple[types.CodeType, str, bytes | None]:
-    """The code of the file at ``path``, its content hash, and its bytes when they were read.
+Signature = tuple[int, int, int, int]
+"""A file's (mtime_ns, ctime_ns, size, inode)."""
+
+
+def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
+    """The code of the file at ``path``, its content hash, and its trusted stat signature.
 
     The fast path of a first import: when the file's stat signature (mtime and ctime in
     nanoseconds, size, inode) is older than :data:`RACY_NS` and was seen before, the hash and the
     code come from the cache without reading the source, as Python's own .pyc would, but judged
     by a signature that a same-size edit within the same second cannot keep. Otherwise the file
-    is read and hashed, and the code comes from :func:`load_code`.
+    is read and hashed, and the code comes from :func:`load_code`. The signature returned (taken
+    before any read) is None when it is too young to stand for the content.
 
     Raises:
         OSError: the file cannot be read. SyntaxError and the like: it does not compile.
     """
     folder = cache_dir()
     st = os.stat(path)
-    trusted = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
+    signature: Signature | None = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS:
+        signature = None
     where = None
-    if folder is not None and trusted:
-        signature = f"{path}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_size}\0{st.st_ino}"
-        where = _cache_file(os.path.join(folder, "by-stat"), signature, "")
+    if folder is not None and signature is not None:
+        where = _cache_file(os.path.join(folder, "by-stat"), f"{path}\0{signature}", "")
         try:
             with open(where, "rb") as file:
                 blob = file.read()
             digest = blob[:32].decode("ascii")
             code = marshal.loads(blob[32:])
             if isinstance(code, types.CodeType) and code.co_filename == path:
-                return code, digest, None
+                return code, digest, signature
         except (OSError, EOFError, ValueError, TypeError, UnicodeDecodeError):
             pass  # not seen with this signature yet
     with open(path, "rb") as file:
@@ -113,7 +119,7 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, bytes | None]:
     code = load_code(path, data, digest)
     if where is not None:
         _store(where, code, prefix=digest.encode("ascii"))
-    return code, digest, data
+    return code, digest, signature
 
 
 def _store(where: str, code: types.CodeType, prefix: bytes = b"") -> None:

@@ -341,7 +341,7 @@ class Registry:
         self._records[key] = rec
         for folder_key in self._watch_folders(rec):
             self._folders[folder_key] = self._folders.get(folder_key, 0) + 1
-        real = self._realpath(key)
+        real = self._realpath(key) if by_path else key  # an import's path is real already
         if real != key:  # named through a link: changes arrive under the real path too
             self._by_real.setdefault(real, set()).add(key)
         self._by_id[id(module)] = rec
@@ -367,7 +367,7 @@ class Registry:
                     self._folders[folder] = left
                 else:
                     self._folders.pop(folder, None)
-            keys = self._by_real.get(self._realpath(rec.key))
+            keys = self._by_real.get(self._realpath(rec.key)) if rec.by_path else None
             if keys is not None:
                 keys.discard(rec.key)
         self._by_id.pop(id(rec.module), None)
@@ -500,6 +500,8 @@ class Registry:
         """The folder of the path the module was named by, and of its real file (a link's
         target may live elsewhere: an edit there is an edit of the module)."""
         folder = self._folder_of(rec)
+        if not rec.by_path:
+            return {folder}  # the import system's finder gave its real path already
         real = self._real_folder(folder)
         out = {folder, real}
         if rec.kind != "folder":
@@ -865,10 +867,10 @@ class Registry:
     def _first_run(self, rec: Record) -> None:
         """A module's first execution: read, hash, compile (or take the cached code), run."""
         verb = "load"
-        signature = self._trusted_signature(rec)  # taken before the file is read
+        signature = None
         try:
             if isinstance(self.sources, DiskSources):
-                code, digest, _ = load_file_code(rec.key)
+                code, digest, signature = load_file_code(rec.key)
             else:
                 data = self.sources.read(rec.key)
                 digest = content_hash(data)
