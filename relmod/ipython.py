@@ -491,6 +491,9 @@ class CellSync:
             "cells": self.cells,
             "catch_ups": self.catch_ups,
             "reloads": self.reloads,
+            "patched": registry.patched,
+            "unpatchable": registry.unpatchable,
+            "patching": registry.patch,
         }
         broken = {path: message for path, (_, message) in self._shown.items()}
         broken.update({r.key: r.last_error for r in registry.records() if r.last_error})
@@ -533,6 +536,12 @@ class CellSync:
             f"(relmod.at/use/imp); {s['stale']} stale",
             f"  cells: {s['cells']}, {s['catch_ups']} with a catch-up, {s['reloads']} reload(s); "
             f"{len(s['focus'])} recent file(s) checked before each cell",
+            (
+                f"  held references: {s['patched']} object(s) updated in place, "
+                f"{s['unpatchable']} left as they were (relmod.stale_objects() lists instances)"
+                if s["patching"]
+                else "  held references: not updated (relmod.configure(patch=False))"
+            ),
         ]
         if s["broken"]:
             lines.append(f"  broken: {len(s['broken'])} file(s)")

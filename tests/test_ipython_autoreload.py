@@ -357,3 +357,14 @@ def test_a_value_imported_with_from_follows_the_module(shell: Any, notebook: Not
     run(shell, f"from {name} import n as foo")
     notebook.save(name, "n = 100\n")
     assert run(shell, "foo") == 100
+
+
+def test_relmod_magic_counts_what_was_patched(shell: Any, notebook: Notebook) -> None:
+    name = notebook.new_module("def f():\n    return 1\n")
+    run(shell, f"from {name} import f")
+    notebook.save(name, "def f():\n    return 2\n")
+    assert run(shell, "f()") == 2
+    status = run(shell, "from relmod.ipython import _loaded_in\n_loaded_in(get_ipython()).status()")
+    assert status["patched"] >= 1 and status["unpatchable"] == 0
+    described = run(shell, "_loaded_in(get_ipython()).describe()")
+    assert "object(s) updated in place" in described
