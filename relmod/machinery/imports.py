@@ -80,7 +80,7 @@ class ImportHook:
             self._run_pending(target, fromlist or ())
         module = self.original(name, globals, locals, fromlist, level)
         if importer is not None and target:
-            self._record_edges(importer.key, target, fromlist or ())
+            self._record_edges(importer, target, fromlist or ())
         return module
 
     def _run_pending(self, target: str, fromlist: Sequence[str]) -> None:
@@ -91,13 +91,13 @@ class ImportHook:
             if entry != "*":
                 self.registry.run_pending(f"{target}.{entry}")
 
-    def _record_edges(self, importer: str, target: str, fromlist: Sequence[str]) -> None:
+    def _record_edges(self, importer: Record, target: str, fromlist: Sequence[str]) -> None:
         registry = self.registry
         names_used = not fromlist
         for entry in fromlist:
             sub = registry.record_of_name(f"{target}.{entry}") if entry != "*" else None
             if sub is not None:
-                registry.record_edge(importer, sub.key)
+                registry.note_import(importer, sub.key)
             else:
                 names_used = True
         if names_used:
@@ -105,7 +105,7 @@ class ImportHook:
             if rec is None:
                 rec = registry.record_of(sys.modules.get(target))
             if rec is not None:
-                registry.record_edge(importer, rec.key)
+                registry.note_import(importer, rec.key)
 
     def _base_folder(self, importer: Record | None, globals: dict[str, Any]) -> str | None:
         if importer is not None:

@@ -178,6 +178,7 @@ class Record:
     ran_code: types.CodeType | None = None  # the code that last ran, and the file's stat
     ran_signature: tuple[int, int, int, int] | None = None  # signature before it was read
     next_signature: tuple[int, int, int, int] | None = None  # of ``code``'s file, in a unit
+    new_edges: set[str] | None = None  # what it imported while it runs, written when it ends
 
     @property
     def namespace(self) -> dict[str, Any]:
@@ -481,6 +482,14 @@ class Registry:
         """A module imported another while it ran."""
         if dependent != dependency:
             self.graph.add_edge(dependent, dependency, origin="runtime")
+
+    def note_import(self, importer: Record, dependency: str) -> None:
+        """The import hook's report: gathered while the importer runs, one graph write after."""
+        edges = importer.new_edges
+        if edges is not None:
+            edges.add(dependency)
+        elif importer.key != dependency:
+            self.graph.add_edge(importer.key, dependency, origin="runtime")
 
     def files(self) -> dict[str, str | None]:
         """Every loaded source file with the hash of the version in use."""
@@ -903,9 +912,19 @@ class Registry:
             stack = self._local.running = []
         stack.append(rec)
         rec.reloading = True
+        rec.new_edges = set()
         try:
             yield
+            edges, rec.new_edges = rec.new_edges, None
+            edges.discard(rec.key)
+            if edges:  # what it imported this run, added to what it had (none when it re-runs)
+                self.graph.set_dependencies(
+                    rec.key,
+                    self.graph.dependencies_of(rec.key, origin="runtime") | edges,
+                    origin="runtime",
+                )
         finally:
+            rec.new_edges = None
             rec.reloading = False
             stack.pop()
 
