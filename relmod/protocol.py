@@ -9,10 +9,16 @@ of message and the shape of its body, per direction:
 * ``"reply"``: the broker's ROUTER socket back to one client's DEALER socket.
 
 Five names (``status``, ``graph``, ``hashes``, ``list``, ``source``) are both a request and a
-reply. Answers that grow with the project come in pages of about :data:`PAGE_BYTES`: a reply
-names where the next page starts (``next``), and the asker sends the same request again with
-``after`` set to it, until ``next`` is None. A codec is
-therefore made for one side, ``role="broker"`` or ``role="client"``: a broker sends replies and
+reply. One publication, ``activity`` (what clients reported: their reloads and failures), has
+its own first frame, :data:`ACTIVITY_VERSION`, instead of :data:`VERSION`: a client's feed
+subscribes to :data:`FEED_TOPIC` only, so ZeroMQ, which filters on the publisher's side, never
+sends a feed the fleet's chatter; ``relmod status --follow`` subscribes to everything.
+
+Answers that grow with the project come in pages of about :data:`PAGE_BYTES`: a reply names
+where the next page starts (``next``), and the asker sends the same request again with
+``after`` set to it, until ``next`` is None.
+
+A codec is made for one side, ``role="broker"`` or ``role="client"``: a broker sends replies and
 publications and receives requests, a client the other way round, and on each side the kinds a
 codec can send, and those it can receive, are unambiguous.
 
@@ -48,6 +54,11 @@ from relmod.errors import ProtocolError
 logger = logging.getLogger(__name__)
 
 VERSION: Final = b"relmod/1"
+ACTIVITY_VERSION: Final = b"relmod-activity/1"
+"""The first frame of an ``activity`` publication (the other kinds start with :data:`VERSION`)."""
+FEED_TOPIC: Final = b"relmod/"
+"""What a client's feed subscribes to: every publication but ``activity``."""
+ACTIVITY_KINDS: Final = frozenset({"activity"})
 HEARTBEAT_INTERVAL: Final = 1.0
 """Seconds between two broker heartbeats."""
 
@@ -120,6 +131,20 @@ def record(**fields: Spec) -> Spec:
 
 
 _BROKEN_ENTRY: Final = record(path=PATH, lineno=optional(INT), message=TEXT)
+# What a client runs of one file: the hash of the version in use and how often it ran; the hash
+# of a version that failed, with where and why ("RuntimeError: boom" at line 3), or None.
+_RUN_ENTRY: Final = record(
+    path=PATH,
+    hash=optional(STR),
+    version=INT,
+    failed=optional(STR),
+    lineno=optional(INT),
+    message=optional(TEXT),
+)
+# One thing that happened in a client: kind "reloaded" or "failed" (then lineno and message).
+_CLIENT_EVENT: Final = record(
+    kind=STR, path=PATH, time=FLOAT, lineno=optional(INT), message=optional(TEXT)
+)
 
 SCHEMAS: Final[dict[Direction, dict[str, dict[str, Spec]]]] = {
     "publish": {
@@ -139,12 +164,28 @@ SCHEMAS: Final[dict[Direction, dict[str, dict[str, Spec]]]] = {
             "message": TEXT,
         },
         "bye": {"epoch": STR},
+        # What one client reported, republished for `relmod status --follow`; starts with
+        # ACTIVITY_VERSION and carries no seq (it changes no module anywhere).
+        "activity": {
+            "epoch": STR,
+            "client": STR,
+            "events": list_of(_CLIENT_EVENT),
+            "lost": INT,  # events the client could not keep (too many at once)
+        },
     },
     "request": {
         "hello": {"client": STR, "pid": INT, "host": STR, "argv": STR},
         "since": {"epoch": STR, "seq": INT},
         "edges": {"edges": list_of(tuple_of(PATH, PATH))},
         "report": {"client": STR, "seq": INT, "stale": INT, "error": optional(TEXT)},
+        # What changed in the files a client runs since its last "running" (a delta, sent a
+        # moment after reloads happen), and the reloads and failures themselves.
+        "running": {
+            "client": STR,
+            "files": list_of(_RUN_ENTRY),
+            "events": list_of(_CLIENT_EVENT),
+            "lost": INT,
+        },
         "status": {},
         "sync": {},
         "graph": {"after": optional(tuple_of(PATH, PATH))},
@@ -367,7 +408,8 @@ class Codec:
 
     Frame layout of every message on every socket::
 
-        frame 0  VERSION  b"relmod/1"
+        frame 0  VERSION  b"relmod/1" (b"relmod-activity/1" for an ``activity`` publication,
+                          so that a feed's subscription to b"relmod/" leaves it out)
         frame 1  payload  msgpack map {"k": kind (str), "s": sender (16 bytes),
                                        "n": counter (int >= 1), "b": body (map)}
         frame 2  mac      HMAC-SHA256(key, len(frame 0) + frame 0 + len(frame 1) + frame 1),
@@ -509,7 +551,8 @@ class Codec:
                 f"A {kind!r} message packs to {len(payload)} bytes, more than the "
                 f"{self.max_payload} allowed; send less, or raise max_payload on both sides."
             )
-        return [VERSION, payload, self.sign(VERSION, payload)]
+        version = ACTIVITY_VERSION if kind in ACTIVITY_KINDS else VERSION
+        return [version, payload, self.sign(version, payload)]
 
     def split_identity(self, frames: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
         """Split what a ROUTER socket received into the peer's identity and the message frames.
@@ -559,7 +602,7 @@ class Codec:
                 "(version, payload, mac).",
             )
         version, payload, mac = parts
-        if version != VERSION:
+        if version not in (VERSION, ACTIVITY_VERSION):
             raise self._drop(
                 "version",
                 f"Dropped a message for protocol {_describe(version)}; this side speaks "
@@ -599,6 +642,13 @@ class Codec:
                 f"({type(err).__name__}: {err}).",
             ) from err
         kind, sender, counter, body, direction = self._check_envelope(envelope)
+        if (version == ACTIVITY_VERSION) != (kind in ACTIVITY_KINDS):
+            raise self._drop(
+                "version",
+                f"Dropped a {kind!r} message whose first frame is {_describe(version)}; "
+                f"{', '.join(sorted(ACTIVITY_KINDS))} start with {ACTIVITY_VERSION.decode()}, "
+                f"every other kind with {VERSION.decode()}.",
+            )
         with self._lock:
             key = (direction, sender)
             last = self._last_seen.get(key)

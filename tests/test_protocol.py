@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from relmod.errors import ProtocolError
 from relmod.protocol import (
+    ACTIVITY_VERSION,
+    FEED_TOPIC,
     HEARTBEAT_INTERVAL,
     MAX_ITEMS,
     MAX_PAYLOAD,
@@ -54,6 +56,15 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "broken": {"epoch": "e1", "seq": 9, "path": A, "lineno": 3, "message": "SyntaxError"},
         "bye": {"epoch": "e1"},
+        "activity": {
+            "epoch": "e1",
+            "client": "box:4242",
+            "events": [
+                {"kind": "reloaded", "path": A, "time": 1.5, "lineno": None, "message": None},
+                {"kind": "failed", "path": B, "time": 1.5, "lineno": 3, "message": "OSError: x"},
+            ],
+            "lost": 0,
+        },
     },
     "request": {
         "hello": {"client": "c1", "pid": 4242, "host": "box", "argv": "python run.py"},
@@ -68,6 +79,31 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "paths": {"paths": [ROOT, "/usr/lib/python3.11"]},
         "source": {"hash": "ab12"},
         "goodbye": {"client": "c1"},
+        "running": {
+            "client": "c1",
+            "files": [
+                {
+                    "path": A,
+                    "hash": "ab12",
+                    "version": 2,
+                    "failed": None,
+                    "lineno": None,
+                    "message": None,
+                },
+                {
+                    "path": B,
+                    "hash": None,
+                    "version": 0,
+                    "failed": "cd34",
+                    "lineno": 3,
+                    "message": "RuntimeError: boom",
+                },
+            ],  # fmt: skip
+            "events": [
+                {"kind": "reloaded", "path": A, "time": 2.0, "lineno": None, "message": None}
+            ],  # fmt: skip
+            "lost": 2,
+        },
     },
     "reply": {
         "welcome": {"epoch": "e1", "seq": 8, "root": ROOT, "heartbeat": HEARTBEAT_INTERVAL},
@@ -165,6 +201,20 @@ def test_frames_have_the_documented_layout() -> None:
     assert isinstance(payload["s"], bytes) and len(payload["s"]) == 16
     signed_bytes = b"".join(len(f).to_bytes(8, "big") + f for f in frames[:2])
     assert frames[2] == hmac.new(KEY, signed_bytes, hashlib.sha256).digest()
+
+
+def test_activity_has_its_own_first_frame_and_no_other_kind_may_borrow_it() -> None:
+    broker, client = make("broker"), make("client")
+    activity = broker.encode("activity", SAMPLES["publish"]["activity"])
+    heartbeat = broker.encode("heartbeat", SAMPLES["publish"]["heartbeat"])
+    assert activity[0] == ACTIVITY_VERSION and heartbeat[0] == VERSION
+    assert heartbeat[0].startswith(FEED_TOPIC) and not activity[0].startswith(FEED_TOPIC)
+    assert client.decode(activity).kind == "activity"
+    # Signed, but under the other first frame: dropped, so a feed never reads activity.
+    swapped_activity = signed(broker, activity[1], version=VERSION)
+    assert rejected(client, swapped_activity) == "version"
+    payload = pack("heartbeat", SAMPLES["publish"]["heartbeat"], counter=99)
+    assert rejected(client, signed(broker, payload, version=ACTIVITY_VERSION)) == "version"
 
 
 def test_tuples_may_be_sent_where_lists_are_expected() -> None:
@@ -737,3 +787,26 @@ def test_dealer_router_carries_requests_and_replies(
     assert reply.kind == "welcome" and reply.body["root"] == ROOT
     assert reasons == ["forged", "replayed"]
     assert broker.dropped == Counter({"forged": 1, "replayed": 1})
+
+
+def test_a_feed_subscription_never_receives_activity(sockets: Sockets, tmp_path: Path) -> None:
+    broker, client = make("broker"), make("client")
+    pub, feed, follower = sockets(zmq.PUB), sockets(zmq.SUB), sockets(zmq.SUB)
+    endpoint = f"ipc://{tmp_path}/pub"
+    pub.bind(endpoint)
+    feed.setsockopt(zmq.SUBSCRIBE, FEED_TOPIC)
+    follower.setsockopt(zmq.SUBSCRIBE, b"")
+    for sub in (feed, follower):
+        sub.connect(endpoint)
+    while not (feed.poll(20) and follower.poll(20)):
+        pub.send_multipart(broker.encode("heartbeat", SAMPLES["publish"]["heartbeat"]))
+    for sub in (feed, follower):
+        while sub.poll(50):
+            sub.recv_multipart()
+
+    pub.send_multipart(broker.encode("activity", SAMPLES["publish"]["activity"]))
+    pub.send_multipart(broker.encode("bye", {"epoch": "e1"}))
+
+    assert client.decode(receive(follower)).kind == "activity"
+    assert client.decode(receive(follower)).kind == "bye"
+    assert make("client").decode(receive(feed)).kind == "bye"  # the activity never came

@@ -70,6 +70,9 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
                        "hashes": {A: "ab12", B: None}},
         "broken": {"epoch": "e1", "seq": 9, "path": A, "lineno": 3, "message": "SyntaxError"},
         "bye": {"epoch": "e1"},
+        "activity": {"epoch": "e1", "client": "box:42", "lost": 0,
+                     "events": [{"kind": "failed", "path": A, "time": 1.5, "lineno": 3,
+                                 "message": "RuntimeError: boom"}]},
     },
     "request": {
         "hello": {"client": "c1", "pid": 42, "host": "box", "argv": "python run.py"},
@@ -84,6 +87,11 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "paths": {"paths": [ROOT]},
         "source": {"hash": "ab12"},
         "goodbye": {"client": "c1"},
+        "running": {"client": "c1", "lost": 0,
+                    "files": [{"path": A, "hash": "ab12", "version": 2, "failed": "cd34",
+                               "lineno": 3, "message": "RuntimeError: boom"}],
+                    "events": [{"kind": "reloaded", "path": B, "time": 2.0, "lineno": None,
+                                "message": None}]},
     },
     "reply": {
         "welcome": {"epoch": "e1", "seq": 8, "root": ROOT, "heartbeat": 1.0},
