@@ -18,6 +18,7 @@ module                 owns
 ``pending``            merging and pacing batches; holding them while git works
 ``history``            past publications, to answer "what changed since"
 ``clients``            the table of connected clients
+``fleet``              what each client runs of each file; its reloads and failures
 ``curve``              CURVE keys and client authentication for ``--tcp``
 ``cli``                the ``relmod-broker`` command (also ``python -m relmod.server``)
 =====================  =========================================================================

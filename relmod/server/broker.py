@@ -9,6 +9,8 @@ Threads::
         ├── requests on the ROUTER -> handlers -> one reply each
         ├── syncs of one turn, together: re-check recently touched files, publish, answer
         │   (while git holds changes back, the answers wait for them)
+        ├── clients' reloads and failures ("running" reports) -> "activity" on PUB, which only
+        │   subscribers to everything receive (relmod status --follow), not clients' feeds
         └── every heartbeat interval (relmod.protocol.heartbeat_interval()): heartbeat
             {epoch, seq, time} on PUB
 
@@ -285,7 +287,8 @@ class Broker:
         self._next_cache_save = time.monotonic() + CACHE_SAVE_EVERY
 
     def _client_gone(self, name: str) -> None:
-        """The client table dropped a client: forget the edges only it reported."""
+        """The client table dropped a client: forget the edges only it reported, and its runs."""
+        self.state.fleet.drop(name)
         removed = self.state.project.runtime.drop(name)
         if removed:
             logger.debug("dropped %d runtime edges of client %s", removed, name)
@@ -397,6 +400,9 @@ class Broker:
             waiting, self._waiting_syncs = self._waiting_syncs, []
             for identity in waiting:
                 self.reply(identity, "synced", {"epoch": self.state.epoch, "seq": self.state.seq})
+        for client, events, lost in self.state.fleet.take_outbox():
+            body = {"epoch": self.state.epoch, "client": client, "events": events, "lost": lost}
+            self.publish("activity", body)
         if now >= self._next_heartbeat:
             self.publish(
                 "heartbeat", {"epoch": self.state.epoch, "seq": self.state.seq, "time": time.time()}

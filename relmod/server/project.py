@@ -207,7 +207,13 @@ class Project:
             return
         self._broken[path] = (record.broken, digest)
         self._set_static(path, ())
-        logger.info("%s does not compile: %s", path, record.broken.message)
+        logger.info(
+            "%s does not compile (line %s): %s; a client keeps a version it ran before, and "
+            "importing it fails until it is fixed.",
+            path,
+            record.broken.lineno if record.broken.lineno is not None else "unknown",
+            record.broken.message,
+        )
 
     def _set_static(self, path: str, dependencies: Iterable[str]) -> None:
         self.graph.set_dependencies(path, dependencies, origin=STATIC)
@@ -263,6 +269,10 @@ class Project:
     def file_count(self) -> int:
         """How many Python files are tracked."""
         return len(self._hashes)
+
+    def hash_of(self, path: str) -> str | None:
+        """The hash of a file's newest good version (None: not tracked)."""
+        return self._hashes.get(path)
 
     def full_hashes(self) -> dict[str, str | None]:
         """Every file's hash (last good version), and None for files deleted while we ran."""
@@ -476,7 +486,7 @@ class Project:
                 self._set_hash(path, record.hash)  # no good version yet: see _load
                 self._set_static(path, ())
             update.broken.append(record.broken)
-            logger.info("%s does not compile: %s", path, record.broken.message)
+            logger.info("%s", record.broken.describe())
             return
         if was_broken is not None:
             del self._broken[path]

@@ -17,6 +17,8 @@ edges       edges [[dependent, dependency], ...]        ack (recorded as "runtim
 paths       paths (the client's sys.path)               ack (folders inside the project become
                                                         import roots)
 report      client, seq, stale, error                   ack
+running     client, files (what it runs of each file    ack (kept for status; the events are
+            whose state changed), events, lost          republished as "activity")
 status      {}                                          status {status: {...}}
 list        what ("clients" or "broken"), after         list {items, next, total}: the rows
                                                         status leaves out
@@ -57,7 +59,7 @@ from typing import Any, Final
 
 from relmod.protocol import PAGE_BYTES, Message
 from relmod.server.state import BrokerState
-from relmod.server.status import broker_status, client_rows
+from relmod.server.status import broken_rows, broker_status, client_rows
 from relmod.sources import content_hash, read_source
 
 __all__ = ["AFTER_SYNC", "AfterWalk", "Outcome", "Reply", "RequestHandlers"]
@@ -114,6 +116,7 @@ class RequestHandlers:
             "edges": self.edges,
             "paths": self.paths,
             "report": self.report,
+            "running": self.running,
             "status": self.status,
             "list": self.list_rows,
             "sync": self.sync,
@@ -256,6 +259,18 @@ class RequestHandlers:
         self._state.clients.report(identity, body, time.monotonic())
         return "ack", {}
 
+    def running(self, identity: bytes, body: dict[str, Any]) -> Reply:
+        """Keep what a client runs of the files it reported; queue its events to republish."""
+        state = self._state
+        name = state.clients.name_of(identity)
+        if name is None or name != body["client"]:
+            raise self.refuse(
+                "running_unknown_client",
+                "The broker takes 'running' reports only from a client that said hello.",
+            )
+        state.fleet.update(name, body["files"], body["events"], body["lost"])
+        return "ack", {}
+
     def status(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Everything ``relmod status`` shows (long lists cut: see ``list``)."""
         return "status", {"status": broker_status(self._state)}
@@ -269,7 +284,7 @@ class RequestHandlers:
             rows = client_rows(state)
             key = "client"
         elif what == "broken":
-            rows = [b.to_wire() for b in state.project.broken()]
+            rows = broken_rows(state)
             key = "path"
         else:
             raise self.refuse("list", f"The broker lists 'clients' or 'broken', not {what!r:.80}.")

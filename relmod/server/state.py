@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from relmod.protocol import Codec
 from relmod.server.clients import ClientTable
+from relmod.server.fleet import Fleet
 from relmod.server.history import History
 from relmod.server.pending import PendingChanges
 from relmod.server.project import Project
@@ -41,6 +42,7 @@ class BrokerState:
         history: recent publications, for ``since``.
         clients: the connected client processes.
         pending: changes waiting to be published.
+        fleet: what each client runs of each file, and its reloads and failures to republish.
         seq: the last sequence number published.
         scan: the first scan, once started.
         watcher: the file watcher, once started.
@@ -62,6 +64,7 @@ class BrokerState:
     history: History
     clients: ClientTable
     pending: PendingChanges
+    fleet: Fleet = field(default_factory=Fleet)
     seq: int = 0
     scan: ProjectScan | None = None
     watcher: Watcher | None = None

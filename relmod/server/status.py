@@ -18,8 +18,18 @@ Fields (every one always present)::
                                       seq (last applied), stale (modules pending reload),
                                       error (last reload error)}], the first STATUS_ROWS
     clients_total                   how many clients there are (the "list" request pages them)
-    broken                          [{path, lineno, message}], the first STATUS_ROWS
+    broken                          [{path, lineno, message, compiles (bool), clients,
+                                      clients_failed}], the first STATUS_ROWS: files that do
+                                    not compile, and files whose newest version failed to run
+                                    in some client (at import time: lineno and message are
+                                    the most common error; clients counts those running it)
     broken_total                    how many files are broken
+    fleet                           the per-file view: {clients (how many reported what they
+                                    run), files: [{path, clients, newest, older, failed,
+                                    errors: [{lineno, message, clients}]}] (the first
+                                    STATUS_ROWS files not at their newest version in every
+                                    client running them, most failures first), files_total,
+                                    events (reloads and failures reported), lost, refused}
     recent                          the last 20 publications, newest first:
                                     [{seq, time, kind, changed (first 50), changed_count,
                                       affected (count)}]
@@ -48,7 +58,7 @@ from relmod._version import __version__
 from relmod.protocol import REASONS
 from relmod.server.state import BrokerState
 
-__all__ = ["RECENT", "STATUS_ROWS", "broker_status", "client_rows"]
+__all__ = ["RECENT", "STATUS_ROWS", "broken_rows", "broker_status", "client_rows", "fleet_files"]
 
 STATUS_ROWS = 100
 """How many clients and broken files the status lists; ``relmod status`` pages the rest."""
@@ -65,13 +75,45 @@ def client_rows(broker: BrokerState) -> list[dict[str, Any]]:
     return rows
 
 
+def fleet_files(broker: BrokerState) -> list[dict[str, Any]]:
+    """The files not at their newest version in every client that runs them."""
+    return broker.fleet.files(broker.project.hash_of)
+
+
+def broken_rows(
+    broker: BrokerState, files: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Every broken file, sorted by path: those that do not compile, and those whose newest
+    version failed in a client (the order the "list" request pages in). ``files``: the
+    :func:`fleet_files` already at hand."""
+    rows: dict[str, dict[str, Any]] = {
+        b.path: {**b.to_wire(), "compiles": False, "clients": 0, "clients_failed": 0}
+        for b in broker.project.broken()
+    }
+    for entry in fleet_files(broker) if files is None else files:
+        if not entry["failed"]:
+            continue
+        row = rows.get(entry["path"])
+        if row is None:
+            error = entry["errors"][0]
+            row = rows[entry["path"]] = {
+                "path": entry["path"],
+                "lineno": error["lineno"],
+                "message": error["message"],
+                "compiles": True,
+            }
+        row["clients"], row["clients_failed"] = entry["clients"], entry["failed"]
+    return [rows[path] for path in sorted(rows)]
+
+
 def broker_status(broker: BrokerState) -> dict[str, Any]:
     """Everything ``relmod status`` shows about ``broker``, as a msgpack-safe dict."""
     now = time.monotonic()
     watcher = broker.watcher
     dropped: Counter[str] = Counter(broker.codec.dropped)
     graph = broker.project.graph
-    broken = broker.project.broken()
+    files = fleet_files(broker)
+    broken = broken_rows(broker, files)
     recent = [
         {
             "seq": entry.seq,
@@ -114,8 +156,16 @@ def broker_status(broker: BrokerState) -> dict[str, Any]:
         },
         "clients": broker.clients.rows(now)[:STATUS_ROWS],
         "clients_total": len(broker.clients),
-        "broken": [b.to_wire() for b in broken[:STATUS_ROWS]],
+        "broken": broken[:STATUS_ROWS],
         "broken_total": len(broken),
+        "fleet": {
+            "clients": broker.fleet.clients,
+            "files": files[:STATUS_ROWS],
+            "files_total": len(files),
+            "events": broker.fleet.events,
+            "lost": broker.fleet.lost,
+            "refused": broker.fleet.refused,
+        },
         "recent": recent,
         "history": len(broker.history),
         "pending": {"paths": len(broker.pending), "git_hold": broker.pending.holding},
