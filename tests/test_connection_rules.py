@@ -14,9 +14,17 @@ from typing import Any
 
 import pytest
 
-from relmod.client.connection import BrokerFeed, Send, _Command, _Lost, sequence_verdict
+from relmod.client.connection import (
+    BrokerFeed,
+    Send,
+    _Command,
+    _Lost,
+    failure_parts,
+    sequence_verdict,
+)
+from relmod.errors import ReloadError
 from relmod.machinery.registry import Registry, SourceProvider
-from relmod.protocol import Message
+from relmod.protocol import Codec, Message, new_key
 
 
 class FakeHost:
@@ -206,3 +214,76 @@ def test_a_plugin_hears_the_hashes_before_anything_is_marked(
         assert feed.reads_disk and feed.name == "broker"  # a plug-in without sources
     finally:
         feed.stop()
+
+
+# -- what this process runs, told to the broker ------------------------------------------------
+
+
+class SentFrames:
+    """Stands for the DEALER socket: keeps what the feed sends."""
+
+    def __init__(self) -> None:
+        self.frames: list[list[bytes]] = []
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        self.frames.append(frames)
+
+
+def test_reloads_and_failures_reach_the_broker_as_a_delta_of_what_runs(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    root = str(tmp_path)
+    module = tmp_path / "mod.py"
+    module.write_text("X = 1\n")
+    feed = BrokerFeed(host, tmp_path / "conn.json")
+    host.registry.listeners.add(feed._on_event)
+    key = new_key()
+    client, broker = Codec(key, role="client", root=root), Codec(key, role="broker", root=root)
+    dealer = SentFrames()
+    try:
+        host.registry.load(str(module))
+        module.write_text("X = 2\nraise RuntimeError('boom')\n")
+        with pytest.raises(ReloadError):
+            host.registry.reload(str(module))
+        assert feed._news_due is not None  # due a moment later, not sent from the reload
+
+        feed._send_news(client, dealer)  # type: ignore[arg-type]
+        [frames] = dealer.frames
+        sent = broker.decode(frames)
+        assert sent.kind == "running"
+        [run] = sent.body["files"]
+        assert run["path"] == str(module) and run["failed"] is not None
+        assert (run["lineno"], run["message"]) == (2, "RuntimeError: boom")
+        [event] = sent.body["events"]
+        assert event["kind"] == "failed" and event["lineno"] == 2
+        assert feed._news_due is None
+
+        # Nothing new: nothing sent. The same state again: not sent twice.
+        feed._send_news(client, dealer)  # type: ignore[arg-type]
+        host.registry.invalidate([str(module)])
+        feed._send_news(client, dealer)  # type: ignore[arg-type]
+        assert len(dealer.frames) == 1
+
+        module.write_text("X = 3\n")
+        host.registry.reload(str(module))
+        feed._send_news(client, dealer)  # type: ignore[arg-type]
+        fixed = broker.decode(dealer.frames[-1]).body
+        assert [(r["failed"], r["message"]) for r in fixed["files"]] == [(None, None)]
+        assert [e["kind"] for e in fixed["events"]] == ["reloaded"]
+
+        # A new session: the broker knows nothing, so the state goes again.
+        feed._news_restart()
+        feed._send_news(client, dealer)  # type: ignore[arg-type]
+        assert broker.decode(dealer.frames[-1]).body["files"] == fixed["files"]
+    finally:
+        feed.stop()
+
+
+def test_a_failure_text_gives_its_line_and_short_message() -> None:
+    text = (
+        "Cannot reload /p/a.py: ValueError at line 12: bad: value. The last good version stays "
+        "in use; save a fixed version to reload."
+    )
+    assert failure_parts("/p/a.py", text) == (12, "ValueError: bad: value")
+    gone = "Cannot reload /p/a.py: the file is gone. The last good version stays in use; restore"
+    assert failure_parts("/p/a.py", gone) == (None, "the file is gone")

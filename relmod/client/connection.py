@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -43,14 +44,23 @@ from relmod.client.embedded import EmbeddedFeed
 from relmod.connfile import ConnectionInfo, read_connection_file, read_live_broker
 from relmod.curve import client_key_for, secure_client_socket
 from relmod.errors import BrokerError, ProtocolError, RelmodError
+from relmod.machinery.events import Event
 from relmod.machinery.registry import Registry, SourceProvider
-from relmod.protocol import Codec, Message, configure_socket
+from relmod.protocol import FEED_TOPIC, PAGE_BYTES, Codec, Message, configure_socket
+from relmod.sources import Broken
 
 log = logging.getLogger(__name__)
 
 
 EDGES_PER_MESSAGE = 5000
 """Runtime edges per ``edges`` request, so that none outgrows the protocol's payload limit."""
+NEWS_DELAY = 0.05
+"""Seconds between the first stale mark, reload or failure and the ``running`` report that
+tells the broker: whatever happens meanwhile goes in the same report."""
+NEWS_EVENTS_KEPT = 1000
+"""Reloads and failures kept for the next report; more are counted as lost."""
+NEWS_MESSAGE_CHARS = 2000
+"""Longest error message a report carries."""
 
 
 class _Lost(Exception):
@@ -229,13 +239,16 @@ def broker_socket(
     key_file: str | None,
     *,
     handshake_timeout: float = 0.0,
+    everything: bool = False,
 ) -> zmq.Socket[Any]:
     """A socket connected to the broker of ``info``: every client socket is made here.
 
-    A SUB socket subscribes to everything and connects to the PUB endpoint; a DEALER connects
-    to the ROUTER. With a CURVE broker the socket is a CURVE client presenting ``key_file``,
-    and with ``handshake_timeout`` the call waits that long for the handshake's verdict, so a
-    refused key is a clear error instead of a silent broker.
+    A SUB socket connects to the PUB endpoint and subscribes to what a feed reads
+    (:data:`~relmod.protocol.FEED_TOPIC`), or with ``everything`` also to the fleet's
+    ``activity`` (``relmod status --follow``); a DEALER connects to the ROUTER. With a CURVE
+    broker the socket is a CURVE client presenting ``key_file``, and with ``handshake_timeout``
+    the call waits that long for the handshake's verdict, so a refused key is a clear error
+    instead of a silent broker.
 
     Raises:
         BrokerError: the broker uses CURVE and no usable key was given, or it refused the key.
@@ -245,7 +258,7 @@ def broker_socket(
         configure_socket(sock)
         secure_client_socket(sock, info, key_file)
         if kind == zmq.SUB:
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.setsockopt(zmq.SUBSCRIBE, b"" if everything else FEED_TOPIC)
         monitor = None
         if handshake_timeout > 0 and info["curve_server_public"] is not None:
             monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
@@ -347,6 +360,13 @@ class BrokerFeed:
         self._replaced_checked = 0.0
         self._outside: EmbeddedFeed | None = None  # watches loaded folders outside the root
         self._outside_lock = threading.Lock()
+        # What to tell the broker in the next "running" report (listeners fill it, any thread).
+        self._news_lock = threading.Lock()
+        self._news_dirty: set[str] = set()  # files whose state may have changed
+        self._news_events: deque[Event] = deque()
+        self._news_lost = 0
+        self._news_due: float | None = None  # monotonic time the report is due
+        self._news_sent: dict[str, tuple[Any, ...]] = {}  # broker path -> state last reported
         self.name = "broker" if self.reads_disk else "remote"
         if plugin is not None:
             plugin.attach(host, self._wake)
@@ -361,6 +381,7 @@ class BrokerFeed:
     def start(self) -> None:
         if self._thread is None:
             self.host.registry.add_load_listener(self._on_load)
+            self.host.registry.listeners.add(self._on_event)
             self._thread = threading.Thread(target=self._run, name="relmod-broker", daemon=True)
             self._thread.start()
 
@@ -406,6 +427,7 @@ class BrokerFeed:
         if os.getpid() != self._pid:
             return  # a forked child never touches its parent's sockets
         self.host.registry.remove_load_listener(self._on_load)
+        self.host.registry.listeners.remove(self._on_event)
         self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -675,6 +697,7 @@ class BrokerFeed:
         self._send_paths(codec, dealer, info)
         self._edges_sent = -1  # a new session: the broker has none of our edges
         self._edges_known.clear()
+        self._news_restart()
         self._resync(codec, dealer)
         self.connected.set()
         self.last_error = None
@@ -707,9 +730,13 @@ class BrokerFeed:
             self._revalidate(body["hashes"])
         else:
             self._apply(body["affected"])
-        self.broken = {
+        broken = {
             self.path_map.to_local(b["path"]): (b["lineno"], b["message"]) for b in body["broken"]
         }
+        for local, (lineno, message) in broken.items():
+            if self.broken.get(local) != (lineno, message) and local in self.host.registry:
+                log.warning("%s", Broken(local, lineno, message).describe())
+        self.broken = broken
         self.epoch, self.seq = body["epoch"], body["seq"]
         self._check_syncs()
 
@@ -756,7 +783,11 @@ class BrokerFeed:
         counted: tuple[int, int, int] = (-1, -1, -1)  # (seq, generation, reloads) last counted
         state: tuple[Any, ...] = ()
         while not self._stop.is_set():
-            events = dict(poller.poll(int(self.silence * 1000 / 3)))
+            timeout = self.silence / 3
+            due = self._news_due
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - time.monotonic()))
+            events = dict(poller.poll(int(timeout * 1000 + 0.999)))
             now = time.monotonic()
             if sub in events and self._drain_sub(codec, sub, apply=True):
                 self._resync(codec, dealer)
@@ -774,6 +805,9 @@ class BrokerFeed:
             if state != reported or now - last_report > self.report_every:
                 self._report(codec, dealer, state)
                 reported, last_report = state, now
+            due = self._news_due
+            if due is not None and now >= due:
+                self._send_news(codec, dealer)
             self._send_edges(codec, dealer)
 
     def _drain_sub(self, codec: Codec, sub: zmq.Socket[Any], *, apply: bool) -> bool:
@@ -815,7 +849,7 @@ class BrokerFeed:
             local = self.path_map.to_local(body["path"])
             self.broken[local] = (body["lineno"], body["message"])
             if local in self.host.registry:
-                log.warning("%s", body["message"])
+                log.warning("%s", Broken(local, body["lineno"], body["message"]).describe())
         self.seq = body["seq"]
         self._check_syncs()
         return False
@@ -923,6 +957,106 @@ class BrokerFeed:
         }
         dealer.send_multipart(codec.encode("report", body))
 
+    # -- what this process runs, for the broker's per-file view ---------------------------
+
+    def _on_event(self, event: Event) -> None:
+        """A module went stale, reloaded or failed (any thread): note it for the next report.
+
+        Cheap on purpose: a set, a deque and, for the first news since the last report, one
+        byte on the wake pipe; the feed thread sends the report :data:`NEWS_DELAY` later.
+        """
+        if os.getpid() != self._pid:
+            return  # a forked child's feed has a listener of its own
+        with self._news_lock:
+            self._news_dirty.add(event.path)
+            if event.kind != "stale":
+                if len(self._news_events) < NEWS_EVENTS_KEPT:
+                    self._news_events.append(event)
+                else:
+                    self._news_lost += 1
+            first = self._news_due is None
+            if first:
+                self._news_due = time.monotonic() + NEWS_DELAY
+        if first and threading.current_thread() is not self._thread:
+            self._wake()
+
+    def _news_restart(self) -> None:
+        """A new session: the broker knows nothing of ours, so report every state again."""
+        with self._news_lock:
+            self._news_dirty.update(self._news_sent_local())
+            self._news_sent.clear()
+            if self._news_dirty and self._news_due is None:
+                self._news_due = time.monotonic() + NEWS_DELAY
+
+    def _news_sent_local(self) -> list[str]:
+        return [self.path_map.to_local(path) for path in self._news_sent]
+
+    def _send_news(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
+        """Send the broker what changed in the files this process runs, and its reloads and
+        failures, in ``running`` reports of about half a page each."""
+        with self._news_lock:
+            dirty, self._news_dirty = self._news_dirty, set()
+            events, self._news_events = list(self._news_events), deque()
+            lost, self._news_lost = self._news_lost, 0
+            self._news_due = None
+        root = codec.root
+        files: list[dict[str, Any]] = []
+        if dirty:
+            for rec in self.host.registry.records():
+                if rec.key not in dirty or rec.kind == "folder":
+                    continue
+                path = self.path_map.to_broker(rec.key)
+                if root is not None and not _inside(path, root):
+                    continue
+                failed = rec.failed_hash if rec.last_error else None
+                lineno, message = (None, None)
+                if failed and rec.last_error:
+                    lineno, message = failure_parts(rec.key, rec.last_error)
+                state = (rec.hash, rec.version, failed, lineno, message)
+                if self._news_sent.get(path) == state:
+                    continue
+                self._news_sent[path] = state
+                files.append(
+                    {
+                        "path": path,
+                        "hash": rec.hash,
+                        "version": rec.version,
+                        "failed": failed,
+                        "lineno": lineno,
+                        "message": message,
+                    }
+                )
+        happened: list[dict[str, Any]] = []
+        for event in events:
+            path = self.path_map.to_broker(event.path)
+            if root is not None and not _inside(path, root):
+                continue
+            lineno, message = (None, None)
+            if event.error:
+                lineno, message = failure_parts(event.path, event.error)
+            happened.append(
+                {
+                    "kind": event.kind,
+                    "path": path,
+                    "time": max(0.0, event.time),
+                    "lineno": lineno,
+                    "message": message,
+                }
+            )
+        if not files and not happened and not lost:
+            return
+        client = self._client_id()
+        batch: dict[str, Any] = {"client": client, "files": [], "events": [], "lost": lost}
+        spent = 0
+        for field_name, item in [("files", f) for f in files] + [("events", e) for e in happened]:
+            cost = 120 + len(item["path"]) + len(item["message"] or "")
+            if spent + cost > PAGE_BYTES // 2 and (batch["files"] or batch["events"]):
+                dealer.send_multipart(codec.encode("running", batch))
+                batch, spent = {"client": client, "files": [], "events": [], "lost": 0}, 0
+            batch[field_name].append(item)
+            spent += cost
+        dealer.send_multipart(codec.encode("running", batch))
+
     def _send_edges(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
         """Send the runtime edges the broker has not had from this session, in chunks."""
         graph = self.host.registry.graph
@@ -944,6 +1078,34 @@ class BrokerFeed:
         for start in range(0, len(edges), EDGES_PER_MESSAGE):
             chunk = edges[start : start + EDGES_PER_MESSAGE]
             dealer.send_multipart(codec.encode("edges", {"edges": chunk}))
+
+
+_FAILURE = re.compile(r"(?P<kind>[A-Za-z_][\w.]*)(?: at line (?P<line>\d+))?: (?P<detail>.*)", re.S)
+_ADVICE = (". The last good version stays in use", ". Fix the file and load it again")
+
+
+def failure_parts(path: str, error: str) -> tuple[int | None, str]:
+    """The line and the short message (``"RuntimeError: boom"``) of a reload error's text.
+
+    Example:
+        >>> failure_parts("/p/a.py", "Cannot reload /p/a.py: RuntimeError at line 3: boom. "
+        ...               "The last good version stays in use; save a fixed version to reload.")
+        (3, 'RuntimeError: boom')
+    """
+    text = error
+    for verb in ("reload", "load"):
+        prefix = f"Cannot {verb} {path}: "
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    for advice in _ADVICE:
+        text = text.split(advice, 1)[0]
+    match = _FAILURE.fullmatch(text)
+    if match is None:
+        return None, text[:NEWS_MESSAGE_CHARS]
+    line = match["line"]
+    message = f"{match['kind']}: {match['detail']}"[:NEWS_MESSAGE_CHARS]
+    return (int(line) if line else None), message
 
 
 def _inside(path: str, root: str) -> bool:
