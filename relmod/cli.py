@@ -3,6 +3,7 @@
 Example:
     $ relmod status            # the broker serving the current folder: clients, broken files, ...
     $ relmod status ~/proj --json
+    $ relmod status --follow   # saves, publications, each client's reloads and failures, live
     $ relmod graph --dot | dot -Tsvg > graph.svg
     $ relmod demo              # a guided demonstration with a broker and four workers
 
@@ -30,8 +31,8 @@ from relmod.connfile import ConnectionInfo, find_connection_file, read_live_brok
 from relmod.curve import client_key_for
 from relmod.errors import BrokerError, BrokerNotFound, BrokerTimeout, ProtocolError
 from relmod.graph import DependencyGraph
-from relmod.protocol import Codec, Message
-from relmod.sources import display_path
+from relmod.protocol import Codec, Message, heartbeat_interval
+from relmod.sources import Broken, display_path
 
 __all__ = ["main"]
 
@@ -200,9 +201,14 @@ def format_status(status: dict[str, Any]) -> str:
     for entry in broken:
         where = display_path(entry["path"], root)
         line = f" line {entry['lineno']}" if entry["lineno"] is not None else ""
-        lines.append(f"  {where}{line}: {entry['message']}")
+        text = f"  {where}{line}: {entry['message']}"
+        if entry.get("clients_failed"):
+            when = "to reload" if entry.get("compiles", True) else "to reload an earlier version"
+            text += f" (failed {when} in {entry['clients_failed']} of {entry['clients']} clients)"
+        lines.append(text)
     if total > len(broken):
         lines.append(f"  and {total - len(broken)} more (relmod status --all lists them)")
+    lines += format_fleet(status.get("fleet"), root)
     recent = status["recent"]
     lines.append("recent publications (newest first):" if recent else "recent publications: none")
     for entry in recent[:10]:
@@ -222,6 +228,52 @@ def format_status(status: dict[str, Any]) -> str:
     if refused:
         lines.append("refused: " + ", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())))
     return "\n".join(lines)
+
+
+def format_fleet(fleet: dict[str, Any] | None, root: str) -> list[str]:
+    """The per-file view: files not at their newest version in every client that runs them.
+
+    >>> format_fleet({"clients": 4, "files_total": 1, "files": [{"path": "/p/f.py",
+    ...     "clients": 4, "newest": 1, "older": 0, "failed": 3, "errors": [{"lineno": 303,
+    ...     "message": "RuntimeError: boom", "clients": 3}]}]}, "/p")[2].strip()
+    '3 of 4 clients failed to reload ./f.py: RuntimeError at line 303: boom'
+    """
+    if not fleet:
+        return []
+    files, total = fleet["files"], fleet["files_total"]
+    if not files:
+        reporting = fleet["clients"]
+        return [
+            f"file versions: the same in every client ({reporting} reporting)"
+            if reporting
+            else "file versions: no client has reported what it runs yet"
+        ]
+    lines = [f"file versions ({total} not the same in every client):"]
+    for entry in files:
+        where = display_path(entry["path"], root)
+        count = entry["clients"]
+        lines.append(
+            f"  {where}: {entry['newest']} of {count} clients run the newest version, "
+            f"{entry['older']} an older one, {entry['failed']} failed"
+        )
+        for error in entry["errors"]:
+            lines.append(
+                f"    {error['clients']} of {count} clients failed to reload {where}: "
+                + _error_text(error["lineno"], error["message"])
+            )
+    if total > len(files):
+        lines.append(f"  and {total - len(files)} more")
+    return lines
+
+
+def _error_text(lineno: int | None, message: str) -> str:
+    """``RuntimeError at line 3: boom`` from line 3 and ``RuntimeError: boom``."""
+    kind, sep, text = message.partition(": ")
+    if lineno is None:
+        return message
+    if sep and kind.replace(".", "").isidentifier():
+        return f"{kind} at line {lineno}: {text}"
+    return f"{message} (line {lineno})"
 
 
 def format_scan(scan: dict[str, Any]) -> str:
@@ -249,6 +301,8 @@ def format_scan(scan: dict[str, Any]) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     info = find_broker(args.path)
+    if args.follow:
+        return follow(info, args.timeout)
     with BrokerLine(info, args.timeout) as line:
         status = line.ask("status", {}, "status").body["status"]
         if args.all or args.json:
@@ -260,6 +314,104 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(format_status(status))
     return 0
+
+
+# -- follow -------------------------------------------------------------------------------------
+
+
+def follow(info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Print what happens across the fleet, one line each, until Ctrl-C or the broker stops.
+
+    Subscribes to the broker's publications as a client's feed does (the same socket, CURVE
+    included), and to the ``activity`` the clients report: saves, broken files, each client's
+    reloads and failures. Returns 0 after Ctrl-C or the broker's goodbye, 1 when it falls silent.
+    """
+    root = info["root"]
+    codec = Codec(bytes.fromhex(info["key"]), role="client", root=root)
+    context: zmq.Context[Any] = zmq.Context()
+    sub = None
+    try:
+        sub = broker_socket(
+            context,
+            zmq.SUB,
+            info,
+            client_key_for(info, None, local=True),
+            handshake_timeout=timeout,
+            everything=True,
+        )
+        silence = max(3 * heartbeat_interval(), timeout)
+        # The subscription is live once anything arrives (a heartbeat within a second): only
+        # then is nothing that follows missed.
+        if not sub.poll(int(silence * 1000)):
+            raise BrokerTimeout(f"The relmod broker of {root} (pid {info['pid']}) is silent.")
+        print(f"following the relmod broker of {root} (pid {info['pid']}); Ctrl-C stops")
+        sys.stdout.flush()
+        while True:
+            if not sub.poll(int(silence * 1000)):
+                print(f"{_clock(time.time())} the broker fell silent for {silence:g} s", flush=True)
+                return 1
+            try:
+                message = codec.decode(sub.recv_multipart())
+            except ProtocolError:
+                continue  # counted in codec.dropped
+            for line in format_publication(message, root):
+                print(line, flush=True)
+            if message.kind == "bye":
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if sub is not None:
+            sub.close(linger=0)
+        context.term()
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when)) + f".{int(when % 1 * 1000):03d}"
+
+
+def format_publication(message: Message, root: str) -> list[str]:
+    """The lines ``relmod status --follow`` prints for one publication (none for heartbeats).
+
+    >>> body = {"epoch": "e", "client": "h:7", "lost": 0, "events": [{"kind": "failed",
+    ...     "path": "/p/a.py", "time": 0.0, "lineno": 3, "message": "RuntimeError: boom"}]}
+    >>> format_publication(Message("activity", body, b"", 1), "/p")[0][13:]  # doctest: +ELLIPSIS
+    'h:7 failed: Cannot reload ./a.py: RuntimeError at line 3: boom. The last good version ...'
+    """
+    body = message.body
+    if message.kind == "invalidate":
+        names = [display_path(p, root) for p in body["changed"][:5]]
+        more = len(body["changed"]) - len(names)
+        gone = [p for p in body["changed"][:5] if body["hashes"].get(p, "") is None]
+        what = "deleted" if gone and len(gone) == len(names) else "saved"
+        return [
+            f"{_clock(time.time())} #{body['seq']} {what} {', '.join(names)}"
+            + (f" and {more} more" if more > 0 else "")
+            + f" ({len(body['affected'])} modules affected)"
+        ]
+    if message.kind == "broken":
+        text = Broken(body["path"], body["lineno"], body["message"]).describe(relative_to=root)
+        return [f"{_clock(time.time())} #{body['seq']} {text}"]
+    if message.kind == "bye":
+        return [f"{_clock(time.time())} the broker stopped"]
+    if message.kind != "activity":
+        return []
+    lines = []
+    for event in body["events"]:
+        where = display_path(event["path"], root)
+        if event["kind"] == "failed":
+            what = "failed: " + Broken(
+                event["path"], event["lineno"], event["message"] or "an unknown error"
+            ).describe(relative_to=root)
+        else:
+            what = f"{event['kind']} {where}"
+        lines.append(f"{_clock(event['time'])} {body['client']} {what}")
+    if body["lost"]:
+        lines.append(
+            f"{_clock(time.time())} {body['client']}: {body['lost']} more reloads or failures "
+            "not reported (too many at once)"
+        )
+    return lines
 
 
 def _bytes_as_hex(value: Any) -> Any:
@@ -313,6 +465,11 @@ def _parser() -> OneLineParser:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument(
         "--all", action="store_true", help="list every client and broken file (JSON always does)"
+    )
+    status.add_argument(
+        "--follow",
+        action="store_true",
+        help="print saves, publications and each client's reloads and failures as they happen",
     )
     status.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
     status.set_defaults(run=_status)
