@@ -338,3 +338,23 @@ def test_a_broken_save_is_logged_by_each_client_with_its_file_and_line(
     for log in [c.close() for c in clients]:
         assert f"Cannot reload {fmt}: SyntaxError at line 2:" in log, log
         assert "The last good version stays in use" in log
+
+
+def test_follow_speaks_curve_to_a_tcp_broker(project: Path) -> None:
+    from test_e2e_broker import _free_port_pair
+
+    broker = Broker(project, "--tcp", f"127.0.0.1:{_free_port_pair()}").start()
+    client = follower = None
+    try:
+        client = Client(project)
+        follower = Follower(project)  # the broker's local key pair, as a client's feed uses
+        write(project / "app" / "fmt.py", FAILS)
+        follower.expect("saved ./app/fmt.py")
+        assert client.use() == "1"
+        follower.expect(f":{client.proc.pid} failed: Cannot reload ./app/fmt.py: RuntimeError")
+    finally:
+        if follower is not None:
+            assert follower.stop() == 0
+        if client is not None:
+            client.close()
+        broker.stop()
