@@ -1072,9 +1072,18 @@ def stale_objects(classes: Iterable[type]) -> list[Any]:
 
 
 def _still_in_use(first: bool, on_error: str = "raise") -> str:
+    """What happens next, said at the end of a failed load's or reload's message."""
     if first:
         return "Fix the file and load it again."
-    return "The last good version stays in use; save a fixed version to reload."
+    if on_error == "keep":
+        return (
+            "The last good version stays in use (this process logs the error and goes on); "
+            "save a fixed version to reload."
+        )
+    return (
+        "The last good version stays in use; this error is raised once, where the module was "
+        "used; save a fixed version to reload."
+    )
 
 
 def _line_in(err: BaseException, path: str) -> int | None:
