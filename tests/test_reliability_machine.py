@@ -190,14 +190,6 @@ def test_an_unreadable_file_mid_save_keeps_the_broker_going(
     assert now["batch_errors"] == 0 and now["request_errors"] == 0 and now["broken"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relmod/server/project.py Project._expand treats a reported path that is now a "
-    "folder only as a folder (checking the files below it) and never re-checks the tracked "
-    "file of that name; relmod/server/scanner.py read_record logs its OSError at DEBUG only. "
-    "A module file replaced by a folder is therefore not reported at all (no warning, nothing "
-    "in status) though the issue asks the broker to report an unreadable file",
-)
 def test_the_broker_reports_a_module_it_cannot_read(project: Path) -> None:
     broker = Broker(project).start()
     worker = Worker(cwd=project)
@@ -220,15 +212,6 @@ def test_the_broker_reports_a_module_it_cannot_read(project: Path) -> None:
     assert warnings, log  # ...and names the file it could not read
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relmod/server/project.py Project._expand resolves each reported .py path with "
-    "os.path.realpath and checks only the real path: when a tracked module file is replaced "
-    "by a symbolic link (leaf.py -> other.py, or a dangling link whose target appears later), "
-    "leaf.py is never re-read under its own path, no invalidation names it, and sync() does "
-    "not repair it (Project.suspects sees leaf.py's stat move, but apply() again checks only "
-    "the real path): clients that loaded leaf.py run its old code after relmod.sync()",
-)
 def test_a_module_replaced_by_a_symlink_is_invalidated(
     project: Path, broker: Broker, worker: Worker
 ) -> None:
@@ -239,6 +222,10 @@ def test_a_module_replaced_by_a_symlink_is_invalidated(
     (project / "leaf.py").symlink_to(project / "other.py")
     worker.call("sync")
     assert worker.call("get", name="mid", attr="DOUBLE") == 18
+    for value in range(10, 30):  # then the link's target is edited, 20 times
+        save(project / "other.py", f"VALUE = {value}\n")
+        worker.call("sync")
+        assert worker.call("get", name="mid", attr="DOUBLE") == 2 * value
 
 
 # -- encodings, a module turned package, symlinked folders --------------------------------------

@@ -119,6 +119,9 @@ class Project:
         self._by_hash: dict[str, set[str]] = {}  # hash -> paths whose last good version has it
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._folder_cache: set[str] | None = None  # see _folders()
+        # A tracked file that became a symbolic link: its target's real path -> the link. A
+        # module is the path clients named, so an edit of the target is an edit of the link.
+        self._links: dict[str, set[str]] = {}
         # Files the first scan found but has not delivered yet (None: no scan under way).
         self._unscanned: set[str] | None = None
         self._scan_began = time.time()
@@ -410,8 +413,13 @@ class Project:
                 continue
             if os.path.isdir(path):
                 folders.add(path)
+                if path in self.known():
+                    files.add(path)  # a tracked module replaced by a folder: say so when read
             elif path.endswith(".py"):
                 real = os.path.realpath(path)
+                if real != path and path in self.known():
+                    files.add(path)  # a tracked file replaced by a link: checked by its own name
+                    self._links.setdefault(real, set()).add(path)
                 if inside(real, self.root) and not is_ignored(os.path.relpath(real, self.root)):
                     files.add(real)
             elif path in self._folders():
@@ -429,6 +437,10 @@ class Project:
                         files.add(known)
                         break
                     parent = os.path.dirname(parent)
+        for real in [f for f in files if f in self._links]:
+            links = self._links[real]
+            links.intersection_update(p for p in links if os.path.realpath(p) == real)
+            files.update(links)  # the link's target changed: so did the module the link names
         return {f for f in files if inside(f, self.root)}, folders
 
     def _folders(self) -> set[str]:
@@ -468,6 +480,13 @@ class Project:
         if record.hash is None:  # gone
             if old is None and was_broken is None:
                 return
+            if os.path.lexists(path):  # there, but not a file we can read: a user should know
+                logger.warning(
+                    "Cannot read %s (%s): clients that loaded it keep its last good version "
+                    "until a readable module is saved there.",
+                    path,
+                    "it is a folder now" if os.path.isdir(path) else "unreadable",
+                )
             self._forget(path)
             changed.add(path)
             return
