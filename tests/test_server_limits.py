@@ -233,3 +233,29 @@ def test_an_error_reply_ends_a_clients_wait_at_once(small: Path) -> None:
         worker.close()
         fake.close()
     assert os.path.exists(small / "leaf.py")
+
+
+@pytest.mark.slow
+def test_a_broker_on_80000_files_accepts_clients_that_follow_edits(tmp_path: Path) -> None:
+    """80,000 files: every answer that grows with the project comes in pages, clients connect."""
+    from support import Broker
+
+    root = (tmp_path / "huge").resolve()
+    for folder in range(400):
+        sub = root / f"f{folder:03d}"
+        sub.mkdir(parents=True)
+        for index in range(200):
+            (sub / f"m{index:03d}.py").write_text(f"V = {index}\n")
+    write(root / "app.py", "from .f000.m000 import V\nVALUE = V + 1\n")
+    broker = Broker(root).start(timeout=120)
+    worker = Worker(cwd=root)
+    try:
+        assert worker.call("connect", root=str(root), timeout=60) is True
+        worker.call("load", name="app", path=str(root / "app.py"))
+        assert worker.call("get", name="app", attr="VALUE") == 1
+        write(root / "f000" / "m000.py", "V = 41\n")
+        assert worker.call("wait_value", name="app", attr="VALUE", value=42, timeout=30) == 42
+        assert cli.main(["status", str(root), "--json"]) == 0
+    finally:
+        worker.close()
+        broker.stop()
