@@ -28,7 +28,9 @@ def write(path: Path, text: str) -> Path:
 class LineWorker:
     """A process that runs ``code`` and then prints one answer per line it reads."""
 
-    def __init__(self, code: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, code: str, cwd: Path, env: dict[str, str] | None = None, user: int | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(code)],
             cwd=cwd,
@@ -38,6 +40,8 @@ class LineWorker:
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
+            user=user,
+            group=user,
         )
 
     def ask(self, line: str = "") -> str:
@@ -300,3 +304,63 @@ def test_with_a_broker_a_re_pointed_folder_link_is_a_change_after_sync(
             assert worker.ask() == version
     finally:
         worker.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the client as another user")
+def test_a_file_made_unreadable_then_readable_again_is_never_stale_after_sync() -> None:
+    """chmod 000 (the client, another user, cannot read it) then 644: new code after sync()."""
+    import shutil
+    import tempfile
+
+    nobody = 65534
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import relmod"],
+            user=nobody,
+            group=nobody,
+            capture_output=True,
+            env=child_env(HOME="/tmp"),
+            cwd="/",
+            timeout=60,
+        )
+    except PermissionError as err:
+        pytest.skip(f"the interpreter cannot run as uid {nobody} here ({err})")
+    if probe.returncode != 0:
+        pytest.skip(f"relmod cannot be imported as uid {nobody}: {probe.stderr[-200:]!r}")
+    base = Path(tempfile.mkdtemp(prefix="relmod-perm-"))
+    try:
+        base.chmod(0o755)
+        root = base / "proj"
+        write(root / "perm.py", "V = 0\n")
+        root.chmod(0o755)
+        (root / "perm.py").chmod(0o644)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        os.chown(private, nobody, nobody)
+        env = child_env(
+            RELMOD_RUNTIME_DIR=str(private / "run"),
+            RELMOD_CACHE_DIR=str(private / "cache"),
+            HOME=str(private),
+        )
+        code = """
+            import sys, relmod
+            relmod.configure(on_error='keep')
+            perm = relmod.at('perm.py')
+            for line in sys.stdin:
+                relmod.sync()
+                print(perm.V, flush=True)
+        """
+        worker = LineWorker(code, cwd=root, env=env, user=nobody)
+        try:
+            assert worker.ask() == "0"
+            for value in range(1, 21):
+                (root / "perm.py").chmod(0o000)
+                write(root / "perm.py", f"V = {value}\n")  # a save the client cannot read yet
+                (root / "perm.py").chmod(0o000)
+                assert worker.ask() == str(value - 1)  # unreadable: the last good version
+                (root / "perm.py").chmod(0o644)
+                assert worker.ask() == str(value)
+        finally:
+            worker.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
