@@ -188,7 +188,9 @@ def format_status(status: dict[str, Any]) -> str:
         seq = "-" if client["seq"] is None else client["seq"]
         lines.append(
             f"  pid {client['pid'] or '?'} on {client['host'] or '?'}: seq {seq}, "
-            f"{client['stale']} stale, seen {_ago(client['last_seen_ago'])} ago"
+            f"{client['stale']} stale, {client.get('patched', 0)} held object(s) patched"
+            + (f" ({client['unpatched']} not)" if client.get("unpatched") else "")
+            + f", seen {_ago(client['last_seen_ago'])} ago"
             + (f"  {client['argv'][:60]}" if client["argv"] else "")
         )
         if client["error"]:

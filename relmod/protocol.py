@@ -177,7 +177,14 @@ SCHEMAS: Final[dict[Direction, dict[str, dict[str, Spec]]]] = {
         "hello": {"client": STR, "pid": INT, "host": STR, "argv": STR},
         "since": {"epoch": STR, "seq": INT},
         "edges": {"edges": list_of(tuple_of(PATH, PATH))},
-        "report": {"client": STR, "seq": INT, "stale": INT, "error": optional(TEXT)},
+        "report": {
+            "client": STR,
+            "seq": INT,
+            "stale": INT,
+            "error": optional(TEXT),
+            "patched": optional(INT),
+            "unpatched": optional(INT),
+        },
         # What changed in the files a client runs since its last "running" (a delta, sent a
         # moment after reloads happen), and the reloads and failures themselves.
         "running": {

@@ -384,12 +384,20 @@ def test_graph_edges_and_source_requests(project: Path, probe: Probe) -> None:
 def test_clients_are_listed_in_status_until_goodbye(probe: Probe) -> None:
     hello = {"client": "box:42", "pid": 42, "host": "box", "argv": "python app.py"}
     probe.request("hello", hello)
-    report = {"client": "box:42", "seq": 0, "stale": 3, "error": "Cannot reload ./a.py: boom"}
+    report = {
+        "client": "box:42",
+        "seq": 0,
+        "stale": 3,
+        "error": "Cannot reload ./a.py: boom",
+        "patched": 5,
+        "unpatched": 1,
+    }
     assert probe.request("report", report).kind == "ack"
     status = probe.status()
     [client] = [c for c in status["clients"] if c["client"] == "box:42"]
     assert (client["pid"], client["host"], client["seq"], client["stale"]) == (42, "box", 0, 3)
     assert client["error"] == report["error"] and client["last_seen_ago"] < 5
+    assert (client["patched"], client["unpatched"]) == (5, 1)  # held objects its reloads updated
     for key in ("pid", "root", "uptime", "epoch", "seq", "watcher", "files", "graph",
                 "endpoints", "broken", "recent", "dropped", "request_errors"):  # fmt: skip
         assert key in status

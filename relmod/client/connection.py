@@ -949,11 +949,14 @@ class BrokerFeed:
 
     def _report(self, codec: Codec, dealer: zmq.Socket[Any], state: tuple[Any, ...]) -> None:
         seq, stale, error = state
+        registry = self.host.registry
         body = {
             "client": self._client_id(),
             "seq": seq,
             "stale": stale,
             "error": error[:16000] if error else None,
+            "patched": registry.patched,  # held objects reloads updated in place / left alone
+            "unpatched": registry.unpatchable,
         }
         dealer.send_multipart(codec.encode("report", body))
 

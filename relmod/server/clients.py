@@ -64,6 +64,8 @@ class ClientRecord:
     seq: int | None = None
     stale: int = 0
     error: str | None = None
+    patched: int = 0  # held objects its reloads updated in place
+    unpatched: int = 0  # and those they had to leave as they were
 
 
 class ClientTable:
@@ -130,6 +132,8 @@ class ClientTable:
         record.seq = body["seq"]
         record.stale = body["stale"]
         record.error = body["error"]
+        record.patched = body.get("patched") or 0
+        record.unpatched = body.get("unpatched") or 0
         record.last_seen = now
 
     def touch(self, identity: bytes, now: float) -> None:
@@ -174,6 +178,8 @@ class ClientTable:
                     "seq": record.seq,
                     "stale": record.stale,
                     "error": record.error,
+                    "patched": record.patched,
+                    "unpatched": record.unpatched,
                 }
             )
         rows.sort(key=lambda row: (row["host"] or "", row["pid"] or 0, row["client"]))
