@@ -256,6 +256,7 @@ def test_a_broker_on_80000_files_accepts_clients_that_follow_edits(tmp_path: Pat
         write(root / "f000" / "m000.py", "V = 41\n")
         assert worker.call("wait_value", name="app", attr="VALUE", value=42, timeout=30) == 42
         assert cli.main(["status", str(root), "--json"]) == 0
+        assert cli.main(["graph", str(root)]) == 0  # every node, in pages
     finally:
         worker.close()
         broker.stop()
