@@ -641,17 +641,6 @@ class Registry:
             }
             self._bring_up_to_date(todo)
 
-    def refresh_all(self) -> list[ReloadError]:
-        """Bring every stale module up to date now; return the failures (notebook cells)."""
-        errors: list[ReloadError] = []
-        for rec in self.records():
-            if self.types.is_stale(rec.module):
-                try:
-                    self.refresh(rec.module)
-                except ReloadError as err:
-                    errors.append(err)
-        return errors
-
     def reload(self, target: str | types.ModuleType) -> types.ModuleType:
         """Re-execute a module now, even if unchanged, then every module depending on it."""
         module = self.load(target) if isinstance(target, str) else target
@@ -927,11 +916,6 @@ class Registry:
             rec.new_edges = None
             rec.reloading = False
             stack.pop()
-
-    def running(self) -> Record | None:
-        """The record whose code runs in this thread now (imports it makes are its edges)."""
-        stack = getattr(self._local, "running", None)
-        return stack[-1] if stack else None
 
     def _failed(
         self, err: ReloadError, members: list[Record], gens: dict[int, int], strict: bool
