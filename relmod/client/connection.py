@@ -319,6 +319,8 @@ class BrokerFeed:
 
     silence = 3.0  # seconds without a message before the broker counts as gone
     report_every = 20.0  # seconds between keep-alive reports
+    report_after = 0.5  # a change is reported at most this often: never a report per save
+    report_delay = 0.1  # and this long after it, off the moment every client wakes at once
 
     def __init__(
         self,
@@ -782,11 +784,16 @@ class BrokerFeed:
         reported: tuple[Any, ...] = ()
         counted: tuple[int, int, int] = (-1, -1, -1)  # (seq, generation, reloads) last counted
         state: tuple[Any, ...] = ()
+        dirty = False  # something moved since the last report
+        dirty_at = 0.0
         while not self._stop.is_set():
             timeout = self.silence / 3
             due = self._news_due
             if due is not None:
                 timeout = max(0.0, min(timeout, due - time.monotonic()))
+            if dirty:
+                report_at = max(last_report + self.report_after, dirty_at + self.report_delay)
+                timeout = max(0.0, min(timeout, report_at - time.monotonic()))
             events = dict(poller.poll(int(timeout * 1000 + 0.999)))
             now = time.monotonic()
             if sub in events and self._drain_sub(codec, sub, apply=True):
@@ -799,12 +806,21 @@ class BrokerFeed:
                 raise _Lost(f"nothing heard from the broker for {self.silence:.0f}s")
             registry = self.host.registry
             marks = (self.seq, registry.generation, registry.reloads + registry.errors_logged)
-            if marks != counted:  # walk the modules only when something moved
-                counted = marks
-                state = (self.seq, registry.stale_count(), self._last_reload_error())
-            if state != reported or now - last_report > self.report_every:
-                self._report(codec, dealer, state)
-                reported, last_report = state, now
+            if marks != counted:
+                if not dirty:
+                    dirty_at = now
+                counted, dirty = marks, True
+            keep_alive = now - last_report > self.report_every
+            ready = now - last_report >= self.report_after and now - dirty_at >= self.report_delay
+            if (dirty and ready) or keep_alive:
+                # Walk the modules only now: a storm of saves costs one walk and one report
+                # per report_after, none on the path from an invalidation to the stale mark.
+                if dirty:
+                    state = (self.seq, registry.stale_count(), self._last_reload_error())
+                    dirty = False
+                if state != reported or keep_alive:
+                    self._report(codec, dealer, state)
+                    reported, last_report = state, now
             due = self._news_due
             if due is not None and now >= due:
                 self._send_news(codec, dealer)
