@@ -83,6 +83,13 @@ Signature = tuple[int, int, int, int]
 """A file's (mtime_ns, ctime_ns, size, inode)."""
 
 
+def trusted_signature(st: os.stat_result) -> Signature | None:
+    """A stat result's signature, or None while it is too young to stand for the content."""
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS:
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
 def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
     """The code of the file at ``path``, its content hash, and its trusted stat signature.
 
@@ -97,10 +104,7 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
         OSError: the file cannot be read. SyntaxError and the like: it does not compile.
     """
     folder = cache_dir()
-    st = os.stat(path)
-    signature: Signature | None = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS:
-        signature = None
+    signature = trusted_signature(os.stat(path))
     where = None
     if folder is not None and signature is not None:
         where = _cache_file(os.path.join(folder, "by-stat"), f"{path}\0{signature}", "")

@@ -77,7 +77,6 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.toplevel: dict[str, str] = {}  # name -> file or folder given to toplevel()
-        self._real_folders: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def install(self) -> None:
@@ -119,7 +118,7 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
         scope = self.registry.scope
         if not (scope.roots or scope.everything):
             return spec
-        real = self._realpath(origin)
+        real = self.registry.realpath(origin)
         existing = self.registry._records.get(real)
         if existing is not None and existing.name != fullname:
             spec.loader = _Existing(existing.module)  # one module per file, under both names
@@ -127,17 +126,6 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
         if scope.accepts(fullname, real):
             spec.loader = ProjectLoader(self.registry, spec.loader, real)
         return spec
-
-    def _realpath(self, path: str) -> str:
-        # realpath costs an lstat per path component: folders are resolved once, the file
-        # itself with one lstat (a module file may be a link of its own).
-        if os.path.islink(path):
-            return os.path.realpath(path)
-        folder, name = os.path.split(path)
-        real = self._real_folders.get(folder)
-        if real is None:
-            real = self._real_folders[folder] = os.path.realpath(folder)
-        return os.path.join(real, name)
 
     def _others(self, fullname: str, path: Sequence[str] | None, target: Any) -> ModuleSpec | None:
         for finder in list(sys.meta_path):

@@ -50,7 +50,7 @@ from typing import Any, Literal, Protocol
 from relmod.errors import ModuleNotFound, ReloadError
 from relmod.graph import DependencyGraph
 from relmod.machinery import modules as m
-from relmod.machinery.code import RACY_NS, defined_names, load_code, load_file_code
+from relmod.machinery.code import defined_names, load_code, load_file_code, trusted_signature
 from relmod.machinery.events import Event, Listeners
 from relmod.machinery.patching import CallGuard, patch_namespace
 from relmod.machinery.scope import Scope
@@ -342,7 +342,7 @@ class Registry:
         self._records[key] = rec
         for folder_key in self._watch_folders(rec):
             self._folders[folder_key] = self._folders.get(folder_key, 0) + 1
-        real = self._realpath(key) if by_path else key  # an import's path is real already
+        real = self.realpath(key) if by_path else key  # an import's path is real already
         if real != key:  # named through a link: changes arrive under the real path too
             self._by_real.setdefault(real, set()).add(key)
         self._by_id[id(module)] = rec
@@ -368,7 +368,7 @@ class Registry:
                     self._folders[folder] = left
                 else:
                     self._folders.pop(folder, None)
-            keys = self._by_real.get(self._realpath(rec.key)) if rec.by_path else None
+            keys = self._by_real.get(self.realpath(rec.key)) if rec.by_path else None
             if keys is not None:
                 keys.discard(rec.key)
         self._by_id.pop(id(rec.module), None)
@@ -514,7 +514,7 @@ class Registry:
         real = self._real_folder(folder)
         out = {folder, real}
         if rec.kind != "folder":
-            out.add(os.path.dirname(self._realpath(rec.key)))
+            out.add(os.path.dirname(self.realpath(rec.key)))
         if real != folder:
             out.add(os.path.dirname(folder))  # the link itself may be re-pointed
         return out
@@ -534,8 +534,9 @@ class Registry:
             real = self._real_folders[folder] = os.path.realpath(folder)
         return real
 
-    def _realpath(self, path: str) -> str:
-        """``os.path.realpath``, with folders resolved once (an lstat per component is slow)."""
+    def realpath(self, path: str) -> str:
+        """``os.path.realpath``, with folders resolved once (an lstat per component is slow);
+        the file itself costs one lstat (a module file may be a link of its own)."""
         if os.path.islink(path):
             return os.path.realpath(path)
         folder, name = os.path.split(path)
@@ -731,12 +732,9 @@ class Registry:
         if not isinstance(self.sources, DiskSources):
             return None
         try:
-            st = os.stat(rec.key)
+            return trusted_signature(os.stat(rec.key))
         except OSError:
             return None
-        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS:
-            return None
-        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
     def _become_namespace(self, rec: Record) -> None:
         """A package loaded by path lost its ``__init__.py``: it is now a folder namespace."""
