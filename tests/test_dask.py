@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +123,12 @@ def test_the_plugin_captures_the_client_and_takes_overrides(project: Path) -> No
     assert other.worker_setup.toplevel == (("t", "/srv/proj/t.py"),)
 
 
-def test_plain_imports_reload_on_every_worker_without_toplevel(project: Path) -> None:
-    """The client process imports the project the ordinary way; the plugin needs nothing else."""
-    import sys
-
+@contextmanager
+def plain_project_cluster(project: Path) -> Iterator[Any]:
+    """This process connected and importing the project the ordinary way; two worker processes
+    with the plugin registered."""
     sys.path.insert(0, str(project))
     relmod.connect(str(project))
-    import tasks  # type: ignore[import-not-found]
-
     with (
         distributed.LocalCluster(
             n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
@@ -136,6 +136,14 @@ def test_plain_imports_reload_on_every_worker_without_toplevel(project: Path) ->
         distributed.Client(cluster) as client,
     ):
         client.register_plugin(RelmodPlugin())
+        yield client
+
+
+def test_plain_imports_reload_on_every_worker_without_toplevel(project: Path) -> None:
+    """The client process imports the project the ordinary way; the plugin needs nothing else."""
+    with plain_project_cluster(project) as client:
+        import tasks  # type: ignore[import-not-found]
+
         first = on_every_worker(client)
         assert all(r[1:] == (1, True, "keep") for r in first.values()), first
         write(project / "tasks.py", TASKS.format(value=2))
@@ -147,7 +155,6 @@ def test_plain_imports_reload_on_every_worker_without_toplevel(project: Path) ->
 def test_a_worker_started_with_preload_reloads_project_modules(project: Path) -> None:
     """``dask worker --preload relmod.dask`` from the project folder: no plugin, no toplevel."""
     import subprocess
-    import sys
 
     from support import child_env
 
@@ -192,19 +199,7 @@ def test_a_worker_started_with_preload_reloads_project_modules(project: Path) ->
 
 def test_after_the_clients_sync_no_task_runs_old_code(project: Path) -> None:
     """Edit, sync() in the client process, submit: every worker runs the edit, 30 times."""
-    import sys
-
-    sys.path.insert(0, str(project))
-    relmod.connect(str(project))
-    import tasks  # type: ignore[import-not-found]  # noqa: F401  (pickled by name below)
-
-    with (
-        distributed.LocalCluster(
-            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        client.register_plugin(RelmodPlugin())
+    with plain_project_cluster(project) as client:
         on_every_worker(client)
         stale = []
         for value in range(2, 32):
