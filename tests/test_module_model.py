@@ -324,6 +324,51 @@ def test_importlib_import_module_with_a_computed_name_is_tracked(project: Path) 
     assert alpha.NAME == "beta"
 
 
+def test_dependencies_come_from_the_code_and_python_keeps_its_own_import(project: Path) -> None:
+    import builtins
+
+    python_import = builtins.__import__
+    write(project / "deps" / "__init__.py", "from .base import VALUE\n")
+    write(project / "deps" / "base.py", "VALUE = 1\n")
+    write(project / "deps" / "helpers.py", "H = 1\n")
+    write(project / "deps" / "klass.py", "Y = 1\n")
+    write(project / "deps" / "inner.py", "Z = 1\n")
+    write(project / "deps" / "lazy.py", "X = 1\n")
+    write(
+        project / "deps" / "user.py",
+        """
+        from . import base
+        from .base import VALUE as V
+        import deps.helpers
+        from deps import helpers as h2
+        class K:
+            from .klass import Y
+        def setup():
+            from .inner import Z
+            return Z
+        SETUP = setup()
+        def late():
+            from .lazy import X
+            return X
+        TOTAL = V + K.Y + SETUP
+        """,
+    )
+    relmod.enable()
+    import deps.user
+
+    assert builtins.__import__ is python_import, "an ordinary import needs no __import__ hook"
+    names = {m.__name__ for m in relmod.get_dependencies(deps.user)}
+    assert names == {"deps.base", "deps.helpers", "deps.klass", "deps.inner"}
+    assert {m.__name__ for m in relmod.get_dependencies("deps")} == {"deps.base"}
+
+    write(project / "deps" / "base.py", "VALUE = 10\n")
+    write(project / "deps" / "klass.py", "Y = 100\n")
+    relmod.sync()
+    assert deps.user.TOTAL == 111
+    assert deps.VALUE == 10
+    assert deps.user.late() == 1  # run now: its import needed no hook either
+
+
 def test_add_listener_sees_stale_reloaded_and_failed_in_order(project: Path) -> None:
     write(project / "heard.py", "X = 1\n")
     events: list[relmod.Event] = []

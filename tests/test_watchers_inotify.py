@@ -419,6 +419,42 @@ def test_set_paths_from_a_file_to_its_folder_watches_the_folders_below(
     assert watcher.watches == 0
 
 
+def test_watch_now_is_live_on_return_and_sends_no_rescan(
+    tmp_path: Path, watch: Callable[..., InotifyWatcher]
+) -> None:
+    first, later, missing = tmp_path / "first", tmp_path / "later", tmp_path / "missing"
+    first.mkdir()
+    later.mkdir()
+    seen = Recorder()
+    watcher = watch([first], seen, recursive=False)
+
+    assert watcher.watch_now([str(later), str(first)])
+    (later / "mod.py").write_text("x = 1\n")  # at once: no wait for the watcher's thread
+    assert wait_until(lambda: seen.saw(later / "mod.py"))
+    assert watcher.watches == 2
+    assert str(later) in watcher.paths
+    assert not any(batch.rescan for batch in seen.snapshot())
+
+    # What it cannot add at once is left to set_paths: a folder that does not exist.
+    assert not watcher.watch_now([str(missing)])
+    # A later rebuild keeps the folder watch_now added.
+    watcher.set_paths([*watcher.paths, str(tmp_path)])
+    assert watcher.wait_ready(DEADLINE)
+    mark = seen.mark()
+    (later / "mod.py").write_text("x = 2\n")
+    assert wait_until(lambda: seen.saw(later / "mod.py", since=mark))
+
+
+def test_watch_now_leaves_a_recursive_watch_to_set_paths(
+    tmp_path: Path, watch: Callable[..., InotifyWatcher]
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    watcher = watch([tmp_path / "a"], Recorder())
+    assert not watcher.watch_now([str(tmp_path / "b")])
+    assert watcher.watches == 1
+
+
 def test_stop_is_prompt_and_leaves_no_thread_and_no_descriptor(
     tmp_path: Path, watch: Callable[..., InotifyWatcher]
 ) -> None:

@@ -62,13 +62,20 @@ class EmbeddedFeed:
             self._watcher.start()
 
     def follow(self) -> None:
-        """Watch any folder that gained its first loaded module since the last call."""
+        """Watch any folder that gained its first loaded module since the last call.
+
+        Called before the module's file is read: where the backend can add the watch at once
+        (inotify), nothing saved afterwards is missed and nothing needs re-checking; otherwise
+        the watch is rebuilt and every loaded file re-checked once it is live.
+        """
         with self._lock:
             folders = set(self._folders())
             if self._watcher is None or folders <= self._watched:
                 return
+            new = folders - self._watched
             self._watched |= folders
-            self._watcher.set_paths(sorted(self._watched))
+            if not self._watcher.watch_now(sorted(new)):
+                self._watcher.set_paths(sorted(self._watched))
 
     def wait_ready(self, timeout: float) -> bool:
         return self._watcher is not None and self._watcher.wait_ready(timeout)

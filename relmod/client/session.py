@@ -62,12 +62,12 @@ class Client:
         self._seen: dict[str, tuple[StatSignature, str | None]] = {}
         self._feed_lock = threading.Lock()
         self._counter: SyncCounter | None = None  # our syncs, as seen by our pool workers
-        self.registry.add_load_listener(self._on_load)
-        self.hook.install()
+        self.registry.add_folder_listener(self._on_new_folder)
 
     # -- feeds -------------------------------------------------------------------------
 
-    def _on_load(self, path: str) -> None:
+    def _on_new_folder(self, path: str) -> None:
+        # Before the module's file is read: the feed watches its folder from now on.
         feed = self.feed
         if feed is None:
             self.ensure_feed()
@@ -261,7 +261,6 @@ class Client:
         self.registry.scope.everything = True
         self.tracking = True
         self.finder.install()
-        self.hook.install()
 
     def disable(self) -> None:
         """Stop making new imports reloading, and forget the modules enable() added."""
@@ -277,7 +276,6 @@ class Client:
         """Make the modules under ``root`` reloading: those imported so far, and from now on."""
         self.registry.scope.add_root(root)
         self.finder.install()
-        self.hook.install()
         self.adopt_project()
 
     def connect(

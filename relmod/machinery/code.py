@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import types
+import weakref
 
 from relmod.sources import compile_source, content_hash
 from relmod.stattrust import RACY_SECONDS
@@ -39,7 +40,8 @@ def cache_dir() -> str | None:
     if sys.dont_write_bytecode:
         return None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "relmod", "code-" + importlib.util.MAGIC_NUMBER.hex())
+    # v2: an entry holds the code and its import statements (imports_of).
+    return os.path.join(base, "relmod", "code-v2-" + importlib.util.MAGIC_NUMBER.hex())
 
 
 def _cache_file(folder: str, path: str, digest: str) -> str:
@@ -65,8 +67,8 @@ def load_code(path: str, data: bytes, digest: str) -> types.CodeType:
     where = _cache_file(folder, path, digest)
     try:
         with open(where, "rb") as file:
-            code = marshal.loads(file.read())
-        if isinstance(code, types.CodeType) and code.co_filename == path:
+            code = _unpack(file.read(), path)
+        if code is not None:
             return code
     except (OSError, EOFError, ValueError, TypeError):
         pass  # not cached yet, or a torn file: compile below
@@ -112,8 +114,8 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
             with open(where, "rb") as file:
                 blob = file.read()
             digest = blob[:32].decode("ascii")
-            code = marshal.loads(blob[32:])
-            if isinstance(code, types.CodeType) and code.co_filename == path:
+            code = _unpack(blob[32:], path)
+            if code is not None:
                 return code, digest, signature
         except (OSError, EOFError, ValueError, TypeError, UnicodeDecodeError):
             pass  # not seen with this signature yet
@@ -126,13 +128,26 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
     return code, digest, signature
 
 
+def _unpack(blob: bytes, path: str) -> types.CodeType | None:
+    """The code of a cache entry (its imports memoised), or None if the entry is not one."""
+    entry = marshal.loads(blob)
+    if not (isinstance(entry, tuple) and len(entry) == 2):
+        return None
+    code, imports = entry
+    if not (isinstance(code, types.CodeType) and code.co_filename == path):
+        return None
+    if isinstance(imports, tuple):
+        _imports[code] = imports
+    return code
+
+
 def _store(where: str, code: types.CodeType, prefix: bytes = b"") -> None:
     try:
         os.makedirs(os.path.dirname(where), mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(where), prefix=".tmp")
         try:
             with os.fdopen(fd, "wb") as file:
-                file.write(prefix + marshal.dumps(code))
+                file.write(prefix + marshal.dumps((code, imports_of(code))))
             os.replace(tmp, where)  # atomic: a reader sees the old file or the whole new one
         except BaseException:
             os.unlink(tmp)
@@ -178,3 +193,87 @@ def defined_names(code: types.CodeType) -> tuple[frozenset[str], bool]:
         elif op == _IMPORT_STAR or (op == _INTRINSIC_1 and arg == _INTRINSIC_IMPORT_STAR):
             star = True
     return frozenset(bound), star
+
+
+_IMPORT_NAME = dis.opmap["IMPORT_NAME"]
+_LOAD_CONST = dis.opmap["LOAD_CONST"]
+_LOAD_SMALL_INT = dis.opmap.get("LOAD_SMALL_INT", -1)  # 3.14+: how a small level is loaded
+_IMPORT_NAME_BYTE = bytes([_IMPORT_NAME])
+
+Import = tuple[str, "tuple[str, ...] | None", int]
+"""One import statement: the name, the ``from`` list (None for ``import x``), the level."""
+
+
+_imports: weakref.WeakKeyDictionary[types.CodeType, tuple[Import, ...]]
+_imports = weakref.WeakKeyDictionary()
+"""Module code -> its import statements: read once, kept with the code in the cache."""
+
+
+def imports_of(code: types.CodeType) -> tuple[Import, ...]:
+    """The import statements in a module's code and in every function and class it defines.
+
+    What the module can import when it runs, read from the bytecode the compiler writes for an
+    import statement (``LOAD_CONST level; LOAD_CONST fromlist; IMPORT_NAME name``), so a
+    first import needs no ``__import__`` hook to learn its dependencies. Instructions sit at
+    even offsets, so an ``IMPORT_NAME`` byte found at an even offset is the instruction.
+
+    Example:
+        >>> code = compile('import a\\nfrom . import c\\ndef f():\\n from .d import e', 'm', 'exec')
+        >>> imports_of(code)
+        (('a', None, 0), ('', ('c',), 1), ('d', ('e',), 1))
+    """
+    known = _imports.get(code)
+    if known is not None:
+        return known
+    found: list[Import] = []
+    stack = [code]
+    while stack:
+        current = stack.pop()
+        raw = current.co_code
+        at = raw.find(_IMPORT_NAME_BYTE)
+        while at >= 0:
+            if at % 2 == 0:
+                entry = _decode_import(current, raw, at)
+                if entry is not None:
+                    found.append(entry)
+            at = raw.find(_IMPORT_NAME_BYTE, at + 1)
+        stack.extend(c for c in reversed(current.co_consts) if isinstance(c, types.CodeType))
+    _imports[code] = result = tuple(found)
+    return result
+
+
+def _decode_import(code: types.CodeType, raw: bytes, at: int) -> Import | None:
+    name_index, at = _arg_at(raw, at)
+    fromlist_op, fromlist_arg, at = _previous(raw, at)
+    level_op, level_arg, _ = _previous(raw, at)
+    if fromlist_op != _LOAD_CONST:
+        return None  # not the compiler's import statement shape: nothing to learn from it
+    if level_op == _LOAD_CONST:
+        level = code.co_consts[level_arg]
+    elif level_op == _LOAD_SMALL_INT:
+        level = level_arg
+    else:
+        return None
+    fromlist = code.co_consts[fromlist_arg]
+    if not isinstance(level, int) or not (fromlist is None or isinstance(fromlist, tuple)):
+        return None
+    return code.co_names[name_index], fromlist, level
+
+
+def _arg_at(raw: bytes, at: int) -> tuple[int, int]:
+    """The full argument of the instruction at ``at`` and where its EXTENDED_ARG prefix begins."""
+    arg = raw[at + 1]
+    shift = 8
+    while at >= 2 and raw[at - 2] == _EXTENDED_ARG:
+        at -= 2
+        arg |= raw[at + 1] << shift
+        shift += 8
+    return arg, at
+
+
+def _previous(raw: bytes, at: int) -> tuple[int, int, int]:
+    """The opcode and argument of the instruction before the one starting at ``at``."""
+    if at < 2:
+        return -1, 0, 0
+    arg, start = _arg_at(raw, at - 2)
+    return raw[at - 2], arg, start

@@ -1,13 +1,18 @@
-"""How the import statement reaches the registry: edges, nested re-runs, relative imports by path.
+"""How the import statement reaches the registry: nested re-runs, relative imports by path, a gate.
 
-:class:`ImportHook` replaces ``builtins.__import__`` once and hands every import to the previous
-one, after three things only it can see:
+:class:`ImportHook` replaces ``builtins.__import__`` and hands every import to the previous one,
+after three things only it can see:
 
-- which module imports which (a dependency edge: the importer's globals belong to a record);
 - an import statement of a cycle member that has not re-run yet while its unit re-runs: the
   registry runs it there, nested, as a first import would (:meth:`Registry.run_pending`);
 - relative imports inside modules loaded by path (``from . import b`` in a file given to
-  ``relmod.at``) and in namespaces given to :func:`relmod.install`, which resolve by folder.
+  ``relmod.at``) and in namespaces given to :func:`relmod.install`, which resolve by folder;
+- a pool worker's gate, which catches up with the parent's ``sync()`` before a task's import.
+
+It is installed only once one of these is needed (the registry asks through
+``Registry.import_hook_needed``): a process that imports its project the ordinary way keeps
+CPython's own ``__import__``, whose fast path a Python-level replacement would lose. The
+dependencies a module's imports make come from its code instead (``Registry._note_imports``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import builtins
 import importlib.util
 import os
-import sys
 import threading
 import types
 from collections.abc import Callable, Sequence
@@ -36,6 +40,7 @@ class ImportHook:
         # since that is how a task's function reaches it (pickle imports it by name).
         self.gate: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        registry.import_hook_needed = self.install
 
     def install(self) -> None:
         """Put the hook in ``builtins.__import__`` (idempotent)."""
@@ -62,26 +67,24 @@ class ImportHook:
         if gate is not None:
             gate()
         registry = self.registry
-        importer = registry.record_of_namespace(globals) if globals is not None else None
         if level > 0 and globals is not None:
+            importer = registry.record_of_namespace(globals)
             base = self._base_folder(importer, globals)
             if base is not None:
                 return self._relative(base, importer, name, fromlist or (), level)
-        target = name
-        if level > 0 and globals is not None:
-            try:
-                package = (
-                    globals.get("__package__") or globals.get("__name__", "").rpartition(".")[0]
-                )
-                target = importlib.util.resolve_name("." * level + name, package)
-            except (ImportError, ValueError, AttributeError):
-                target = ""
-        if target and registry.has_pending():
-            self._run_pending(target, fromlist or ())
-        module = self.original(name, globals, locals, fromlist, level)
-        if importer is not None and target:
-            self._record_edges(importer, target, fromlist or ())
-        return module
+        if registry.has_pending():
+            target = name
+            if level > 0 and globals is not None:
+                try:
+                    package = (
+                        globals.get("__package__") or globals.get("__name__", "").rpartition(".")[0]
+                    )
+                    target = importlib.util.resolve_name("." * level + name, package)
+                except (ImportError, ValueError, AttributeError):
+                    target = ""
+            if target:
+                self._run_pending(target, fromlist or ())
+        return self.original(name, globals, locals, fromlist, level)
 
     def _run_pending(self, target: str, fromlist: Sequence[str]) -> None:
         parts = target.split(".")
@@ -90,22 +93,6 @@ class ImportHook:
         for entry in fromlist:
             if entry != "*":
                 self.registry.run_pending(f"{target}.{entry}")
-
-    def _record_edges(self, importer: Record, target: str, fromlist: Sequence[str]) -> None:
-        registry = self.registry
-        names_used = not fromlist
-        for entry in fromlist:
-            sub = registry.record_of_name(f"{target}.{entry}") if entry != "*" else None
-            if sub is not None:
-                registry.note_import(importer, sub.key)
-            else:
-                names_used = True
-        if names_used:
-            rec = registry.record_of_name(target)
-            if rec is None:
-                rec = registry.record_of(sys.modules.get(target))
-            if rec is not None:
-                registry.note_import(importer, rec.key)
 
     def _base_folder(self, importer: Record | None, globals: dict[str, Any]) -> str | None:
         if importer is not None:

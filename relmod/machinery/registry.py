@@ -50,7 +50,13 @@ from typing import Any, Literal, Protocol
 from relmod.errors import ModuleNotFound, ReloadError
 from relmod.graph import DependencyGraph
 from relmod.machinery import modules as m
-from relmod.machinery.code import defined_names, load_code, load_file_code, trusted_signature
+from relmod.machinery.code import (
+    defined_names,
+    imports_of,
+    load_code,
+    load_file_code,
+    trusted_signature,
+)
 from relmod.machinery.events import Event, Listeners
 from relmod.machinery.patching import CallGuard, patch_namespace
 from relmod.machinery.scope import Scope
@@ -221,6 +227,10 @@ class Registry:
         self._pending_failure: Record | None = None
         self._scheduled: set[str] = set()  # keys the reload in progress will run, in order
         self._load_listeners: list[Callable[[str], None]] = []
+        self._folder_listeners: list[Callable[[str], None]] = []
+        # Called before something only the __import__ hook can serve: a module loaded by path
+        # (its relative imports resolve by folder) or a cycle's re-run (nested members).
+        self.import_hook_needed: Callable[[], None] = _nothing
         self._invalidate_listeners: list[Callable[[set[str]], None]] = []
         self.reloads = 0
         self.errors_logged = 0
@@ -292,6 +302,7 @@ class Registry:
     def _new_path_module(
         self, key: str, kind: Kind, *, folder: str | None = None
     ) -> types.ModuleType:
+        self.import_hook_needed()  # its relative imports resolve by folder
         base = folder if folder is not None else key
         name = path_module_name(base, folder=folder is not None)
         kinds: dict[str, type[types.ModuleType]] = {
@@ -340,8 +351,11 @@ class Registry:
         rec = Record(key=key, name=name, module=module, kind=kind, by_path=by_path, folder=folder)
         rec.order = next(self._order)
         self._records[key] = rec
+        fresh = False
         for folder_key in self._watch_folders(rec):
-            self._folders[folder_key] = self._folders.get(folder_key, 0) + 1
+            count = self._folders.get(folder_key, 0)
+            self._folders[folder_key] = count + 1
+            fresh = fresh or not count
         real = self.realpath(key) if by_path else key  # an import's path is real already
         if real != key:  # named through a link: changes arrive under the real path too
             self._by_real.setdefault(real, set()).add(key)
@@ -350,6 +364,9 @@ class Registry:
         self._by_name[name] = rec
         if folder is not None and folder != key:
             self._aliases[folder] = key
+        if fresh:  # before the file is read: a save from now on is seen
+            for listener in list(self._folder_listeners):
+                listener(key)
         return rec
 
     def forget(self, rec: Record) -> None:
@@ -453,6 +470,11 @@ class Registry:
 
     # -- lookups --------------------------------------------------------------------------
 
+    def add_folder_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(path)`` when a module is about to load from a folder (see
+        :meth:`folders`) no module came from before, ahead of reading its file."""
+        self._folder_listeners.append(listener)
+
     def add_load_listener(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(path)`` after each new module loads (the embedded watcher follows)."""
         self._load_listeners.append(listener)
@@ -483,13 +505,38 @@ class Registry:
         if dependent != dependency:
             self.graph.add_edge(dependent, dependency, origin="runtime")
 
-    def note_import(self, importer: Record, dependency: str) -> None:
-        """The import hook's report: gathered while the importer runs, one graph write after."""
-        edges = importer.new_edges
-        if edges is not None:
-            edges.add(dependency)
-        elif importer.key != dependency:
-            self.graph.add_edge(importer.key, dependency, origin="runtime")
+    def _note_imports(self, rec: Record, code: types.CodeType) -> None:
+        """Record what the module's import statements reached, read from its code (no hook).
+
+        ``from pkg import sub`` depends on the submodule, ``from pkg import name`` and
+        ``import pkg.sub`` on the module named; an import of a module not loaded now (a function's
+        import that has not run, a ``TYPE_CHECKING`` one) is no dependency.
+        """
+        edges = rec.new_edges
+        assert edges is not None, "called while the module runs"
+        package = rec.namespace.get("__package__") or ""
+        by_name = self._by_name
+        for name, fromlist, level in imports_of(code):
+            if level:
+                if not package or rec.by_path:
+                    continue  # resolved by folder, by the import hook
+                parts = package.rsplit(".", level - 1)
+                if len(parts) < level:
+                    continue  # beyond the top-level package: the import itself failed
+                target = f"{parts[0]}.{name}" if name else parts[0]
+            else:
+                target = name
+            names_used = not fromlist
+            for entry in fromlist or ():
+                sub = by_name.get(f"{target}.{entry}") if entry != "*" else None
+                if sub is not None:
+                    edges.add(sub.key)
+                else:
+                    names_used = True
+            if names_used:
+                dependency = by_name.get(target) or self.record_of(sys.modules.get(target))
+                if dependency is not None:
+                    edges.add(dependency.key)
 
     def files(self) -> dict[str, str | None]:
         """Every loaded source file with the hash of the version in use."""
@@ -756,6 +803,8 @@ class Registry:
         log.info("%s lost its __init__.py: it is now a folder namespace", rec.folder)
 
     def _execute_unit(self, todo: list[Record]) -> None:
+        if len(todo) > 1:
+            self.import_hook_needed()  # a member's import of one not re-run yet runs it there
         saved = [(rec, dict(rec.namespace)) for rec in todo]
         edges = {rec.key: self.graph.dependencies_of(rec.key) for rec in todo}
         outer_pending = self._pending
@@ -851,6 +900,7 @@ class Registry:
         try:
             with self._running(rec):
                 exec(code, ns)
+                self._note_imports(rec, code)
                 _drop_undefined(rec, old, code)
                 callback = ns.get("__reload__")
                 if callable(callback):
@@ -882,6 +932,7 @@ class Registry:
         try:
             with self._running(rec):
                 exec(code, rec.namespace)
+                self._note_imports(rec, code)
         except BaseException as err:
             if rec.by_path and isinstance(err, Exception) and not isinstance(err, ReloadError):
                 raise self._error(rec, verb, err, first=True) from err
@@ -993,6 +1044,10 @@ class Registry:
         self.old_classes.update(replaced)
         if replaced and self.count_stale_objects:
             log.info("%d live object(s) of replaced classes", len(stale_objects(replaced)))
+
+
+def _nothing() -> None:
+    """No import hook to install (a registry used without one)."""
 
 
 def _kind_of(module: types.ModuleType) -> Kind:

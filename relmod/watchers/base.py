@@ -77,6 +77,10 @@ class Watcher(Protocol):
     def set_paths(self, paths: Iterable[str]) -> None:
         """Replace the watched folders and files; a path that does not exist yet is skipped."""
 
+    def watch_now(self, folders: Iterable[str]) -> bool:
+        """Add folders, live when this returns (no rescan follows); False if this backend cannot:
+        then use :meth:`set_paths`."""
+
     @property
     def paths(self) -> tuple[str, ...]:
         """The watched paths as last set: absolute, sorted, without duplicates."""
@@ -286,6 +290,16 @@ class _ThreadedWatcher:
             self._wake()
         _log_missing(sorted(set(scope.missing) - set(old.missing)))
         logger.debug("%s watcher now covers %d paths", self.backend, len(scope.requested))
+
+    def watch_now(self, folders: Iterable[str]) -> bool:
+        """Add folders to the watch from the calling thread, live when this returns.
+
+        A change made after the call is reported, so no rescan follows (unlike
+        :meth:`set_paths`): a process that watches a module's folder before it reads the file
+        misses nothing and re-checks nothing. Only a backend that can add a watch from any
+        thread does it; the others return False, and the caller uses :meth:`set_paths`.
+        """
+        return False
 
     def wait_ready(self, timeout: float) -> bool:
         """Whether the watch over the current paths is live, waiting up to ``timeout`` seconds.

@@ -299,6 +299,35 @@ class InotifyWatcher(_ThreadedWatcher):
         if fds is not None:
             fds.wake()
 
+    def watch_now(self, folders: Iterable[str]) -> bool:
+        """Add folders to a live, non-recursive watch from the calling thread (no wake-up of the
+        watcher's thread, no rescan); False while the watch is being rebuilt, for a recursive
+        watch, or when the kernel refuses a watch (then :meth:`set_paths` does it)."""
+        fds = self._fds
+        if fds is None or self._scope.recursive:
+            return False
+        # Under the lock, with the watch live: the thread rebuilds only after a set_paths or a
+        # refresh, which clear _ready under this lock, and its rewalk takes the lock.
+        with self._lock:
+            if not self._ready.is_set():
+                return False
+            scope = self._scope
+            new = sorted({os.path.abspath(f) for f in folders} - set(scope.requested))
+            added: list[tuple[int, str]] = []
+            try:
+                for folder in new:
+                    added.append((fds.inotify.add_watch(folder, FOLDER_MASK), folder))
+            except OSError as err:
+                logger.debug("cannot watch %s now (%s): rebuilding the watch instead", new, err)
+                return False  # the watches added stay; set_paths' rebuild keeps or drops them
+            for wd, folder in added:
+                self._folders[wd] = folder
+                self._wds[folder] = wd
+            self.watches = len(self._folders)
+            self._scope = _Scope.of(scope.requested + tuple(new), recursive=False)
+            self._roots = frozenset(self._roots_of(self._scope))
+        return True
+
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -344,7 +373,8 @@ class InotifyWatcher(_ThreadedWatcher):
                     self._send(burst.add(now, *self._absorb(events, fds.inotify)))
                     if self._rewalk_due:  # after an overflow: folders made meanwhile lack watches
                         self._rewalk_due = False
-                        self._sync(self._scope, rewalk=True)
+                        with self._lock:  # not while watch_now adds a folder
+                            self._sync(self._scope, rewalk=True)
                 self._send(burst.due(time.monotonic()))
                 if self._refresh_due or (scope.missing and now >= next_recheck):
                     self._refresh_due = False

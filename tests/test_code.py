@@ -1,0 +1,78 @@
+"""relmod.machinery.code: what a module's code imports, read from its bytecode, and the cache."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from relmod.machinery.code import imports_of, load_code
+from relmod.sources import content_hash
+
+
+def imports(source: str) -> set[tuple[str, tuple[str, ...] | None, int]]:
+    return set(imports_of(compile(textwrap.dedent(source), "/p/m.py", "exec")))
+
+
+def test_every_form_of_the_import_statement_is_read() -> None:
+    assert imports(
+        """
+        import a
+        import a.b.c
+        import a.b as ab
+        from x import y, z as w
+        from . import sib
+        from .. import up
+        from ..pkg.mod import name
+        from star import *
+        """
+    ) == {
+        ("a", None, 0),
+        ("a.b.c", None, 0),
+        ("a.b", None, 0),
+        ("x", ("y", "z"), 0),
+        ("", ("sib",), 1),
+        ("", ("up",), 2),
+        ("pkg.mod", ("name",), 2),
+        ("star", ("*",), 0),
+    }
+
+
+def test_imports_in_functions_classes_and_branches_are_read_too() -> None:
+    assert imports(
+        """
+        try:
+            import fast
+        except ImportError:
+            fast = None
+        class K:
+            from .klass import Y
+            def method(self):
+                import inner_most
+        def f():
+            from .lazy import X
+            return X
+        """
+    ) == {("fast", None, 0), ("klass", ("Y",), 1), ("inner_most", None, 0), ("lazy", ("X",), 1)}
+
+
+def test_arguments_beyond_one_byte_are_decoded() -> None:
+    # 300 constants and 300 names before the import: its arguments need EXTENDED_ARG.
+    source = "".join(f"n{i} = {i}.5\n" for i in range(300)) + "from .deep.er import thing\n"
+    assert imports(source) == {("deep.er", ("thing",), 1)}
+
+
+def test_code_without_imports_reads_as_none() -> None:
+    assert imports("x = 1\ndef f():\n    return x\n") == set()
+
+
+def test_the_cache_keeps_the_imports_with_the_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELMOD_CACHE_DIR", str(tmp_path / "cache"))
+    data = b"from . import a\nimport b.c\n"
+    first = load_code("/p/m.py", data, content_hash(data))
+    again = load_code("/p/m.py", data, content_hash(data))
+    assert again is not first  # read back from the cache
+    assert imports_of(again) == imports_of(first) == (("", ("a",), 1), ("b.c", None, 0))
