@@ -157,11 +157,15 @@ def child_original(rounds: int, sample_s: float) -> None:
         if values != {"plain": 1, "one": 1, "chain10": 9, "chain50": 49}:
             raise SystemExit(f"the original relmod loaded wrong values: {values}")
         samples = access_ns(subjects, rounds, sample_s)
-    print(json.dumps({
-        "version": getattr(relmod, "__version__", "?"),
-        "python": sys.version.split()[0],
-        "samples": samples,
-    }))
+    print(
+        json.dumps(
+            {
+                "version": getattr(relmod, "__version__", "?"),
+                "python": sys.version.split()[0],
+                "samples": samples,
+            }
+        )
+    )
 
 
 def _venv_python(venv: Path) -> Path:
@@ -193,16 +197,31 @@ def ensure_original(venv: Path) -> Path:
         done = _run([base, "-m", "venv", str(venv)], 120)
         if done.returncode != 0:
             raise RuntimeError(f"python -m venv failed: {_last_line(done.stderr)}")
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
-           "--retries", "1", "--timeout", "20", f"relmod=={ORIGINAL_VERSION}"]
+    pip = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--retries",
+        "1",
+        "--timeout",
+        "20",
+        f"relmod=={ORIGINAL_VERSION}",
+    ]
     done = _run(pip, 300)
     if done.returncode != 0:
-        raise RuntimeError(f"pip install relmod=={ORIGINAL_VERSION} failed: "
-                           f"{_last_line(done.stderr or done.stdout)}")
+        raise RuntimeError(
+            f"pip install relmod=={ORIGINAL_VERSION} failed: "
+            f"{_last_line(done.stderr or done.stdout)}"
+        )
     done = _run(check, 60)
     if done.returncode != 0 or done.stdout.strip() != ORIGINAL_VERSION:
-        raise RuntimeError(f"relmod {ORIGINAL_VERSION} does not import after install: "
-                           f"{_last_line(done.stderr or done.stdout)}")
+        raise RuntimeError(
+            f"relmod {ORIGINAL_VERSION} does not import after install: "
+            f"{_last_line(done.stderr or done.stdout)}"
+        )
     return python
 
 
@@ -210,8 +229,16 @@ def measure_original(venv: Path, rounds: int, sample_s: float) -> dict[str, Any]
     """The original's samples, or the reason they are unavailable."""
     try:
         python = ensure_original(venv)
-        cmd = [str(python), os.path.abspath(__file__), "--child", "original",
-               "--rounds", str(rounds), "--sample", str(sample_s)]
+        cmd = [
+            str(python),
+            os.path.abspath(__file__),
+            "--child",
+            "original",
+            "--rounds",
+            str(rounds),
+            "--sample",
+            str(sample_s),
+        ]
         done = _run(cmd, 300)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
         return str(err)
@@ -250,8 +277,10 @@ def measure_access(root: Path, rounds: int, sample_s: float) -> dict[str, list[f
     for name in ("one", "chain10", "chain50"):
         cls = type(subjects[name])
         if cls.__getattribute__ is not types.ModuleType.__getattribute__:
-            raise SystemExit(f"relmod handed out a module of class {cls.__qualname__} with its "
-                             f"own __getattribute__: it is stale")
+            raise SystemExit(
+                f"relmod handed out a module of class {cls.__qualname__} with its "
+                f"own __getattribute__: it is stale"
+            )
     return access_ns(subjects, rounds, sample_s)
 
 
@@ -295,23 +324,32 @@ def measure_deep_reload(root: Path, edits: int, settle_s: float) -> dict[str, An
         ran = list(log.EXECUTED)
         if other.X != 49:
             raise SystemExit("an unrelated module lost its value")
-        ran += log.EXECUTED[len(ran):]  # anything the unrelated access ran counts too
+        ran += log.EXECUTED[len(ran) :]  # anything the unrelated access ran counts too
         totals.append(done - start)
         syncs.append(synced - start)
         accesses.append(done - synced)
-        checks.append((
-            len(set(ran) & chain_keys),
-            len(set(ran) & unrelated_keys),
-            len(ran),
-        ))
-    return {"total": totals, "sync": syncs, "access": accesses, "checks": checks,
-            "leaf": os.path.realpath(leaf), "top": top, "log": log}
+        checks.append(
+            (
+                len(set(ran) & chain_keys),
+                len(set(ran) & unrelated_keys),
+                len(ran),
+            )
+        )
+    return {
+        "total": totals,
+        "sync": syncs,
+        "access": accesses,
+        "checks": checks,
+        "leaf": os.path.realpath(leaf),
+        "top": top,
+        "log": log,
+    }
 
 
 def measure_marking(deep: dict[str, Any], calls: int, cycles: int) -> dict[str, Any]:
     """Registry.invalidate and Client.files_changed for one change under a 50-module chain."""
-    from relmod.client.session import default_client as _client
     from relmod.client.session import default_client
+    from relmod.client.session import default_client as _client
 
     client = default_client()
     leaf, top, log = deep["leaf"], deep["top"], deep["log"]
@@ -339,8 +377,12 @@ def measure_marking(deep: dict[str, Any], calls: int, cycles: int) -> dict[str, 
         seen = top.X
         if seen != value + 49:
             raise SystemExit(f"files_changed() cycle {n}: the top did not see the edit")
-    return {"invalidate": invalidate_us, "files_changed": files_changed_us,
-            "marked": sorted(marked_counts), "ran_after_invalidate": ran_after_invalidate}
+    return {
+        "invalidate": invalidate_us,
+        "files_changed": files_changed_us,
+        "marked": sorted(marked_counts),
+        "ran_after_invalidate": ran_after_invalidate,
+    }
 
 
 def child_sync(count: int, reps: int) -> None:
@@ -371,8 +413,16 @@ def child_sync(count: int, reps: int) -> None:
 def measure_sync(reps: int) -> dict[int, list[float] | str]:
     out: dict[int, list[float] | str] = {}
     for count in SYNC_COUNTS:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "sync",
-               "--modules", str(count), "--reps", str(reps)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            "sync",
+            "--modules",
+            str(count),
+            "--reps",
+            str(reps),
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
@@ -442,55 +492,78 @@ def build_rows(
     else:
         samples = original["samples"]
         their_plain = statistics.median(samples["plain"])
-        rows.append((
-            f"2. original {original['version']}: its plain module (its own process)",
-            _ns(samples["plain"]), "1.00x", f"Python {original['python']}",
-        ))
-        for name, what in (("one", "one file"), ("chain10", "10-file chain"),
-                           ("chain50", "50-file chain")):
+        rows.append(
+            (
+                f"2. original {original['version']}: its plain module (its own process)",
+                _ns(samples["plain"]),
+                "1.00x",
+                f"Python {original['python']}",
+            )
+        )
+        for name, what in (
+            ("one", "one file"),
+            ("chain10", "10-file chain"),
+            ("chain50", "50-file chain"),
+        ):
             value = statistics.median(samples[name])
             ours = statistics.median(access[name])
-            rows.append((
-                f"2. original {original['version']}: {what}",
-                _ns(samples[name]),
-                f"{value / their_plain:,.0f}x",
-                f"{value / ours:,.0f}x relmod's {what} figure above",
-            ))
+            rows.append(
+                (
+                    f"2. original {original['version']}: {what}",
+                    _ns(samples[name]),
+                    f"{value / their_plain:,.0f}x",
+                    f"{value / ours:,.0f}x relmod's {what} figure above",
+                )
+            )
 
     checks = deep["checks"]
     chain_ok = all(c[0] == 50 for c in checks)
     worst = max(checks, key=lambda c: (c[0] != 50, c[1], c[2]))
-    rows.append((
-        "3. deep reload: edit leaf of a 50-chain, sync(), access top",
-        _unit(deep["total"], 1e3, "ms"),
-        "",
-        f"re-executed: {worst[0]}/50, unrelated: {worst[1]}"
-        + ("" if worst[2] == worst[0] + worst[1] else f", executions: {worst[2]} (repeats!)")
-        + ("" if chain_ok and worst[1] == 0 else " (WRONG)")
-        + f"; over {len(checks)} edits; sync {_unit(deep['sync'], 1e3, 'ms')}"
-        + f" + access {_unit(deep['access'], 1e3, 'ms')}",
-    ))
+    rows.append(
+        (
+            "3. deep reload: edit leaf of a 50-chain, sync(), access top",
+            _unit(deep["total"], 1e3, "ms"),
+            "",
+            f"re-executed: {worst[0]}/50, unrelated: {worst[1]}"
+            + ("" if worst[2] == worst[0] + worst[1] else f", executions: {worst[2]} (repeats!)")
+            + ("" if chain_ok and worst[1] == 0 else " (WRONG)")
+            + f"; over {len(checks)} edits; sync {_unit(deep['sync'], 1e3, 'ms')}"
+            + f" + access {_unit(deep['access'], 1e3, 'ms')}",
+        )
+    )
 
     marked = ", ".join(str(n) for n in marking["marked"])
-    rows.append((
-        "4. marking: `Registry.invalidate([leaf])`, 50-chain",
-        _unit(marking["invalidate"], 1, "us"), "",
-        f"marks {marked} modules; {statistics.median(marking['invalidate']) / 50 * 1e3:.0f} ns "
-        f"per module; refresh after it re-ran {marking['ran_after_invalidate']} modules",
-    ))
-    rows.append((
-        "4. marking: `Client.files_changed([leaf])`, 50-chain",
-        _unit(marking["files_changed"], 1, "us"), "",
-        "hashes the file, then invalidate; the feed thread's cost per change",
-    ))
+    rows.append(
+        (
+            "4. marking: `Registry.invalidate([leaf])`, 50-chain",
+            _unit(marking["invalidate"], 1, "us"),
+            "",
+            f"marks {marked} modules; {statistics.median(marking['invalidate']) / 50 * 1e3:.0f} ns "
+            f"per module; refresh after it re-ran {marking['ran_after_invalidate']} modules",
+        )
+    )
+    rows.append(
+        (
+            "4. marking: `Client.files_changed([leaf])`, 50-chain",
+            _unit(marking["files_changed"], 1, "us"),
+            "",
+            "hashes the file, then invalidate; the feed thread's cost per change",
+        )
+    )
 
     for count, samples_or_reason in sync.items():
         label = f"5. `relmod.sync()`, nothing changed, {count:,} module(s) loaded"
         if isinstance(samples_or_reason, str):
             rows.append((label, "unavailable", "", samples_or_reason))
         else:
-            rows.append((label, _unit(samples_or_reason, 1, "us"), "",
-                         _p10_p90(samples_or_reason, lambda x: f"{x:,.0f}")))
+            rows.append(
+                (
+                    label,
+                    _unit(samples_or_reason, 1, "us"),
+                    "",
+                    _p10_p90(samples_or_reason, lambda x: f"{x:,.0f}"),
+                )
+            )
     return rows
 
 
@@ -510,8 +583,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run, about 15 s")
     parser.add_argument("--no-original", action="store_true", help="skip the original relmod")
-    parser.add_argument("--orig-venv", type=Path, default=default_venv(),
-                        help="virtual environment for relmod==0.5.0 (created if missing)")
+    parser.add_argument(
+        "--orig-venv",
+        type=Path,
+        default=default_venv(),
+        help="virtual environment for relmod==0.5.0 (created if missing)",
+    )
     parser.add_argument("--child", choices=("original", "sync"), help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -534,8 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     sync_reps = 20 if quick else 100
 
     started = time.perf_counter()
-    original = (None if args.no_original
-                else measure_original(args.orig_venv, rounds // 2, sample_s))
+    original = None if args.no_original else measure_original(args.orig_venv, rounds // 2, sample_s)
     import relmod
 
     with tempfile.TemporaryDirectory(prefix="relmod-bench-") as tmp:
@@ -547,16 +623,20 @@ def main(argv: list[str] | None = None) -> int:
         rows = build_rows(access, original, deep, marking, sync)
     gc.collect()
 
-    print(f"relmod {relmod.__version__}, Python {sys.version.split()[0]} on {sys.platform}; "
-          f"{'quick' if quick else 'full'} run, {rounds} rounds of {UNROLL}-access timeit loops, "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"relmod {relmod.__version__}, Python {sys.version.split()[0]} on {sys.platform}; "
+        f"{'quick' if quick else 'full'} run, {rounds} rounds of {UNROLL}-access timeit loops, "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     print()
     print_table(rows)
     ratio = statistics.median(access["chain50"]) / statistics.median(access["plain"])
     growth = statistics.median(access["chain50"]) / statistics.median(access["one"])
     print()
-    print(f"Access on an up-to-date relmod module: {ratio:.2f}x a plain module "
-          f"(target <= {TARGET_RATIO}x); a 50-file chain costs {growth:.2f}x a single file.")
+    print(
+        f"Access on an up-to-date relmod module: {ratio:.2f}x a plain module "
+        f"(target <= {TARGET_RATIO}x); a 50-file chain costs {growth:.2f}x a single file."
+    )
     return 0
 
 

@@ -52,6 +52,7 @@ class DependencyGraph:
         # cost ~200 bytes each, and a big project has ~100,000 edges.
         self._origins: dict[tuple[str, str], frozenset[str]] = {}
         self._interned: dict[frozenset[str], frozenset[str]] = {}
+        self._single: dict[str, frozenset[str]] = {}  # origin -> the interned {origin}
 
     # -- changing the graph -----------------------------------------------------------------
 
@@ -382,8 +383,13 @@ class DependencyGraph:
         self._deps[dependent].add(dependency)
         self._dependents[dependency].add(dependent)
         edge = (dependent, dependency)
-        old = self._origins.get(edge, frozenset())
-        if origin not in old:
+        old = self._origins.get(edge)
+        if old is None:  # a new edge, as most are: no set to build
+            single = self._single.get(origin)
+            if single is None:
+                single = self._single[origin] = self._intern(frozenset((origin,)))
+            self._origins[edge] = single
+        elif origin not in old:
             self._origins[edge] = self._intern(old | {origin})
 
     def _unlink(self, dependent: str, dependency: str, origin: str | None) -> None:

@@ -7,12 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from relmod.machinery.code import imports_of, load_code
+from relmod.machinery.code import STDLIB_MARK, imports_of, load_code
 from relmod.sources import content_hash
 
 
 def imports(source: str) -> set[tuple[str, tuple[str, ...] | None, int]]:
-    return set(imports_of(compile(textwrap.dedent(source), "/p/m.py", "exec")))
+    """The statements read, as (name, from list or None, level)."""
+    flat = imports_of(compile(textwrap.dedent(source), "/p/m.py", "exec"))
+    statements: list[tuple[str, list[str] | None, int]] = []
+    for item in flat:
+        if item == STDLIB_MARK:
+            continue
+        if item.startswith(":"):
+            names = statements[-1][1]
+            if names is None:
+                names = []
+                statements[-1] = (statements[-1][0], names, statements[-1][2])
+            names.append(item[1:])
+        else:
+            name = item.lstrip(".")
+            statements.append((name, None, len(item) - len(name)))
+    return {
+        (name, None if names is None else tuple(names), level) for name, names, level in statements
+    }
 
 
 def test_every_form_of_the_import_statement_is_read() -> None:
@@ -71,8 +88,8 @@ def test_the_cache_keeps_the_imports_with_the_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RELMOD_CACHE_DIR", str(tmp_path / "cache"))
-    data = b"from . import a\nimport b.c\n"
+    data = b"from . import a\nimport b.c\nimport os.path\n"
     first = load_code("/p/m.py", data, content_hash(data))
     again = load_code("/p/m.py", data, content_hash(data))
     assert again is not first  # read back from the cache
-    assert imports_of(again) == imports_of(first) == (("", ("a",), 1), ("b.c", None, 0))
+    assert imports_of(again) == imports_of(first) == (".", ":a", "b.c", STDLIB_MARK, "os.path")

@@ -369,6 +369,19 @@ def test_dependencies_come_from_the_code_and_python_keeps_its_own_import(project
     assert deps.user.late() == 1  # run now: its import needed no hook either
 
 
+def test_a_project_module_named_like_the_standard_library_is_a_dependency(project: Path) -> None:
+    assert "colorsys" not in sys.modules
+    write(project / "colorsys.py", "X = 1\n")  # shadows the standard library's colorsys
+    write(project / "shade.py", "import colorsys\nV = colorsys.X\n")
+    relmod.enable()
+    import shade
+
+    assert [m.__name__ for m in relmod.get_dependencies(shade)] == ["colorsys"]
+    write(project / "colorsys.py", "X = 2\n")
+    relmod.sync()
+    assert shade.V == 2
+
+
 def test_add_listener_sees_stale_reloaded_and_failed_in_order(project: Path) -> None:
     write(project / "heard.py", "X = 1\n")
     events: list[relmod.Event] = []

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 import types
-import weakref
 
 from relmod.sources import compile_source, content_hash
 from relmod.stattrust import RACY_SECONDS
@@ -33,15 +32,26 @@ _STORES = frozenset({"STORE_NAME", "STORE_GLOBAL"})
 
 
 def cache_dir() -> str | None:
-    """Where compiled code is cached, or None when caching is off (``RELMOD_CACHE_DIR=``)."""
+    """Where compiled code is cached, or None when caching is off (``RELMOD_CACHE_DIR=``).
+
+    A folder per entry format and Python bytecode version, below ``$RELMOD_CACHE_DIR`` or
+    ``~/.cache/relmod``, so versions of relmod and of Python can share the cache.
+    """
     configured = os.environ.get("RELMOD_CACHE_DIR")
     if configured is not None:
-        return configured or None
-    if sys.dont_write_bytecode:
+        if not configured:
+            return None
+        base = configured
+    elif sys.dont_write_bytecode:
         return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    # v2: an entry holds the code and its import statements (imports_of).
-    return os.path.join(base, "relmod", "code-v2-" + importlib.util.MAGIC_NUMBER.hex())
+    else:
+        home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(home, "relmod")
+    return os.path.join(base, _FORMAT)
+
+
+# v4: an entry holds the code and its import statements (imports_of).
+_FORMAT = "code-v4-" + importlib.util.MAGIC_NUMBER.hex()
 
 
 def _cache_file(folder: str, path: str, digest: str) -> str:
@@ -136,8 +146,10 @@ def _unpack(blob: bytes, path: str) -> types.CodeType | None:
     code, imports = entry
     if not (isinstance(code, types.CodeType) and code.co_filename == path):
         return None
-    if isinstance(imports, tuple):
-        _imports[code] = imports
+    if type(imports) is tuple:  # (anything else is read from the code again when asked)
+        if len(_handed) >= _HANDED_MAX:
+            _handed.clear()
+        _handed[id(code)] = (code, imports)
     return code
 
 
@@ -147,7 +159,7 @@ def _store(where: str, code: types.CodeType, prefix: bytes = b"") -> None:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(where), prefix=".tmp")
         try:
             with os.fdopen(fd, "wb") as file:
-                file.write(prefix + marshal.dumps((code, imports_of(code))))
+                file.write(prefix + marshal.dumps((code, _imports_kept(code))))
             os.replace(tmp, where)  # atomic: a reader sees the old file or the whole new one
         except BaseException:
             os.unlink(tmp)
@@ -200,16 +212,15 @@ _LOAD_CONST = dis.opmap["LOAD_CONST"]
 _LOAD_SMALL_INT = dis.opmap.get("LOAD_SMALL_INT", -1)  # 3.14+: how a small level is loaded
 _IMPORT_NAME_BYTE = bytes([_IMPORT_NAME])
 
-Import = tuple[str, "tuple[str, ...] | None", int]
-"""One import statement: the name, the ``from`` list (None for ``import x``), the level."""
+_handed: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
+"""id(code) -> (code, its import statements), for code just read from the cache, until the
+first :func:`imports_of` of it takes them (by identity: hashing a code object hashes all of it).
+Held briefly, from a load to the end of the module's run; a load that never runs is dropped
+when the table grows past :data:`_HANDED_MAX`."""
+_HANDED_MAX = 256
 
 
-_imports: weakref.WeakKeyDictionary[types.CodeType, tuple[Import, ...]]
-_imports = weakref.WeakKeyDictionary()
-"""Module code -> its import statements: read once, kept with the code in the cache."""
-
-
-def imports_of(code: types.CodeType) -> tuple[Import, ...]:
+def imports_of(code: types.CodeType) -> tuple[str, ...]:
     """The import statements in a module's code and in every function and class it defines.
 
     What the module can import when it runs, read from the bytecode the compiler writes for an
@@ -217,15 +228,24 @@ def imports_of(code: types.CodeType) -> tuple[Import, ...]:
     first import needs no ``__import__`` hook to learn its dependencies. Instructions sit at
     even offsets, so an ``IMPORT_NAME`` byte found at an even offset is the instruction.
 
+    Flat, in strings only (a first import reads a thousand of these; tuples per statement would
+    cost the garbage collector more than the rest of the bookkeeping): each statement is the
+    module it names, with one leading dot per level, followed by the names it imports from it,
+    each after a colon. ``import a.b`` is ``'a.b'``; ``from ..p import x, y`` is ``'..p', ':x',
+    ':y'``; ``from . import *`` is ``'.', ':*'``. The statements naming a module of the standard
+    library (by its top-level name) come last, after :data:`STDLIB_MARK`: a reader that knows no
+    module of the project shadows one can stop there.
+
     Example:
-        >>> code = compile('import a\\nfrom . import c\\ndef f():\\n from .d import e', 'm', 'exec')
+        >>> code = compile('import os\\nfrom . import c\\ndef f():\\n from .d import e', '', 'exec')
         >>> imports_of(code)
-        (('a', None, 0), ('', ('c',), 1), ('d', ('e',), 1))
+        ('.', ':c', '.d', ':e', '|', 'os')
     """
-    known = _imports.get(code)
-    if known is not None:
-        return known
-    found: list[Import] = []
+    handed = _handed.pop(id(code), None)
+    if handed is not None and handed[0] is code:
+        return handed[1]
+    found: list[str] = []
+    stdlib: list[str] = [STDLIB_MARK]
     stack = [code]
     while stack:
         current = stack.pop()
@@ -233,31 +253,47 @@ def imports_of(code: types.CodeType) -> tuple[Import, ...]:
         at = raw.find(_IMPORT_NAME_BYTE)
         while at >= 0:
             if at % 2 == 0:
-                entry = _decode_import(current, raw, at)
-                if entry is not None:
-                    found.append(entry)
+                _decode_import(current, raw, at, found, stdlib)
             at = raw.find(_IMPORT_NAME_BYTE, at + 1)
         stack.extend(c for c in reversed(current.co_consts) if isinstance(c, types.CodeType))
-    _imports[code] = result = tuple(found)
-    return result
+    return tuple(found + stdlib) if len(stdlib) > 1 else tuple(found)
 
 
-def _decode_import(code: types.CodeType, raw: bytes, at: int) -> Import | None:
+STDLIB_MARK = "|"
+"""In :func:`imports_of`, where the statements naming standard library modules begin."""
+
+STDLIB_NAMES = frozenset(getattr(sys, "stdlib_module_names", ())) | {"__future__"}
+
+
+def _imports_kept(code: types.CodeType) -> tuple[str, ...]:
+    """:func:`imports_of`, leaving code just read from the cache its hand-over."""
+    handed = _handed.get(id(code))
+    if handed is not None and handed[0] is code:
+        return handed[1]
+    return imports_of(code)
+
+
+def _decode_import(
+    code: types.CodeType, raw: bytes, at: int, found: list[str], stdlib: list[str]
+) -> None:
     name_index, at = _arg_at(raw, at)
     fromlist_op, fromlist_arg, at = _previous(raw, at)
     level_op, level_arg, _ = _previous(raw, at)
     if fromlist_op != _LOAD_CONST:
-        return None  # not the compiler's import statement shape: nothing to learn from it
+        return  # not the compiler's import statement shape: nothing to learn from it
     if level_op == _LOAD_CONST:
         level = code.co_consts[level_arg]
     elif level_op == _LOAD_SMALL_INT:
         level = level_arg
     else:
-        return None
+        return
     fromlist = code.co_consts[fromlist_arg]
     if not isinstance(level, int) or not (fromlist is None or isinstance(fromlist, tuple)):
-        return None
-    return code.co_names[name_index], fromlist, level
+        return
+    name = code.co_names[name_index]
+    into = stdlib if not level and name.partition(".")[0] in STDLIB_NAMES else found
+    into.append("." * level + name)
+    into.extend(":" + entry for entry in fromlist or ())
 
 
 def _arg_at(raw: bytes, at: int) -> tuple[int, int]:

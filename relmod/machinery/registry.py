@@ -51,6 +51,8 @@ from relmod.errors import ModuleNotFound, ReloadError
 from relmod.graph import DependencyGraph
 from relmod.machinery import modules as m
 from relmod.machinery.code import (
+    STDLIB_MARK,
+    STDLIB_NAMES,
     defined_names,
     imports_of,
     load_code,
@@ -161,7 +163,7 @@ def path_of_module_name(name: str) -> str | None:
 Kind = Literal["file", "package", "folder"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Record:
     """What the registry knows of one module."""
 
@@ -184,7 +186,6 @@ class Record:
     ran_code: types.CodeType | None = None  # the code that last ran, and the file's stat
     ran_signature: tuple[int, int, int, int] | None = None  # signature before it was read
     next_signature: tuple[int, int, int, int] | None = None  # of ``code``'s file, in a unit
-    new_edges: set[str] | None = None  # what it imported while it runs, written when it ends
 
     @property
     def namespace(self) -> dict[str, Any]:
@@ -213,6 +214,9 @@ class Registry:
         self._by_id: dict[int, Record] = {}
         self._by_namespace: dict[int, Record] = {}
         self._by_name: dict[str, Record] = {}
+        # The first parts of every name a module was loaded under (never shrinks): an import of
+        # any other top-level name reaches no reloading module.
+        self._top_names: set[str] = set()
         self._aliases: dict[str, str] = {}  # package folder -> its __init__.py
         self._folders: dict[str, int] = {}  # folder -> how many records live in it
         self._by_real: dict[str, set[str]] = {}  # real path -> keys that name it through links
@@ -362,6 +366,7 @@ class Registry:
         self._by_id[id(module)] = rec
         self._by_namespace[id(rec.namespace)] = rec
         self._by_name[name] = rec
+        self._top_names.add(name.partition(".")[0])
         if folder is not None and folder != key:
             self._aliases[folder] = key
         if fresh:  # before the file is read: a save from now on is seen
@@ -500,43 +505,74 @@ class Registry:
         """The record of the module called ``name`` in ``sys.modules``."""
         return self._by_name.get(name)
 
+    def note_alias(self, name: str, rec: Record) -> None:
+        """The import system hands ``rec``'s module out under another name too."""
+        self._top_names.add(name.partition(".")[0])
+
     def record_edge(self, dependent: str, dependency: str) -> None:
         """A module imported another while it ran."""
         if dependent != dependency:
             self.graph.add_edge(dependent, dependency, origin="runtime")
 
     def _note_imports(self, rec: Record, code: types.CodeType) -> None:
-        """Record what the module's import statements reached, read from its code (no hook).
+        """Record what the module's import statements reached, read from its code (no hook),
+        in one graph write, added to what the hook noted meanwhile (by-folder imports).
 
         ``from pkg import sub`` depends on the submodule, ``from pkg import name`` and
         ``import pkg.sub`` on the module named; an import of a module not loaded now (a function's
         import that has not run, a ``TYPE_CHECKING`` one) is no dependency.
         """
-        edges = rec.new_edges
-        assert edges is not None, "called while the module runs"
-        package = rec.namespace.get("__package__") or ""
+        edges: set[str] = set()
+        package = "" if rec.by_path else rec.namespace.get("__package__") or ""
         by_name = self._by_name
-        for name, fromlist, level in imports_of(code):
-            if level:
-                if not package or rec.by_path:
-                    continue  # resolved by folder, by the import hook
-                parts = package.rsplit(".", level - 1)
-                if len(parts) < level:
-                    continue  # beyond the top-level package: the import itself failed
-                target = f"{parts[0]}.{name}" if name else parts[0]
-            else:
-                target = name
-            names_used = not fromlist
-            for entry in fromlist or ():
-                sub = by_name.get(f"{target}.{entry}") if entry != "*" else None
+        tops = self._top_names
+        target = ""  # the module the current statement names ("": none, or not resolvable)
+        names_used = False  # whether it needs the module itself (not only submodules of it)
+        listed = False  # whether the current statement's "from" list has begun
+        for item in imports_of(code):
+            if item[0] == ":":
+                if not target:
+                    continue
+                if not listed:
+                    listed, names_used = True, False
+                sub = by_name.get(target + "." + item[1:]) if item != ":*" else None
                 if sub is not None:
                     edges.add(sub.key)
                 else:
                     names_used = True
+                continue
             if names_used:
-                dependency = by_name.get(target) or self.record_of(sys.modules.get(target))
-                if dependency is not None:
-                    edges.add(dependency.key)
+                self._add_dependency(edges, target)
+            if item == STDLIB_MARK:
+                if tops.isdisjoint(STDLIB_NAMES):
+                    names_used = False
+                    break  # no module of ours is named like one of the standard library
+                names_used = False
+                target = ""
+                continue
+            name = item.lstrip(".")
+            level = len(item) - len(name)
+            if level:
+                # Relative: resolved through the package (a module loaded by path has none; the
+                # import hook resolves its imports by folder).
+                parts = package.rsplit(".", level - 1) if package else []
+                target = "" if len(parts) < level else f"{parts[0]}.{name}" if name else parts[0]
+            else:
+                # The standard library and installed packages: no record under that top name.
+                dot = name.find(".")
+                target = name if (name if dot < 0 else name[:dot]) in tops else ""
+            names_used, listed = bool(target), False  # "import x" needs x; a list may say less
+        if names_used:
+            self._add_dependency(edges, target)
+        edges.discard(rec.key)
+        if edges:
+            known = self.graph.dependencies_of(rec.key, origin="runtime")
+            self.graph.set_dependencies(rec.key, edges.union(known), origin="runtime")
+
+    def _add_dependency(self, edges: set[str], name: str) -> None:
+        dependency = self._by_name.get(name) or self.record_of(sys.modules.get(name))
+        if dependency is not None:
+            edges.add(dependency.key)
 
     def files(self) -> dict[str, str | None]:
         """Every loaded source file with the hash of the version in use."""
@@ -950,19 +986,9 @@ class Registry:
             stack = self._local.running = []
         stack.append(rec)
         rec.reloading = True
-        rec.new_edges = set()
         try:
             yield
-            edges, rec.new_edges = rec.new_edges, None
-            edges.discard(rec.key)
-            if edges:  # what it imported this run, added to what it had (none when it re-runs)
-                self.graph.set_dependencies(
-                    rec.key,
-                    self.graph.dependencies_of(rec.key, origin="runtime") | edges,
-                    origin="runtime",
-                )
         finally:
-            rec.new_edges = None
             rec.reloading = False
             stack.pop()
 
