@@ -49,7 +49,6 @@ from typing import Any
 from relmod.client.bindings import NamespaceBindings
 from relmod.client.cellwatch import CellWatch
 from relmod.client.session import RACY_SECONDS, Client, default_client
-from relmod.connfile import find_connection_file
 from relmod.errors import BrokerError, ReloadError
 from relmod.machinery.registry import Registry, normalize
 from relmod.sources import Broken, display_path, file_hash
@@ -593,6 +592,8 @@ def _loaded_in(shell: Any) -> CellSync | None:
 
 def _connect(client: Client, folder: str) -> str:
     """Connect to the broker of ``folder`` if one runs; a line saying what happened."""
+    from relmod.connfile import find_connection_file  # json, sockets: only in a kernel
+
     if find_connection_file(folder) is None:
         return (
             f"relmod: no broker serves {folder}; this process watches its own files "

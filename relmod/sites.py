@@ -22,7 +22,6 @@ warning that names the file and what is wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -104,6 +103,8 @@ class Site(Generic[LoadedT]):
         self._runtime[name] = os.path.abspath(os.path.expanduser(os.fspath(path)))
 
     def __delitem__(self, name: str) -> None:
+        import json  # for messages and site files: not every process that imports relmod
+
         if self._runtime.pop(name, None) is not None:
             return
         for found, _path, source in self._entries():
@@ -220,6 +221,8 @@ class Site(Generic[LoadedT]):
         stopped = ""
         if "break" in (item.strip() for item in os.environ.get(SITE_ENV, "").split(";")):
             stopped = f" {SITE_ENV} contains the word break, so the default files were not read."
+        import json
+
         # Double quotes only: KeyError shows the repr of its message, which stays readable then.
         quoted = json.dumps(name)
         example = json.dumps([name, f"/path/to/{name}"])
@@ -242,6 +245,8 @@ class Site(Generic[LoadedT]):
 
 def _parse_site_file(data: bytes, path: str) -> tuple[tuple[str, str], ...]:
     """The (name, absolute path) pairs of a site file; ConfigurationError says what is wrong."""
+    import json
+
     where = f"Skipping site file {path}:"
     fix = "Fix the file; relmod reads it again when its content changes."
     try:

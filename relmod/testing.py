@@ -11,13 +11,15 @@ from __future__ import annotations
 import inspect
 import sys
 import types
-import unittest
 from collections.abc import Callable
-from typing import IO, Any, TypeVar, overload
+from typing import IO, TYPE_CHECKING, Any, TypeVar, overload
+
+if TYPE_CHECKING:
+    import unittest
 
 __all__ = ["runtest", "testfocus", "testmod", "testonly"]
 
-TestCaseT = TypeVar("TestCaseT", bound=type[unittest.TestCase])
+TestCaseT = TypeVar("TestCaseT", bound="type[unittest.TestCase]")
 FuncT = TypeVar("FuncT", bound=Callable[..., Any])
 
 # The mark testfocus leaves on a method; a plain attribute survives functools.wraps and inheritance.
@@ -103,6 +105,8 @@ def runtest(
 
         return decorator
 
+    import unittest  # here: every worker imports relmod, few of them run tests
+
     stream: IO[str] = runner_kwargs.get("stream") or sys.stderr
     focused = _focused_methods(case)
     if focused:
@@ -141,6 +145,8 @@ def testmod(module: types.ModuleType, **kw: Any) -> dict[str, unittest.TestResul
         >>> {name: r.wasSuccessful() for name, r in testmod(mod, stream=io.StringIO()).items()}
         {'Sums': True}
     """
+    import unittest
+
     results: dict[str, unittest.TestResult] = {}
     seen: set[int] = set()
     for name, value in sorted(vars(module).items()):
@@ -218,6 +224,8 @@ def _run_if_main(cls: TestCaseT, names: str, kw: dict[str, Any]) -> TestCaseT:
 
 def _parse_names(case: type[unittest.TestCase], names: str) -> list[str]:
     """Split ``'test_a, test_b'`` and check that the class has each method."""
+    import unittest
+
     wanted = [name.strip() for name in names.split(",") if name.strip()]
     for name in wanted:
         if not callable(getattr(case, name, None)):

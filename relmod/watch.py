@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 
@@ -99,6 +98,8 @@ def _backend_from_env() -> tuple[str, str] | None:
 
 def _probe_watchfiles() -> None:
     """Open and close one native watch; raises if watchfiles cannot watch on this system."""
+    import tempfile
+
     import watchfiles
 
     stopped = threading.Event()

@@ -33,26 +33,24 @@ each result that differs from the previous one.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
-import pickle
-import signal
-import socket
 import sys
 import threading
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relmod.api import at, toplevel
-from relmod.arguments import OneLineParser
 from relmod.client.session import Client, default_client
 from relmod.errors import BrokerNotFound, RelmodError
 from relmod.machinery.registry import OnError, normalize
+
+if TYPE_CHECKING:
+    from relmod.arguments import OneLineParser
 
 __all__ = ["WorkerSetup", "init", "initargs", "main", "pool_options"]
 
@@ -124,6 +122,8 @@ class WorkerSetup:
         # A spawned worker unpickles its initargs before anything runs in it, when a function
         # of a toplevel module (tasks.setup) cannot be imported yet. So the initializer
         # travels as bytes, unpickled by apply() once the toplevel names are served.
+        import pickle
+
         deferred = self._deferred
         if self.initializer is not None:
             deferred = pickle.dumps((self.initializer, self.initargs))
@@ -192,6 +192,8 @@ class WorkerSetup:
                 toplevel(name, target)
         initializer, args = self.initializer, self.initargs
         if self._deferred is not None:
+            import pickle
+
             initializer, args = pickle.loads(self._deferred)
         if initializer is not None:
             initializer(*args)
@@ -321,6 +323,8 @@ def pool_options(
 
 
 def _pair(text: str) -> tuple[str, str]:
+    import argparse  # this command line only: workers import relmod, not it
+
     left, sep, right = text.partition("=")
     if not sep or not left or not right:
         raise argparse.ArgumentTypeError(f"expected A=B, not {text!r}")
@@ -328,6 +332,8 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def _parser() -> OneLineParser:
+    from relmod.arguments import OneLineParser
+
     parser = OneLineParser(
         prog="python -m relmod.workers",
         description=(
@@ -443,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         on_error=args.on_error,
         timeout=args.wait,
     )
+    import signal
+    import socket
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: types.FrameType | None) -> None:

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from relmod.client.barrier import SyncCounter, SyncFollower
 from relmod.client.embedded import EmbeddedFeed
 from relmod.errors import BrokerNotFound, ConfigurationError, ConnectionFileError, ReloadError
 from relmod.machinery.finder import ProjectFinder
@@ -30,6 +29,7 @@ from relmod.stattrust import RACY_SECONDS as RACY_SECONDS  # noqa: PLC0414 (ipyt
 from relmod.stattrust import signature_trusted
 
 if TYPE_CHECKING:
+    from relmod.client.barrier import SyncCounter
     from relmod.client.connection import BrokerFeed
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,7 @@ class Client:
         """The file counting this process's syncs, for the workers it starts (made on demand)."""
         with self._feed_lock:
             if self._counter is None:
+                from relmod.client.barrier import SyncCounter  # pools only
                 from relmod.connfile import runtime_dir
 
                 self._counter = SyncCounter(str(runtime_dir()))
@@ -180,6 +181,8 @@ class Client:
 
     def follow_syncs(self, path: str, timeout: float = 10.0) -> None:
         """In a worker: before each task's import, catch up with the parent's ``sync()``."""
+        from relmod.client.barrier import SyncFollower
+
         try:
             follower = SyncFollower(path, lambda: self.sync(timeout))
         except OSError as err:

@@ -19,7 +19,6 @@ import logging
 import marshal
 import os
 import sys
-import tempfile
 import time
 import types
 
@@ -38,6 +37,14 @@ def cache_dir() -> str | None:
     ``~/.cache/relmod``, so versions of relmod and of Python can share the cache.
     """
     configured = os.environ.get("RELMOD_CACHE_DIR")
+    key = (configured, sys.dont_write_bytecode)
+    found = _cache_dirs.get(key, "")
+    if found == "":  # asked once per setting (a first import asks for every module)
+        found = _cache_dirs[key] = _find_cache_dir(configured)
+    return found
+
+
+def _find_cache_dir(configured: str | None) -> str | None:
     if configured is not None:
         if not configured:
             return None
@@ -50,6 +57,9 @@ def cache_dir() -> str | None:
     return os.path.join(base, _FORMAT)
 
 
+_cache_dirs: dict[tuple[str | None, bool], str | None] = {}
+
+
 # v4: an entry holds the code and its import statements (imports_of).
 _FORMAT = "code-v4-" + importlib.util.MAGIC_NUMBER.hex()
 
@@ -57,7 +67,7 @@ _FORMAT = "code-v4-" + importlib.util.MAGIC_NUMBER.hex()
 def _cache_file(folder: str, path: str, digest: str) -> str:
     key = hashlib.blake2b(f"{path}\0{digest}".encode("utf-8", "surrogateescape"), digest_size=16)
     name = key.hexdigest()
-    return os.path.join(folder, name[:2], name[2:])
+    return f"{folder}/{name[:2]}/{name[2:]}"
 
 
 def load_code(path: str, data: bytes, digest: str) -> types.CodeType:
@@ -119,7 +129,8 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
     signature = trusted_signature(os.stat(path))
     where = None
     if folder is not None and signature is not None:
-        where = _cache_file(os.path.join(folder, "by-stat"), f"{path}\0{signature}", "")
+        mtime, ctime, size, inode = signature
+        where = _cache_file(folder + "/by-stat", f"{path}\0{mtime}:{ctime}:{size}:{inode}", "")
         try:
             with open(where, "rb") as file:
                 blob = file.read()
@@ -154,6 +165,8 @@ def _unpack(blob: bytes, path: str) -> types.CodeType | None:
 
 
 def _store(where: str, code: types.CodeType, prefix: bytes = b"") -> None:
+    import tempfile  # a cache miss only
+
     try:
         os.makedirs(os.path.dirname(where), mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(where), prefix=".tmp")

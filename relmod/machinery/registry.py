@@ -28,6 +28,7 @@ old or new, never missing.
 
 from __future__ import annotations
 
+import collections
 import functools
 import gc
 import itertools
@@ -203,7 +204,9 @@ class Registry:
     """
 
     def __init__(self) -> None:
-        self.graph = DependencyGraph()
+        self._graph = DependencyGraph()
+        # (record, its import statements) of first runs not in the graph yet: see `graph`.
+        self._unnoted: collections.deque[tuple[Record, tuple[str, ...]]] = collections.deque()
         self.on_error: OnError = "raise"
         self.sources: SourceProvider = DiskSources()
         self.scope = Scope()
@@ -514,7 +517,32 @@ class Registry:
         if dependent != dependency:
             self.graph.add_edge(dependent, dependency, origin="runtime")
 
-    def _note_imports(self, rec: Record, code: types.CodeType) -> None:
+    @property
+    def graph(self) -> DependencyGraph:
+        """The dependency graph, with every module that finished its first run in it."""
+        if self._unnoted:
+            self._note_first_runs()
+        return self._graph
+
+    def _note_first_runs(self) -> None:
+        """Write the edges and dependency versions of modules whose first run ended since.
+
+        Deferred to the first question (an invalidation, a reload, ``get_dependencies``, the
+        broker's edge report): a process that imports a thousand modules and never sees a save
+        never pays for their dependencies. Nothing can move a version before: every reload
+        begins by asking the graph.
+        """
+        unnoted = self._unnoted
+        while unnoted:
+            try:
+                rec, imports = unnoted.popleft()
+            except IndexError:
+                break  # another thread took the last one
+            if self._records.get(rec.key) is rec:
+                self._note_imports(rec, imports)
+                rec.dep_versions = self._versions_of_deps(rec)
+
+    def _note_imports(self, rec: Record, imports: tuple[str, ...]) -> None:
         """Record what the module's import statements reached, read from its code (no hook),
         in one graph write, added to what the hook noted meanwhile (by-folder imports).
 
@@ -529,7 +557,7 @@ class Registry:
         target = ""  # the module the current statement names ("": none, or not resolvable)
         names_used = False  # whether it needs the module itself (not only submodules of it)
         listed = False  # whether the current statement's "from" list has begun
-        for item in imports_of(code):
+        for item in imports:
             if item[0] == ":":
                 if not target:
                     continue
@@ -566,8 +594,8 @@ class Registry:
             self._add_dependency(edges, target)
         edges.discard(rec.key)
         if edges:
-            known = self.graph.dependencies_of(rec.key, origin="runtime")
-            self.graph.set_dependencies(rec.key, edges.union(known), origin="runtime")
+            known = self._graph.dependencies_of(rec.key, origin="runtime")
+            self._graph.set_dependencies(rec.key, edges.union(known), origin="runtime")
 
     def _add_dependency(self, edges: set[str], name: str) -> None:
         dependency = self._by_name.get(name) or self.record_of(sys.modules.get(name))
@@ -936,7 +964,7 @@ class Registry:
         try:
             with self._running(rec):
                 exec(code, ns)
-                self._note_imports(rec, code)
+                self._note_imports(rec, imports_of(code))
                 _drop_undefined(rec, old, code)
                 callback = ns.get("__reload__")
                 if callable(callback):
@@ -968,7 +996,6 @@ class Registry:
         try:
             with self._running(rec):
                 exec(code, rec.namespace)
-                self._note_imports(rec, code)
         except BaseException as err:
             if rec.by_path and isinstance(err, Exception) and not isinstance(err, ReloadError):
                 raise self._error(rec, verb, err, first=True) from err
@@ -976,7 +1003,7 @@ class Registry:
         rec.hash = digest
         rec.ran_code, rec.ran_signature = code, signature
         rec.version = 1
-        rec.dep_versions = self._versions_of_deps(rec)
+        self._unnoted.append((rec, imports_of(code)))  # edges and versions when first asked
         linecache.checkcache(rec.key)
 
     @contextmanager
@@ -1028,7 +1055,7 @@ class Registry:
     def _versions_of_deps(self, rec: Record) -> dict[str, int]:
         return {
             d: self._records[d].version
-            for d in self.graph.dependencies_of(rec.key)
+            for d in self._graph.dependencies_of(rec.key)
             if d in self._records
         }
 
