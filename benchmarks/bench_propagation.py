@@ -1,13 +1,29 @@
-"""Write-to-stale latency across many real client processes, and their idle cost.
+"""Write-to-stale latency across real client processes, against the floor measured in the same run.
 
-A real broker serves a small project; N client processes (default 32) call ``relmod.connect()``,
-load ``leaf.py`` and ``top.py`` (which imports it), and register an invalidation listener that
-prints ``time.time()`` the moment their feed thread has marked the modules stale. The driver
-saves ``leaf.py`` (atomically, as editors do) E times, spaced so that the broker's burst pacing
-never applies, and records for each save the time until the LAST client had marked it stale.
+Two systems carry one save to N processes, each measured at 1 client and at N (default 32):
 
-It then measures the idle CPU of the clients and of the broker over a quiet period, from
-``/proc/<pid>/stat``.
+- **relmod**: a real broker serves a small project; each client process calls
+  ``relmod.connect()``, loads ``leaf.py`` and ``top.py`` (which imports it) and registers a
+  listener (``relmod.add_listener``) that prints the event's ``time.time()`` when its feed thread
+  has marked ``leaf.py`` stale. After each save every client uses the module again (so the next
+  save marks it again).
+- **floor**: the least any system can do here. One process blocks in ``poll`` on a raw inotify
+  watch of the folder (ctypes, :mod:`relmod.watchers.inotify_kernel`) and, on the save's event,
+  sends one ZeroMQ PUB message; N processes sleep in a blocking SUB ``recv`` and print
+  ``time.time()`` when it arrives.
+
+The driver saves ``leaf.py`` atomically (temporary file + ``os.replace``, as editors do), noting
+``time.time()`` just before the replace, E times, 1.2 s apart (the broker's burst pacing never
+applies), and takes per save the latency of the last process. The two systems and the two sizes
+alternate in rounds (a round: one save each), so machine noise falls on all alike. The table
+gives medians and p99 (nearest rank; with few saves the worst), the ratios relmod / floor, and
+the growth per added client, ``(median at N - median at 1) / (N - 1)``, for each.
+
+Then the idle CPU of the N relmod clients and of the broker over a quiet period, from the
+threads' ``/proc/<pid>/task/*/schedstat`` (nanoseconds).
+
+Issue 13's targets: at N = 32, median <= 2.5x the floor and p99 <= 5x; at 1 client <= 3x; the
+growth per client <= 2x the floor's; idle broker <= 0.2% of a core, idle client <= 0.05%.
 
 Run:
     .venv/bin/python benchmarks/bench_propagation.py [--clients 32] [--edits 40] [--quick]
@@ -27,26 +43,64 @@ import time
 from pathlib import Path
 
 CLIENT = r"""
-import sys, time, relmod
-from relmod.client.session import default_client
+import sys, relmod
 root = sys.argv[1]
 relmod.connect(root)
 top = relmod.at(root + '/top.py')
 top.VALUE
-def on_invalidate(keys):
-    print('stale', time.time(), flush=True)
-default_client().registry.add_invalidate_listener(on_invalidate)
+leaf = root + '/leaf.py'
+def on_event(event):
+    if event.kind == 'stale' and event.path == leaf:
+        print('stale', event.time, flush=True)
+relmod.add_listener(on_event)
 print('ready', flush=True)
 for line in sys.stdin:
     if line.strip() == 'use':
         top.VALUE   # reload now, as a worker's next call would
 """
 
+FLOOR_PUBLISHER = r"""
+import os, select, sys, zmq
+from relmod.watchers.inotify_kernel import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
+folder, endpoint = sys.argv[1], sys.argv[2]
+pub = zmq.Context().socket(zmq.PUB)
+pub.bind(endpoint)
+inotify = Inotify()
+inotify.add_watch(folder, IN_CLOSE_WRITE | IN_MOVED_TO)
+poller = select.poll()
+poller.register(inotify.fd, select.POLLIN)
+print('ready', flush=True)
+while True:
+    poller.poll()
+    if any(event.name == 'leaf.py' for event in inotify.read()):
+        pub.send(b'x')
+"""
+
+FLOOR_SUBSCRIBER = r"""
+import sys, time, zmq
+sub = zmq.Context().socket(zmq.SUB)
+sub.setsockopt(zmq.SUBSCRIBE, b'')
+sub.connect(sys.argv[1])
+print('ready', flush=True)
+while True:
+    sub.recv()
+    print('stale', time.time(), flush=True)
+"""
+
+SAVE_PAUSE_S = 1.2
+WAIT_S = 5.0
+
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process's live threads, in nanoseconds resolution (``schedstat``), where
+    ``/proc/<pid>/stat`` counts 10 ms ticks: too coarse for 0.05% of a core over 10 s."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return total / 1e9
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -54,129 +108,221 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--edits", type=int, default=40)
-    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measurement")
-    parser.add_argument("--quick", action="store_true", help="8 clients, 15 edits, 3 s idle")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.clients, args.edits, args.idle = 8, 15, 3.0
+def _start(argv: list[str], *, stdin: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv,
+        text=True,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
 
+
+def _wait_ready(procs: list[subprocess.Popen[str]], what: str) -> None:
+    for proc in procs:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"a {what} process did not start")
+
+
+class Fleet:
+    """N processes that print ``stale <time>`` per save, and the folder they watch."""
+
+    def __init__(self, name: str, folder: Path, procs: list[subprocess.Popen[str]]) -> None:
+        self.name = name
+        self.folder = folder
+        self.procs = procs
+        self.marks: queue.Queue[tuple[int, float]] = queue.Queue()
+        self.latencies: list[float] = []
+        self.missing = 0
+        for index, proc in enumerate(procs):
+            threading.Thread(target=self._read, args=(index, proc), daemon=True).start()
+
+    def _read(self, index: int, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            parts = line.split()
+            if parts and parts[0] == "stale":
+                self.marks.put((index, float(parts[1])))
+
+    def save(self, value: int, *, record: bool = True) -> bool:
+        """Save leaf.py once; True when every process reported it in time."""
+        while not self.marks.empty():  # a late report of an earlier save
+            self.marks.get_nowait()
+        tmp = self.folder / ".leaf.py.tmp"
+        tmp.write_text(f"VALUE = {value}\n")
+        written = time.time()
+        os.replace(tmp, self.folder / "leaf.py")
+        seen: dict[int, float] = {}
+        until = time.monotonic() + WAIT_S
+        while len(seen) < len(self.procs) and time.monotonic() < until:
+            try:
+                index, when = self.marks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            seen.setdefault(index, when)
+        for proc in self.procs:  # relmod clients use the module: the next save marks it again
+            if proc.stdin is not None:
+                proc.stdin.write("use\n")
+                proc.stdin.flush()
+        if len(seen) < len(self.procs):
+            if record:
+                self.missing += len(self.procs) - len(seen)
+            return False
+        if record:
+            self.latencies.append(max(seen.values()) - written)
+        return True
+
+
+def start_relmod(work: Path, clients: int, broker: list[subprocess.Popen[str]]) -> Fleet:
     from relmod.connfile import connection_path, read_connection_file
 
-    root = Path(tempfile.mkdtemp(prefix="relmod-bench-prop-")).resolve()
+    root = work / f"relmod-{clients}"
+    root.mkdir()
     (root / "leaf.py").write_text("VALUE = 0\n")
     (root / "top.py").write_text("from .leaf import VALUE\n")
-    env = dict(os.environ)
-    broker = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "relmod.server", str(root), "--log-level", "WARNING"],
-        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    clients: list[subprocess.Popen[str]] = []
+    broker.append(proc)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if read_connection_file(connection_path(str(root)))["pid"] == proc.pid:
+                break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    procs = [_start([sys.executable, "-c", CLIENT, str(root)], stdin=True) for _ in range(clients)]
+    _wait_ready(procs, "relmod client")
+    return Fleet(f"relmod, {clients}", root, procs)
+
+
+def start_floor(work: Path, clients: int, extra: list[subprocess.Popen[str]]) -> Fleet:
+    folder = work / f"floor-{clients}"
+    folder.mkdir()
+    (folder / "leaf.py").write_text("VALUE = 0\n")
+    endpoint = f"ipc://{work}/floor-{clients}.sock"
+    publisher = _start([sys.executable, "-c", FLOOR_PUBLISHER, str(folder), endpoint])
+    extra.append(publisher)
+    _wait_ready([publisher], "floor publisher")
+    procs = [_start([sys.executable, "-c", FLOOR_SUBSCRIBER, endpoint]) for _ in range(clients)]
+    _wait_ready(procs, "floor subscriber")
+    fleet = Fleet(f"floor, {clients}", folder, procs)
+    # ZeroMQ's slow joiner: saves until every subscriber hears one.
+    deadline = time.monotonic() + 30
+    while not fleet.save(0, record=False):
+        if time.monotonic() > deadline:
+            raise SystemExit("the floor's subscribers never all heard the publisher")
+    return fleet
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--edits", type=int, default=40)
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measurement")
+    parser.add_argument("--quick", action="store_true", help="8 clients, 12 edits, 3 s idle")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.edits, args.idle = 8, 12, 3.0
+    sizes = (1, args.clients)
+
+    work = Path(tempfile.mkdtemp(prefix="relmod-bench-prop-")).resolve()
+    brokers: list[subprocess.Popen[str]] = []
+    others: list[subprocess.Popen[str]] = []
+    fleets: dict[tuple[str, int], Fleet] = {}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if read_connection_file(connection_path(str(root)))["pid"] == broker.pid:
-                    break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        marks: queue.Queue[tuple[int, float]] = queue.Queue()
-        for _ in range(args.clients):
-            proc = subprocess.Popen(
-                [sys.executable, "-c", CLIENT, str(root)],
-                env=env,
-                text=True,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            clients.append(proc)
-        for proc in clients:
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
-                raise SystemExit("a client did not start")
-
-        def read(index: int, proc: subprocess.Popen[str]) -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                parts = line.split()
-                if parts and parts[0] == "stale":
-                    marks.put((index, float(parts[1])))
-
-        for index, proc in enumerate(clients):
-            threading.Thread(target=read, args=(index, proc), daemon=True).start()
-
-        all_marked: list[float] = []
-        each: list[float] = []
-        missing = 0
+        for n in sizes:
+            fleets["relmod", n] = start_relmod(work, n, brokers)
+            fleets["floor", n] = start_floor(work, n, others)
+        for fleet in fleets.values():  # one unrecorded save each: first-use costs out of the way
+            fleet.save(0, record=False)
+        time.sleep(SAVE_PAUSE_S)
         for edit in range(1, args.edits + 1):
-            tmp = root / ".leaf.py.tmp"
-            tmp.write_text(f"VALUE = {edit}\n")
-            written = time.time()
-            os.replace(tmp, root / "leaf.py")
-            seen: dict[int, float] = {}
-            until = time.monotonic() + 5
-            while len(seen) < len(clients) and time.monotonic() < until:
-                try:
-                    index, when = marks.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                seen.setdefault(index, when)
-            if len(seen) < len(clients):
-                missing += len(clients) - len(seen)
-            else:
-                latencies = [(t - written) * 1000 for t in seen.values()]
-                each.extend(latencies)
-                all_marked.append(max(latencies))
-            for proc in clients:  # every client uses the module: the next save marks it again
-                assert proc.stdin is not None
-                proc.stdin.write("use\n")
-                proc.stdin.flush()
-            time.sleep(1.2)  # longer than the broker's burst pacing: every save stands alone
+            for fleet in fleets.values():
+                fleet.save(edit)
+            time.sleep(SAVE_PAUSE_S)
 
+        relmod_big = fleets["relmod", args.clients]
         time.sleep(1.0)
-        before = {p.pid: cpu_seconds(p.pid) for p in clients}
+        before = {p.pid: cpu_seconds(p.pid) for p in relmod_big.procs}
+        broker = brokers[-1]
         broker_before = cpu_seconds(broker.pid)
         time.sleep(args.idle)
-        client_pct = [(cpu_seconds(p.pid) - before[p.pid]) / args.idle * 100 for p in clients]
+        client_pct = [
+            (cpu_seconds(p.pid) - before[p.pid]) / args.idle * 100 for p in relmod_big.procs
+        ]
         broker_pct = (cpu_seconds(broker.pid) - broker_before) / args.idle * 100
-
-        print(f"\n{len(clients)} client processes, {args.edits} saves, on {os.cpu_count()} cores\n")
-        print("| measurement | median | p99 | max |")
-        print("| --- | ---: | ---: | ---: |")
-        if all_marked:
-            print(
-                f"| write -> every client marked stale (ms) | {statistics.median(all_marked):.1f} "
-                f"| {percentile(all_marked, 0.99):.1f} | {max(all_marked):.1f} |"
-            )
-            print(
-                f"| write -> one client marked stale (ms) | {statistics.median(each):.1f} "
-                f"| {percentile(each, 0.99):.1f} | {max(each):.1f} |"
-            )
-        print(
-            f"| idle client CPU (% of a core, {args.idle:.0f} s) | "
-            f"{statistics.median(client_pct):.3f} | {percentile(client_pct, 0.99):.3f} | "
-            f"{max(client_pct):.3f} |"
-        )
-        print(f"| idle broker CPU (% of a core) | {broker_pct:.2f} | | |")
-        print(f"\nmarks missing (a client never marked within 5 s): {missing}")
-        return 0 if missing == 0 else 1
     finally:
-        for proc in clients:
+        for proc in [*(p for f in fleets.values() for p in f.procs), *others]:
             proc.kill()
             proc.wait()
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
                     stream.close()
-        broker.terminate()
-        broker.wait(10)
+        for proc in brokers:
+            proc.terminate()
+            proc.wait(10)
+
+    def ms(kind: str, n: int) -> list[float]:
+        return [x * 1000 for x in fleets[kind, n].latencies]
+
+    big = args.clients
+    command = ".venv/bin/python benchmarks/bench_propagation.py" + " --quick" * args.quick
+    print(f"\n### `{command}`\n")
+    print(
+        f"{args.edits} saves per system and size, on {os.cpu_count()} cores; the floor is raw "
+        f"inotify + one ZeroMQ PUB message to processes sleeping in recv, measured in the same "
+        f"run.\n"
+    )
+    print(
+        "| save -> last process has it | relmod median | relmod p99 | floor median | floor p99 "
+        "| median ratio | p99 ratio | target |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    missing = sum(f.missing for f in fleets.values())
+    medians: dict[tuple[str, int], float] = {}
+    for n in sizes:
+        rel, flo = ms("relmod", n), ms("floor", n)
+        if not rel or not flo:
+            print(f"| {n} client(s) | no complete save | | | | | | |")
+            continue
+        medians["relmod", n] = statistics.median(rel)
+        medians["floor", n] = statistics.median(flo)
+        r99, f99 = percentile(rel, 0.99), percentile(flo, 0.99)
+        target = "median <= 3x" if n == 1 else "median <= 2.5x, p99 <= 5x"
+        print(
+            f"| {n} client{'s' if n > 1 else ''} (ms) | {medians['relmod', n]:.2f} | {r99:.2f} "
+            f"| {medians['floor', n]:.2f} | {f99:.2f} "
+            f"| {medians['relmod', n] / medians['floor', n]:.2f}x | {r99 / f99:.2f}x | {target} |"
+        )
+    if len(medians) == 4:
+        growth = {
+            kind: (medians[kind, big] - medians[kind, 1]) / (big - 1)
+            for kind in ("relmod", "floor")
+        }
+        print(
+            f"| growth per added client (ms) | {growth['relmod']:.3f} | | {growth['floor']:.3f} | "
+            f"| {growth['relmod'] / growth['floor']:.2f}x | | <= 2x |"
+            if growth["floor"] > 0
+            else f"| growth per added client (ms) | {growth['relmod']:.3f} | | "
+            f"{growth['floor']:.3f} | | | | <= 2x |"
+        )
+    print()
+    print("| idle, relmod | median | p99 | max | target |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    print(
+        f"| client CPU (% of a core, {args.idle:.0f} s, {big} clients) | "
+        f"{statistics.median(client_pct):.3f} | {percentile(client_pct, 0.99):.3f} | "
+        f"{max(client_pct):.3f} | <= 0.05% |"
+    )
+    print(f"| broker CPU (% of a core) | {broker_pct:.2f} | | | <= 0.2% |")
+    print(f"\nreports missing (a process never reported a save within {WAIT_S:.0f} s): {missing}")
+    return 0 if missing == 0 else 1
 
 
 if __name__ == "__main__":
