@@ -303,6 +303,25 @@ def test_a_dependent_that_no_invalidation_named_is_not_read_again(tmp_path: Path
     assert disk.reads == {str(top_path): 1, str(tmp_path / "leaf.py"): 3}
 
 
+def test_a_broker_names_the_changed_files_apart_from_the_affected_ones(tmp_path: Path) -> None:
+    leaf = write(tmp_path / "leaf.py", "X = 1\n")
+    top_path = write(tmp_path / "top.py", "from . import leaf\nY = leaf.X + 1\n")
+    top = relmod.at(str(top_path))
+    client = _client()
+    write(leaf, "X = 2\n")
+    relmod.sync()
+    assert top.Y == 3  # top's young signature is kept from here
+    disk = client.registry.sources = _CountingDisk()
+    write(leaf, "X = 3\n")
+    # A broker's message, split in two parts: the changed file is marked whichever part names it.
+    client.apply_invalidation([str(top_path)], changed=[str(leaf)])
+    assert client.registry.is_stale(top) and top.Y == 4
+    assert disk.reads == {str(leaf): 1}
+    client.apply_invalidation([str(leaf), str(top_path)])  # no word on what changed
+    assert top.Y == 4
+    assert disk.reads == {str(leaf): 2, str(top_path): 1}
+
+
 def test_a_named_dependent_is_read_again_when_its_signature_stayed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

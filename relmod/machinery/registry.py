@@ -590,9 +590,10 @@ class Registry:
         Cheap and safe from any thread: it runs no user code. Returns the keys marked.
         """
         keys = self._keys_of(paths)
+        named = keys if changed is None else self._keys_of(changed)
+        keys |= named  # a changed file is affected too, whatever part of a split message said
         if not keys:
             return set()
-        named = keys if changed is None else self._keys_of(changed)
         return self._mark({k for k in self.graph.affected_by(keys) if k in self._records}, named)
 
     def _keys_of(self, paths: Iterable[str]) -> set[str]:
