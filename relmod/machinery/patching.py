@@ -152,15 +152,16 @@ def _walk(
     found: _Found,
 ) -> None:
     for name, value in items:
-        place = prefix + name
-        if isinstance(value, type):
+        if type(value) in _HOLDERS:
+            place = prefix + name
+            _collect(value, place, place, owner, module_name, ns, found, 0)
+        elif isinstance(value, type):
+            place = prefix + name
             cls = _own_class(value, module_name, place)
             if cls is not None and place not in found.classes:
                 found.classes[place] = cls
                 _walk(list(cls.__dict__.items()), module_name, ns, place + ".", place, found)
-            continue
-        if type(value) in _HOLDERS:  # most values are data: skip them without a call
-            _collect(value, place, place, owner, module_name, ns, found, 0)
+        # most values are data: skipped without a call
 
 
 def _collect(
@@ -234,6 +235,8 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
     report = PatchReport()
     before = _discover(old.items(), module_name, ns)
     after = _discover(list(ns.items()), module_name, ns)
+    if not (before.functions or before.classes or after.functions or after.classes):
+        return report  # no function or class of the module, before or after: nothing to keep
     # id(new object) -> the previous object that stands for it from now on.
     successor: dict[int, Any] = {}
     kept_places = _decide_classes(before.classes, after.classes, successor, report, module_name)
@@ -246,7 +249,7 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
         for place, new_cls in after.classes.items():
             if place not in kept_places:
                 _rebase(new_cls, successor, report, module_name)
-    pairs = _function_pairs(before, after, kept_places, module_name, ns)
+    pairs = _function_pairs(before, after, kept_places, module_name, ns) if after.functions else []
     sources: dict[int, types.FunctionType] = {}  # id(previous function) -> its new version
     reshaped: list[str] = []
     with _SWAP_LOCK:  # no user code runs under it (logging included)
@@ -281,14 +284,18 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
         if old_cls is not None:
             _update_class(old_cls, new_cls, successor, kept_classes, report, module_name)
     for name, value in list(ns.items()):
-        target = _successor_of(old.get(name, _MISSING), value, successor)
+        previous = old.get(name, _MISSING)
+        if previous is value and not kept_classes:
+            continue  # an object from before the run: no new one it could stand for
+        target = _successor_of(previous, value, successor)
         if target is None and kept_classes:
             kind = type(value)
             if id(kind) in kept_classes or kind in _CONTAINERS:
                 target = _adopt(value, kept_classes)
         if target is not None and target is not value:
             ns[name] = target
-    _remember_versions(module_name, after, successor)
+    if after.functions:
+        _remember_versions(module_name, after, successor)
     logger.debug(
         "Patched %s: %d objects updated in place, %d left, %d classes replaced.",
         module_name,
@@ -452,6 +459,8 @@ def _decide_classes(
     pending = {place: (before[place], new) for place, new in after.items() if place in before}
     pending = {place: pair for place, pair in pending.items() if pair[0] is not pair[1]}
     kept: set[str] = set()
+    if not pending:
+        return kept
     decided: set[str] = set()
     places_by_id = {id(cls): place for place, cls in after.items()}
     while pending:
