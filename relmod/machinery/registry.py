@@ -189,6 +189,7 @@ class Record:
     next_young: bool = False
     named: bool = False  # an invalidation named its file since its content was last checked
     new_edges: set[str] | None = None  # what it imported while it runs, written when it ends
+    bound: tuple[types.CodeType, frozenset[str], bool] | None = None  # defined_names of a code
 
     @property
     def namespace(self) -> dict[str, Any]:
@@ -490,7 +491,10 @@ class Registry:
 
     def record_edge(self, dependent: str, dependency: str) -> None:
         """A module imported another while it ran."""
-        if dependent != dependency:
+        rec = self._records.get(dependent)
+        if rec is not None and rec.new_edges is not None:
+            rec.new_edges.add(dependency)  # running: written with the rest when it ends
+        elif dependent != dependency:
             self.graph.add_edge(dependent, dependency, origin="runtime")
 
     def note_import(self, importer: Record, dependency: str) -> None:
@@ -680,12 +684,12 @@ class Registry:
         self, keys: set[str], *, force: AbstractSet[str] = frozenset(), strict: bool = False
     ) -> None:
         outer = self._scheduled
-        self._scheduled = outer | keys
+        scheduled = self._scheduled = outer | keys  # ours: a nested reload puts it back
         try:
             for unit in self.graph.units_in_dependency_order(keys):
                 members = sorted((self._records[k] for k in unit), key=lambda r: r.order)
                 self._run_unit(members, force, strict=strict)
-                self._scheduled = self._scheduled - set(unit)
+                scheduled.difference_update(unit)
         finally:
             self._scheduled = outer
 
@@ -801,10 +805,11 @@ class Registry:
         outer_pending = self._pending
         self._pending = {rec.name: rec for rec in todo}
         self._in_progress = self._in_progress + saved
+        snapshots = dict(saved)
         try:
             for rec in todo:
                 if rec.name in self._pending:
-                    self._rerun(rec, dict(saved)[rec])
+                    self._rerun(rec, snapshots[rec])
         except BaseException as err:
             failed = self._pending_failure or todo[0]
             # Another module's failed reload surfacing here is not a fault of this unit's files.
@@ -847,17 +852,19 @@ class Registry:
     def _patch(self, saved: list[tuple[Record, dict[str, Any]]]) -> None:
         """Give the previous version's objects the new code, wherever they are held."""
         kept: dict[int, Any] = {}  # id of a new object -> the previous one that stays
+        cycle = len(saved) > 1
         for rec, old in saved:
             ns = rec.namespace
-            ran = dict(ns)
+            ran = dict(ns) if cycle else {}
             report = patch_namespace(old, ns, rec.name)
             self.patched += report.patched
             self.unpatchable += len(report.unpatchable)
-            self.old_classes.update(report.replaced_classes)
+            if report.replaced_classes:
+                self.old_classes.update(report.replaced_classes)
             for key, value in ran.items():
                 if ns.get(key, value) is not value:
                     kept[id(value)] = ns[key]
-        if kept and len(saved) > 1:
+        if kept:
             # Members of a cycle imported each other's new objects before patching kept the
             # previous ones: re-exports must stay identical to their source.
             for rec, _ in saved:
@@ -886,20 +893,32 @@ class Registry:
         ns = rec.namespace
         ns.pop("__annotations__", None)  # a fresh run makes its own (SETUP_ANNOTATIONS)
         ns["__doc__"] = None
-        self.graph.set_dependencies(rec.key, (), origin="runtime")
         if sys.modules.get(rec.name) is not rec.module:
             sys.modules[rec.name] = rec.module  # it may have been replaced; it runs visibly
+        stack = getattr(self._local, "running", None)  # as _running, without a generator
+        if stack is None:
+            stack = self._local.running = []
+        stack.append(rec)
+        rec.reloading = True
+        rec.new_edges = edges = set()
         try:
-            with self._running(rec):
-                exec(code, ns)
-                _drop_undefined(rec, old, code)
-                callback = ns.get("__reload__")
-                if callable(callback):
-                    callback(old)
+            exec(code, ns)
+            _drop_undefined(rec, old, code)
+            callback = ns.get("__reload__")
+            if callable(callback):
+                callback(old)
+            edges.discard(rec.key)
+            # Its runtime edges are what this run imported: one write. The previous ones stay
+            # until then, and a failed unit puts them back anyway.
+            self.graph.set_dependencies(rec.key, edges, origin="runtime")
         except BaseException:
             if self._pending_failure is None:
                 self._pending_failure = rec
             raise
+        finally:
+            rec.new_edges = None
+            rec.reloading = False
+            stack.pop()
 
     def _first_run(self, rec: Record) -> None:
         """A module's first execution: read, hash, compile (or take the cached code), run."""
@@ -1067,7 +1086,9 @@ def _drop_undefined(rec: Record, old: dict[str, Any], code: types.CodeType) -> N
     it is a submodule of the package.
     """
     ns = rec.namespace
-    bound, star = defined_names(code)
+    if rec.bound is None or rec.bound[0] is not code:  # an unchanged module runs the same code
+        rec.bound = (code, *defined_names(code))
+    _, bound, star = rec.bound
     prefix = rec.name + "."
     for key, value in old.items():
         if key in _KEPT_KEYS or key in bound or key not in ns or ns[key] is not value:
