@@ -839,6 +839,11 @@ def _kind(code: types.CodeType) -> str | None:
     return "function"
 
 
+def _makes_functions(code: types.CodeType) -> bool:
+    """Whether a module's code defines a function, class, lambda or comprehension."""
+    return any(type(const) is types.CodeType for const in code.co_consts)
+
+
 _HOOK = "__relmod_missing__"
 
 
@@ -913,22 +918,37 @@ class CallGuard:
         self._hooked: dict[int, list[type]] = {}  # classes given a missing-attribute hook
         self._lock = threading.Lock()
 
-    def arm(self, ns: dict[str, Any], module_name: str, on_call: Callable[[], None]) -> int:
+    def arm(
+        self,
+        ns: dict[str, Any],
+        module_name: str,
+        on_call: Callable[[], None],
+        *,
+        code: types.CodeType | None = None,
+    ) -> int:
         """Arm every function of the module; safe while other threads call them.
 
         Args:
             ns: The module's ``__dict__``.
             module_name: The module's ``__name__``.
             on_call: Brings the module up to date; called by the first armed call.
+            code: The code object that made the namespace, when it is known and has finished
+                running. A module code without nested code objects makes no function and no
+                class, so when no version of a function of the module was ever seen either,
+                there is nothing to arm and the namespace is not walked.
 
         Returns:
             How many functions were armed (already armed ones are not counted again).
         """
+        if code is not None and module_name not in _VERSIONS and not _makes_functions(code):
+            return 0  # a module of data only (most of a deep chain): nothing anyone can hold
         found = _discover(list(ns.items()), module_name, ns)
         functions = {id(fn): fn for fn, _canonical, _owner in found.functions.values()}
         for fn in _known_versions(module_name):
             if fn.__globals__ is ns:
                 functions.setdefault(id(fn), fn)
+        if not functions and not found.classes:
+            return 0
         armed: list[_Trampoline] = []
         for fn in functions.values():
             kind = _kind(fn.__code__)

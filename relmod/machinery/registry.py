@@ -633,7 +633,11 @@ class Registry:
                 marked.add(key)
                 if self.patch and rec.kind != "folder":
                     self.guard.arm(
-                        rec.namespace, rec.name, functools.partial(self.refresh, rec.module)
+                        rec.namespace,
+                        rec.name,
+                        functools.partial(self.refresh, rec.module),
+                        # What made the namespace, unless a unit is re-running it right now.
+                        code=rec.ran_code if rec.code is None else None,
                     )
             if marked:
                 self.generation += 1
