@@ -51,13 +51,7 @@ from typing import Any, Literal, Protocol
 from relmod.errors import ModuleNotFound, ReloadError
 from relmod.graph import DependencyGraph
 from relmod.machinery import modules as m
-from relmod.machinery.code import (
-    Signature,
-    defined_names,
-    load_code,
-    load_file_code,
-    trusted_signature,
-)
+from relmod.machinery.code import defined_names, load_code, load_file_code, trusted_signature
 from relmod.machinery.events import Event, Listeners
 from relmod.machinery.patching import CallGuard, patch_namespace
 from relmod.machinery.scope import Scope
@@ -180,16 +174,16 @@ class Record:
     order: int = 0  # when its first execution began: a cycle re-runs in this order
     reloading: bool = False
     last_error: str | None = None
+    named: bool = False  # an invalidation named its file since its content was last checked
+    ran_young: bool = False  # ran_signature was too young to stand for the content alone
+    next_young: bool = False  # the same for next_signature
+    bound: tuple[types.CodeType, frozenset[str], bool] | None = None  # defined_names of a code
     code: types.CodeType | None = None  # compiled, waiting to run in the current unit
     digest: str | None = None  # the hash of ``code``'s source
     ran_code: types.CodeType | None = None  # the code that last ran, and the file's stat
-    ran_signature: Signature | None = None  # signature before it was read
-    ran_young: bool = False  # ran_signature was too young to stand for the content alone
-    next_signature: Signature | None = None  # of ``code``'s file, in a unit
-    next_young: bool = False
-    named: bool = False  # an invalidation named its file since its content was last checked
+    ran_signature: tuple[int, int, int, int] | None = None  # signature before it was read
+    next_signature: tuple[int, int, int, int] | None = None  # of ``code``'s file, in a unit
     new_edges: set[str] | None = None  # what it imported while it runs, written when it ends
-    bound: tuple[types.CodeType, frozenset[str], bool] | None = None  # defined_names of a code
 
     @property
     def namespace(self) -> dict[str, Any]:
@@ -491,10 +485,7 @@ class Registry:
 
     def record_edge(self, dependent: str, dependency: str) -> None:
         """A module imported another while it ran."""
-        rec = self._records.get(dependent)
-        if rec is not None and rec.new_edges is not None:
-            rec.new_edges.add(dependency)  # running: written with the rest when it ends
-        elif dependent != dependency:
+        if dependent != dependency:
             self.graph.add_edge(dependent, dependency, origin="runtime")
 
     def note_import(self, importer: Record, dependency: str) -> None:
@@ -897,32 +888,20 @@ class Registry:
         ns = rec.namespace
         ns.pop("__annotations__", None)  # a fresh run makes its own (SETUP_ANNOTATIONS)
         ns["__doc__"] = None
+        self.graph.set_dependencies(rec.key, (), origin="runtime")
         if sys.modules.get(rec.name) is not rec.module:
             sys.modules[rec.name] = rec.module  # it may have been replaced; it runs visibly
-        stack = getattr(self._local, "running", None)  # as _running, without a generator
-        if stack is None:
-            stack = self._local.running = []
-        stack.append(rec)
-        rec.reloading = True
-        rec.new_edges = edges = set()
         try:
-            exec(code, ns)
-            _drop_undefined(rec, old, code)
-            callback = ns.get("__reload__")
-            if callable(callback):
-                callback(old)
-            edges.discard(rec.key)
-            # Its runtime edges are what this run imported: one write. The previous ones stay
-            # until then, and a failed unit puts them back anyway.
-            self.graph.set_dependencies(rec.key, edges, origin="runtime")
+            with self._running(rec):
+                exec(code, ns)
+                _drop_undefined(rec, old, code)
+                callback = ns.get("__reload__")
+                if callable(callback):
+                    callback(old)
         except BaseException:
             if self._pending_failure is None:
                 self._pending_failure = rec
             raise
-        finally:
-            rec.new_edges = None
-            rec.reloading = False
-            stack.pop()
 
     def _first_run(self, rec: Record) -> None:
         """A module's first execution: read, hash, compile (or take the cached code), run."""
@@ -1072,7 +1051,7 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
-def _signature(st: os.stat_result) -> Signature:
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
