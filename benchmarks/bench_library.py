@@ -310,8 +310,8 @@ def measure_deep_reload(root: Path, edits: int, settle_s: float) -> dict[str, An
 
 def measure_marking(deep: dict[str, Any], calls: int, cycles: int) -> dict[str, Any]:
     """Registry.invalidate and Client.files_changed for one change under a 50-module chain."""
-    from relmod.client.session import default_client as _client
     from relmod.client.session import default_client
+    from relmod.client.session import default_client as _client
 
     client = default_client()
     leaf, top, log = deep["leaf"], deep["top"], deep["log"]
