@@ -33,6 +33,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.registry = Registry()
         self.invalidated: list[list[str]] = []
+        self.changed: list[list[str] | None] = []
         self.log: list[str] = []
 
     def files_changed(self, paths: Iterable[str]) -> set[str]:
@@ -41,8 +42,11 @@ class FakeHost:
     def verify_files(self, paths: Iterable[str]) -> set[str]:
         return set()
 
-    def apply_invalidation(self, affected: Iterable[str]) -> set[str]:
+    def apply_invalidation(
+        self, affected: Iterable[str], changed: Iterable[str] | None = None
+    ) -> set[str]:
         self.invalidated.append(list(affected))
+        self.changed.append(None if changed is None else list(changed))
         self.log.append("invalidate")
         return set()
 
@@ -153,6 +157,7 @@ def test_the_next_invalidation_marks_the_local_paths_and_advances(
     feed.broken["/w/p/a.py"] = (1, "broken before")
     assert feed._on_publication(invalidate(5)) is False
     assert host.invalidated == [["/w/p/a.py"]], "broker paths are mapped to local ones"
+    assert host.changed == [["/w/p/a.py"]], "so are the changed files, passed apart"
     assert feed.seq == 5 and feed.invalidations == 1
     assert feed.broken == {}, "a change of a broken file clears its notice"
 

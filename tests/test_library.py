@@ -14,6 +14,8 @@ from support import wait_for
 
 import relmod
 from relmod.client.session import default_client as _client
+from relmod.machinery import registry as registry_module
+from relmod.machinery.registry import DiskSources
 
 
 def write(path: Path, text: str) -> Path:
@@ -272,6 +274,74 @@ def test_same_size_same_mtime_edit_reloads(tmp_path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     relmod.sync()
     assert mod.X == 2
+
+
+class _CountingDisk(DiskSources):
+    """The local disk, counting the reads of each file."""
+
+    def __init__(self) -> None:
+        self.reads: dict[str, int] = {}
+
+    def read(self, path: str) -> bytes:
+        self.reads[path] = self.reads.get(path, 0) + 1
+        return super().read(path)
+
+
+def test_a_dependent_that_no_invalidation_named_is_not_read_again(tmp_path: Path) -> None:
+    write(tmp_path / "leaf.py", "X = 1\n")
+    top_path = write(tmp_path / "top.py", "from . import leaf\nY = leaf.X + 1\n")
+    top = relmod.at(str(top_path))
+    assert top.Y == 2
+    registry = _client().registry
+    disk = registry.sources = _CountingDisk()
+    for value in (2, 3, 4):  # the files are seconds younger than the stat-trust limit
+        write(tmp_path / "leaf.py", f"X = {value}\n")
+        relmod.sync()
+        assert value + 1 == top.Y
+    # Read once, on the first reload (the first import keeps only a trusted signature); the
+    # leaf, which the feed named each time, was read each time (the watcher may report a
+    # write twice, once while a reload runs: then it is read once more).
+    assert disk.reads[str(top_path)] == 1 and disk.reads[str(tmp_path / "leaf.py")] >= 3
+
+
+def test_a_broker_names_the_changed_files_apart_from_the_affected_ones(tmp_path: Path) -> None:
+    leaf = write(tmp_path / "leaf.py", "X = 1\n")
+    top_path = write(tmp_path / "top.py", "from . import leaf\nY = leaf.X + 1\n")
+    top = relmod.at(str(top_path))
+    client = _client()
+    write(leaf, "X = 2\n")
+    relmod.sync()
+    assert top.Y == 3  # top's young signature is kept from here
+    disk = client.registry.sources = _CountingDisk()
+    write(leaf, "X = 3\n")
+    # A broker's message, split in two parts: the changed file is marked whichever part names it.
+    client.apply_invalidation([str(top_path)], changed=[str(leaf)])
+    assert client.registry.is_stale(top) and top.Y == 4
+    assert disk.reads.get(str(leaf)) and str(top_path) not in disk.reads
+    client.apply_invalidation([str(leaf), str(top_path)])  # no word on what changed
+    assert top.Y == 4
+    assert disk.reads[str(top_path)] == 1
+
+
+def test_a_named_dependent_is_read_again_when_its_signature_stayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two saves within one timestamp tick, of the same size, can leave the same signature."""
+    write(tmp_path / "leaf.py", "X = 1\n")
+    top_path = write(tmp_path / "top.py", "from . import leaf\nY = leaf.X + 1\n")
+    top = relmod.at(str(top_path))
+    write(tmp_path / "leaf.py", "X = 2\n")
+    relmod.sync()
+    assert top.Y == 3  # this reload kept top's signature, young as it is
+    seen = os.stat(top_path)
+    real_stat = registry_module._stat
+    monkeypatch.setattr(  # top's file keeps the signature the kernel gave it before the edit
+        registry_module, "_stat", lambda p: seen if p == str(top_path) else real_stat(p)
+    )
+    write(tmp_path / "leaf.py", "X = 3\n")
+    write(top_path, "from . import leaf\nY = leaf.X + 5\n")  # the same size
+    relmod.sync()
+    assert top.Y == 8
 
 
 def test_module_identity_survives_reloads(tmp_path: Path) -> None:

@@ -531,6 +531,19 @@ def test_arming_twice_arms_each_function_once(project: Project) -> None:
     assert mod.f(1) == (1, 1)
 
 
+def test_arming_with_the_code_that_ran_skips_only_modules_that_define_no_function(
+    project: Project,
+) -> None:
+    mod = project.load("X = 1\n")
+    guard, data_only = CallGuard(), compile("X = 1", "m", "exec")
+    assert guard.arm(mod.__dict__, mod.__name__, lambda: None, code=data_only) == 0
+    mod = project.load(COUNTER.format(1))
+    code = compile(Path(mod.__file__ or "").read_text(), "m", "exec")
+    assert guard.arm(mod.__dict__, mod.__name__, lambda: None, code=code) == 1
+    guard.disarm(mod.__dict__)
+    assert mod.f(1) == (1, 1)
+
+
 def test_a_generator_function_reloads_when_first_iterated(project: Project) -> None:
     source = "def gen(n):\n    for i in range(n):\n        yield i * {}\n"
     mod = project.load(source.format(1))

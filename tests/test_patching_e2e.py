@@ -186,6 +186,23 @@ def test_a_function_held_by_from_import_returns_the_new_value(package: Package) 
     assert package.module("core").compute is compute
 
 
+def test_a_function_added_to_a_module_of_data_only_is_held_and_runs_the_next_edit(
+    package: Package,
+) -> None:
+    """Marking skips modules whose code defines no function: the code that ran decides."""
+    package.write("consts", "LIMIT = 1\n")
+    package.write("user", "from . import consts\nDOUBLE = consts.LIMIT * 2\n")
+    user = package.module("user")
+    assert user.DOUBLE == 2
+    package.write("consts", "LIMIT = 2\ndef limit(x):\n    return ('v2', x)\n")
+    relmod.sync()
+    limit = package.module("consts").limit  # from app.consts import limit
+    assert user.DOUBLE == 4 and limit(3) == ("v2", 3)
+    package.write("consts", "LIMIT = 3\ndef limit(x):\n    return ('v3', x * 10)\n")
+    relmod.sync()
+    assert limit(3) == ("v3", 30)  # the held function's call reloaded the module first
+
+
 def test_a_decorated_function_runs_the_new_code(package: Package) -> None:
     package.write(
         "deco",

@@ -118,8 +118,11 @@ class FeedHost(Protocol):
         """Like ``files_changed``, for files whose stat signature moved (or is too young)."""
         ...
 
-    def apply_invalidation(self, affected: Iterable[str]) -> set[str]:
-        """Mark stale what the broker said is affected (it compared hashes already)."""
+    def apply_invalidation(
+        self, affected: Iterable[str], changed: Iterable[str] | None = None
+    ) -> set[str]:
+        """Mark stale what the broker said is affected (it compared hashes already); when
+        given, ``changed`` are the files whose content changed (by default all of them)."""
         ...
 
     def known_files(self) -> list[str]:
@@ -766,9 +769,13 @@ class BrokerFeed:
         if mismatched:
             self.host.apply_invalidation(mismatched)
 
-    def _apply(self, affected: list[str]) -> None:
+    def _apply(self, affected: list[str], changed: list[str] | None = None) -> None:
         if affected:
-            self.host.apply_invalidation([self.path_map.to_local(p) for p in affected])
+            to_local = self.path_map.to_local
+            self.host.apply_invalidation(
+                [to_local(p) for p in affected],
+                None if changed is None else [to_local(p) for p in changed],
+            )
             self.invalidations += 1
 
     def _loop(self, codec: Codec, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
@@ -858,7 +865,7 @@ class BrokerFeed:
         if msg.kind == "invalidate":
             if self.plugin is not None:  # its hashes first: a reload must find them
                 self.plugin.hashes_arrived(body["hashes"], full=False, root=None)
-            self._apply(body["affected"])
+            self._apply(body["affected"], body["changed"])
             for path in body["changed"]:
                 self.broken.pop(self.path_map.to_local(path), None)
         elif msg.kind == "broken":

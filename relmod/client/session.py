@@ -153,9 +153,15 @@ class Client:
                 suspects.append(path)
         return self.files_changed(suspects) if suspects else set()
 
-    def apply_invalidation(self, affected: Iterable[str]) -> set[str]:
-        """Mark stale what a broker said is affected (it already compared hashes)."""
-        return self.registry.invalidate(list(affected))
+    def apply_invalidation(
+        self, affected: Iterable[str], changed: Iterable[str] | None = None
+    ) -> set[str]:
+        """Mark stale what a broker said is affected (it already compared hashes).
+
+        ``changed``, the files whose content changed, are read again on reload; the other
+        affected files only when their stat signature moved (by default: all of them).
+        """
+        return self.registry.invalidate(list(affected), changed=changed)
 
     # -- user-thread operations -------------------------------------------------------
 

@@ -152,15 +152,16 @@ def _walk(
     found: _Found,
 ) -> None:
     for name, value in items:
-        place = prefix + name
-        if isinstance(value, type):
+        if type(value) in _HOLDERS:
+            place = prefix + name
+            _collect(value, place, place, owner, module_name, ns, found, 0)
+        elif isinstance(value, type):
+            place = prefix + name
             cls = _own_class(value, module_name, place)
             if cls is not None and place not in found.classes:
                 found.classes[place] = cls
                 _walk(list(cls.__dict__.items()), module_name, ns, place + ".", place, found)
-            continue
-        if type(value) in _HOLDERS:  # most values are data: skip them without a call
-            _collect(value, place, place, owner, module_name, ns, found, 0)
+        # most values are data: skipped without a call
 
 
 def _collect(
@@ -234,6 +235,8 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
     report = PatchReport()
     before = _discover(old.items(), module_name, ns)
     after = _discover(list(ns.items()), module_name, ns)
+    if not (before.functions or before.classes or after.functions or after.classes):
+        return report  # no function or class of the module, before or after: nothing to keep
     # id(new object) -> the previous object that stands for it from now on.
     successor: dict[int, Any] = {}
     kept_places = _decide_classes(before.classes, after.classes, successor, report, module_name)
@@ -246,7 +249,7 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
         for place, new_cls in after.classes.items():
             if place not in kept_places:
                 _rebase(new_cls, successor, report, module_name)
-    pairs = _function_pairs(before, after, kept_places, module_name, ns)
+    pairs = _function_pairs(before, after, kept_places, module_name, ns) if after.functions else []
     sources: dict[int, types.FunctionType] = {}  # id(previous function) -> its new version
     reshaped: list[str] = []
     with _SWAP_LOCK:  # no user code runs under it (logging included)
@@ -281,14 +284,18 @@ def patch_namespace(old: dict[str, Any], ns: dict[str, Any], module_name: str) -
         if old_cls is not None:
             _update_class(old_cls, new_cls, successor, kept_classes, report, module_name)
     for name, value in list(ns.items()):
-        target = _successor_of(old.get(name, _MISSING), value, successor)
+        previous = old.get(name, _MISSING)
+        if previous is value and not kept_classes:
+            continue  # an object from before the run: no new one it could stand for
+        target = _successor_of(previous, value, successor)
         if target is None and kept_classes:
             kind = type(value)
             if id(kind) in kept_classes or kind in _CONTAINERS:
                 target = _adopt(value, kept_classes)
         if target is not None and target is not value:
             ns[name] = target
-    _remember_versions(module_name, after, successor)
+    if after.functions:
+        _remember_versions(module_name, after, successor)
     logger.debug(
         "Patched %s: %d objects updated in place, %d left, %d classes replaced.",
         module_name,
@@ -452,6 +459,8 @@ def _decide_classes(
     pending = {place: (before[place], new) for place, new in after.items() if place in before}
     pending = {place: pair for place, pair in pending.items() if pair[0] is not pair[1]}
     kept: set[str] = set()
+    if not pending:
+        return kept
     decided: set[str] = set()
     places_by_id = {id(cls): place for place, cls in after.items()}
     while pending:
@@ -830,6 +839,11 @@ def _kind(code: types.CodeType) -> str | None:
     return "function"
 
 
+def _makes_functions(code: types.CodeType) -> bool:
+    """Whether a module's code defines a function, class, lambda or comprehension."""
+    return any(type(const) is types.CodeType for const in code.co_consts)
+
+
 _HOOK = "__relmod_missing__"
 
 
@@ -904,22 +918,37 @@ class CallGuard:
         self._hooked: dict[int, list[type]] = {}  # classes given a missing-attribute hook
         self._lock = threading.Lock()
 
-    def arm(self, ns: dict[str, Any], module_name: str, on_call: Callable[[], None]) -> int:
+    def arm(
+        self,
+        ns: dict[str, Any],
+        module_name: str,
+        on_call: Callable[[], None],
+        *,
+        code: types.CodeType | None = None,
+    ) -> int:
         """Arm every function of the module; safe while other threads call them.
 
         Args:
             ns: The module's ``__dict__``.
             module_name: The module's ``__name__``.
             on_call: Brings the module up to date; called by the first armed call.
+            code: The code object that made the namespace, when it is known and has finished
+                running. A module code without nested code objects makes no function and no
+                class, so when no version of a function of the module was ever seen either,
+                there is nothing to arm and the namespace is not walked.
 
         Returns:
             How many functions were armed (already armed ones are not counted again).
         """
+        if code is not None and module_name not in _VERSIONS and not _makes_functions(code):
+            return 0  # a module of data only (most of a deep chain): nothing anyone can hold
         found = _discover(list(ns.items()), module_name, ns)
         functions = {id(fn): fn for fn, _canonical, _owner in found.functions.values()}
         for fn in _known_versions(module_name):
             if fn.__globals__ is ns:
                 functions.setdefault(id(fn), fn)
+        if not functions and not found.classes:
+            return 0
         armed: list[_Trampoline] = []
         for fn in functions.values():
             kind = _kind(fn.__code__)

@@ -35,6 +35,7 @@ import itertools
 import linecache
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -182,6 +183,10 @@ class Record:
     order: int = 0  # when its first execution began: a cycle re-runs in this order
     reloading: bool = False
     last_error: str | None = None
+    named: bool = False  # an invalidation named its file since its content was last checked
+    ran_young: bool = False  # ran_signature was too young to stand for the content alone
+    next_young: bool = False  # the same for next_signature
+    bound: tuple[types.CodeType, frozenset[str], bool] | None = None  # defined_names of a code
     code: types.CodeType | None = None  # compiled, waiting to run in the current unit
     digest: str | None = None  # the hash of ``code``'s source
     ran_code: types.CodeType | None = None  # the code that last ran, and the file's stat
@@ -679,11 +684,26 @@ class Registry:
 
     # -- invalidation (any thread) ------------------------------------------------------
 
-    def invalidate(self, paths: Iterable[str]) -> set[str]:
+    def invalidate(self, paths: Iterable[str], *, changed: Iterable[str] | None = None) -> set[str]:
         """Mark the modules of these files, and every module depending on them, stale.
+
+        ``changed`` names the files among ``paths`` whose content changed, when the caller
+        knows (a broker sends the affected set and the changed files apart); by default every
+        path given may have changed. The reload reads again the files named as changed; a
+        dependent only marked along is not read again while its stat signature is the one of
+        the version that ran.
 
         Cheap and safe from any thread: it runs no user code. Returns the keys marked.
         """
+        keys = self._keys_of(paths)
+        named = keys if changed is None else self._keys_of(changed)
+        keys |= named  # a changed file is affected too, whatever part of a split message said
+        if not keys:
+            return set()
+        return self._mark({k for k in self.graph.affected_by(keys) if k in self._records}, named)
+
+    def _keys_of(self, paths: Iterable[str]) -> set[str]:
+        """The modules that reported paths stand for (a folder: every module under it)."""
         keys: set[str] = set()
         for path in paths:
             path = self._aliases.get(path, path)
@@ -695,11 +715,9 @@ class Registry:
                 # A folder renamed or deleted: every module under it.
                 prefix = path.rstrip(os.sep) + os.sep
                 keys.update(k for k in list(self._records) if k.startswith(prefix))
-        if not keys:
-            return set()
-        return self._mark({k for k in self.graph.affected_by(keys) if k in self._records})
+        return keys
 
-    def _mark(self, affected: set[str]) -> set[str]:
+    def _mark(self, affected: set[str], named: AbstractSet[str] = frozenset()) -> set[str]:
         marked = set()
         with self._mark_lock:
             for key in affected:
@@ -707,6 +725,8 @@ class Registry:
                 if rec is None:
                     continue
                 rec.gen += 1
+                if key in named:
+                    rec.named = True
                 try:
                     self.types.mark_stale(rec.module)
                 except TypeError:  # a module class whose layout forbids the switch
@@ -715,7 +735,11 @@ class Registry:
                 marked.add(key)
                 if self.patch and rec.kind != "folder":
                     self.guard.arm(
-                        rec.namespace, rec.name, functools.partial(self.refresh, rec.module)
+                        rec.namespace,
+                        rec.name,
+                        functools.partial(self.refresh, rec.module),
+                        # What made the namespace, unless a unit is re-running it right now.
+                        code=rec.ran_code if rec.code is None else None,
                     )
             if marked:
                 self.generation += 1
@@ -766,12 +790,12 @@ class Registry:
         self, keys: set[str], *, force: AbstractSet[str] = frozenset(), strict: bool = False
     ) -> None:
         outer = self._scheduled
-        self._scheduled = outer | keys
+        scheduled = self._scheduled = outer | keys  # ours: a nested reload puts it back
         try:
             for unit in self.graph.units_in_dependency_order(keys):
                 members = sorted((self._records[k] for k in unit), key=lambda r: r.order)
                 self._run_unit(members, force, strict=strict)
-                self._scheduled = self._scheduled - set(unit)
+                scheduled.difference_update(unit)
         finally:
             self._scheduled = outer
 
@@ -790,38 +814,44 @@ class Registry:
                 self._failed(err, members, gens, strict)
                 return
         for rec in members:
-            self._unmark(rec, gens[id(rec)])
+            self._unmark(rec, gens[id(rec)], checked=True)
 
     def _plan(
         self, runnable: list[Record], members: list[Record], force: AbstractSet[str]
     ) -> list[Record]:
         """The members to re-execute, compiled; none when nothing they ran has changed."""
         reasons = False
-        compiled: list[tuple[Record, bytes | None, str]] = []
+        compiled: list[tuple[Record, bytes | None, str]] = []  # no bytes: ``ran_code`` runs
+        disk = isinstance(self.sources, DiskSources)
         for rec in runnable:
-            lost_init = rec.kind == "package" and rec.by_path and not self._on_disk(rec)
+            st = _stat(rec.key) if disk else None  # one stat: is it there, and has it moved
+            on_disk = st is not None and stat.S_ISREG(st.st_mode) if disk else self._on_disk(rec)
+            lost_init = rec.kind == "package" and rec.by_path and not on_disk
             if lost_init and rec.folder and self.sources.kind(rec.folder) == "folder":
                 self._become_namespace(rec)  # its __init__.py was deleted
                 continue
-            if not self._on_disk(rec):
+            if not on_disk:
                 if len(members) > 1 or rec.key in force:
                     raise self._error(rec, "reload", FileNotFoundError(rec.key), first=False)
                 # A dependency whose file is gone (deleted, or turned into a package): whether a
                 # module still needs it is for its own run to say, so its dependents run again.
                 rec.version += 1
                 continue
-            signature = rec.next_signature = self._trusted_signature(rec)
-            if signature is not None and signature == rec.ran_signature and rec.ran_code:
-                compiled.append((rec, None, rec.hash or ""))  # unchanged since it ran: no read
+            if st is not None and self._unchanged_since_run(rec, st, force):
+                rec.next_signature, rec.next_young = rec.ran_signature, rec.ran_young
+                compiled.append((rec, None, rec.hash or ""))  # no read, no hash
                 if rec.key in force or self._deps_moved(rec, members):
                     reasons = True
                 continue
+            rec.next_signature = None if st is None else _signature(st)
+            rec.next_young = st is not None and trusted_signature(st) is None
             try:
                 data = self.sources.read(rec.key)
             except OSError as err:
                 raise self._error(rec, "reload", err, first=False) from err
             digest = content_hash(data)
-            compiled.append((rec, data, digest))
+            same = digest == rec.hash and rec.ran_code is not None
+            compiled.append((rec, None if same else data, digest))  # the same bytes: same code
             changed = digest not in (rec.hash, rec.failed_hash)
             if changed or rec.key in force or self._deps_moved(rec, members):
                 reasons = True
@@ -838,14 +868,23 @@ class Registry:
             rec.digest = digest
         return [rec for rec, _, _ in compiled]
 
-    def _trusted_signature(self, rec: Record) -> tuple[int, int, int, int] | None:
-        """The file's stat signature, when it is old enough to stand for its content."""
-        if not isinstance(self.sources, DiskSources):
-            return None
-        try:
-            return trusted_signature(os.stat(rec.key))
-        except OSError:
-            return None
+    def _unchanged_since_run(
+        self, rec: Record, st: os.stat_result, force: AbstractSet[str]
+    ) -> bool:
+        """Whether the file still holds the source of ``ran_code``, judged without reading it.
+
+        Its stat signature must be the one taken before the read of that source. An old one
+        (both then and now older than the stat-trust limit) stands for the content: a later
+        save would have moved it. A young one does not (two saves within one timestamp tick,
+        same size, share it), but a feed names every file whose content changed: a file no
+        invalidation named since its content was last checked, and no forced reload of it,
+        holds what ran. A save no feed has reported yet reloads when it is reported.
+        """
+        if rec.ran_code is None or rec.hash is None or rec.ran_signature != _signature(st):
+            return False  # (no hash: a re-run is forced, as after a fork)
+        if not rec.ran_young and trusted_signature(st) is not None:
+            return True
+        return not rec.named and rec.key not in force
 
     def _become_namespace(self, rec: Record) -> None:
         """A package loaded by path lost its ``__init__.py``: it is now a folder namespace."""
@@ -874,10 +913,11 @@ class Registry:
         outer_pending = self._pending
         self._pending = {rec.name: rec for rec in todo}
         self._in_progress = self._in_progress + saved
+        snapshots = dict(saved)
         try:
             for rec in todo:
                 if rec.name in self._pending:
-                    self._rerun(rec, dict(saved)[rec])
+                    self._rerun(rec, snapshots[rec])
         except BaseException as err:
             failed = self._pending_failure or todo[0]
             # Another module's failed reload surfacing here is not a fault of this unit's files.
@@ -903,6 +943,7 @@ class Registry:
         for rec, old in saved:
             rec.hash = rec.digest
             rec.ran_code, rec.ran_signature = rec.code, rec.next_signature
+            rec.ran_young = rec.next_young
             rec.failed_hash = None
             rec.last_error = None
             rec.version += 1
@@ -919,17 +960,19 @@ class Registry:
     def _patch(self, saved: list[tuple[Record, dict[str, Any]]]) -> None:
         """Give the previous version's objects the new code, wherever they are held."""
         kept: dict[int, Any] = {}  # id of a new object -> the previous one that stays
+        cycle = len(saved) > 1
         for rec, old in saved:
             ns = rec.namespace
-            ran = dict(ns)
+            ran = dict(ns) if cycle else {}
             report = patch_namespace(old, ns, rec.name)
             self.patched += report.patched
             self.unpatchable += len(report.unpatchable)
-            self.old_classes.update(report.replaced_classes)
+            if report.replaced_classes:
+                self.old_classes.update(report.replaced_classes)
             for key, value in ran.items():
                 if ns.get(key, value) is not value:
                     kept[id(value)] = ns[key]
-        if kept and len(saved) > 1:
+        if kept:
             # Members of a cycle imported each other's new objects before patching kept the
             # previous ones: re-exports must stay identical to their source.
             for rec, _ in saved:
@@ -1033,10 +1076,12 @@ class Registry:
         self.errors_logged += 1
         log.error("%s", err)
 
-    def _unmark(self, rec: Record, gen: int) -> None:
+    def _unmark(self, rec: Record, gen: int, *, checked: bool = False) -> None:
         with self._mark_lock:
             if rec.gen != gen:
                 return  # an invalidation arrived while we reloaded: it stays stale
+            if checked:  # what runs is what its file held after the last invalidation
+                rec.named = False
             self.types.mark_fresh(rec.module)
             self.guard.disarm(rec.namespace)  # also when patching was turned off while armed
 
@@ -1107,6 +1152,17 @@ def _kind_of(module: types.ModuleType) -> Kind:
     return "package" if hasattr(module, "__path__") else "file"
 
 
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):  # as os.path.isfile: missing, unreadable, or a bad name
+        return None
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
 def _restore(rec: Record, good: dict[str, Any]) -> None:
     ns = rec.namespace
     for key in [k for k in ns if k not in good]:
@@ -1121,7 +1177,9 @@ def _drop_undefined(rec: Record, old: dict[str, Any], code: types.CodeType) -> N
     it is a submodule of the package.
     """
     ns = rec.namespace
-    bound, star = defined_names(code)
+    if rec.bound is None or rec.bound[0] is not code:  # an unchanged module runs the same code
+        rec.bound = (code, *defined_names(code))
+    _, bound, star = rec.bound
     prefix = rec.name + "."
     for key, value in old.items():
         if key in _KEPT_KEYS or key in bound or key not in ns or ns[key] is not value:
