@@ -112,23 +112,26 @@ def trusted_signature(st: os.stat_result) -> Signature | None:
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
-def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
-    """The code of the file at ``path``, its content hash, and its trusted stat signature.
+def load_file_code(path: str) -> tuple[types.CodeType, str, Signature, bool]:
+    """The code of the file at ``path``, its content hash, its stat signature, and whether that
+    signature is too young (see :data:`RACY_NS`) to stand for the content alone.
 
     The fast path of a first import: when the file's stat signature (mtime and ctime in
     nanoseconds, size, inode) is older than :data:`RACY_NS` and was seen before, the hash and the
     code come from the cache without reading the source, as Python's own .pyc would, but judged
     by a signature that a same-size edit within the same second cannot keep. Otherwise the file
-    is read and hashed, and the code comes from :func:`load_code`. The signature returned (taken
-    before any read) is None when it is too young to stand for the content.
+    is read and hashed, and the code comes from :func:`load_code`. The signature is taken before
+    any read.
 
     Raises:
         OSError: the file cannot be read. SyntaxError and the like: it does not compile.
     """
     folder = cache_dir()
-    signature = trusted_signature(os.stat(path))
+    st = os.stat(path)
+    signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    young = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS
     where = None
-    if folder is not None and signature is not None:
+    if folder is not None and not young:
         mtime, ctime, size, inode = signature
         where = _cache_file(folder + "/by-stat", f"{path}\0{mtime}:{ctime}:{size}:{inode}", "")
         try:
@@ -137,7 +140,7 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
             digest = blob[:32].decode("ascii")
             code = _unpack(blob[32:], path)
             if code is not None:
-                return code, digest, signature
+                return code, digest, signature, young
         except (OSError, EOFError, ValueError, TypeError, UnicodeDecodeError):
             pass  # not seen with this signature yet
     with open(path, "rb") as file:
@@ -146,7 +149,7 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature | None]:
     code = load_code(path, data, digest)
     if where is not None:
         _store(where, code, prefix=digest.encode("ascii"))
-    return code, digest, signature
+    return code, digest, signature, young
 
 
 def _unpack(blob: bytes, path: str) -> types.CodeType | None:

@@ -1020,10 +1020,11 @@ class Registry:
     def _first_run(self, rec: Record) -> None:
         """A module's first execution: read, hash, compile (or take the cached code), run."""
         verb = "load"
-        signature = None
+        signature: tuple[int, int, int, int] | None = None
+        young = False
         try:
             if isinstance(self.sources, DiskSources):
-                code, digest, signature = load_file_code(rec.key)
+                code, digest, signature, young = load_file_code(rec.key)
             else:
                 data = self.sources.read(rec.key)
                 digest = content_hash(data)
@@ -1044,7 +1045,7 @@ class Registry:
                 raise self._error(rec, verb, err, first=True) from err
             raise
         rec.hash = digest
-        rec.ran_code, rec.ran_signature = code, signature
+        rec.ran_code, rec.ran_signature, rec.ran_young = code, signature, young
         rec.version = 1
         self._unnoted.append((rec, imports_of(code)))  # edges and versions when first asked
         linecache.checkcache(rec.key)
