@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -116,7 +117,9 @@ class Project:
         self._hashes: dict[str, str] = {}
         self._broken: dict[str, tuple[Broken, str]] = {}  # path -> (why, hash of broken bytes)
         self._signatures: dict[str, StatSignature] = {}
-        self._by_hash: dict[str, set[str]] = {}  # hash -> paths whose last good version has it
+        # hash -> the path whose last good version has it, or the set of them when several do
+        # (rare: one str per file instead of one set costs 200 bytes less a file)
+        self._by_hash: dict[str, str | set[str]] = {}
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._folder_cache: set[str] | None = None  # see _folders()
         # A tracked file that became a symbolic link: its target's real path -> the link. A
@@ -175,7 +178,7 @@ class Project:
         return self._unscanned is not None
 
     def _load(self, record: FileRecord) -> None:
-        path = record.path
+        path = sys.intern(record.path)  # the one copy every table and the graph share
         if self._unscanned is not None:
             self._unscanned.discard(path)
         if record.hash is None or path in self._hashes:
@@ -359,7 +362,8 @@ class Project:
 
     def source(self, digest: str) -> bytes | None:
         """The bytes of a tracked file whose current content has this hash, or None."""
-        for path in sorted(self._by_hash.get(digest, ())):
+        holders = self._by_hash.get(digest, ())
+        for path in sorted((holders,) if isinstance(holders, str) else holders):
             try:
                 data = read_source(path)
             except OSError:
@@ -464,6 +468,7 @@ class Project:
         resolver: ImportResolver,
     ) -> None:
         """Re-read one file and record what it means in ``update`` and the two sets."""
+        path = sys.intern(path)
         if self._unscanned is not None:
             self._unscanned.discard(path)  # read now: the scan's record of it is older
         record = read_record(path, self.root, resolver=resolver)
@@ -550,12 +555,21 @@ class Project:
         else:
             self._folder_cache = None  # a new file (broken files are in _hashes too)
         self._hashes[path] = digest
-        self._by_hash.setdefault(digest, set()).add(path)
+        holders = self._by_hash.get(digest)
+        if holders is None:
+            self._by_hash[digest] = path
+        elif isinstance(holders, str):
+            if holders != path:
+                self._by_hash[digest] = {holders, path}
+        else:
+            holders.add(path)
         self.version += 1
 
     def _unindex(self, path: str, digest: str) -> None:
         holders = self._by_hash.get(digest)
-        if holders is not None:
+        if holders == path:
+            del self._by_hash[digest]
+        elif isinstance(holders, set):
             holders.discard(path)
-            if not holders:
-                del self._by_hash[digest]
+            if len(holders) == 1:
+                self._by_hash[digest] = holders.pop()
