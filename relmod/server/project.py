@@ -38,6 +38,7 @@ from typing import Any
 from relmod.graph import STATIC, DependencyGraph
 from relmod.ignore import is_ignored
 from relmod.server.edges import RuntimeEdges
+from relmod.server.fileids import FileIds
 from relmod.server.resolve import ImportResolver
 from relmod.server.roots import ImportRoots
 from relmod.server.scan import iter_python_files
@@ -100,6 +101,8 @@ class Project:
     Attributes:
         root: the real path of the project folder.
         graph: static edges (``"static"``) and edges reported by clients (``"runtime"``).
+        ids: the file ids of this broker's epoch (every file the scan finds, every tracked
+            file, and whatever else is published).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class Project:
         self.roots = roots if roots is not None else ImportRoots((self.root,))
         self.cache = cache if cache is not None else ScanCache(os.devnull)
         self.graph = DependencyGraph()
+        self.ids = FileIds()
         self.version = 0
         """Goes up whenever a hash or an edge changes (pages of big answers are cut from a
         snapshot per version)."""
@@ -159,6 +163,8 @@ class Project:
         if event == "walked":
             self._scan_began = time.time()
             self._unscanned = set(payload) - self._hashes.keys()
+            for path in payload:  # before any client can ask for the table
+                self.ids.id_of(path)
         elif event == "records":
             for record in payload:
                 self._load(record)
@@ -285,6 +291,14 @@ class Project:
         hashes: dict[str, str | None] = dict.fromkeys(self._deleted)
         hashes.update(self._hashes)
         return hashes
+
+    def was_deleted(self, path: str) -> bool:
+        """Whether ``path`` is one of the last :data:`DELETED_KEPT` tracked files that vanished."""
+        return path in self._deleted
+
+    def is_unscanned(self, path: str) -> bool:
+        """Whether the first scan found ``path`` and has not delivered it yet."""
+        return self._unscanned is not None and path in self._unscanned
 
     def current_hashes(self) -> dict[str, str]:
         """Every tracked file's current content hash (a broken file's broken bytes included)."""
@@ -554,6 +568,7 @@ class Project:
             self._unindex(path, old)
         else:
             self._folder_cache = None  # a new file (broken files are in _hashes too)
+            self.ids.id_of(path)  # a full answer lists every tracked file
         self._hashes[path] = digest
         holders = self._by_hash.get(digest)
         if holders is None:
