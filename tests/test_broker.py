@@ -671,3 +671,60 @@ def test_project_waits_out_an_in_place_save_caught_half_way(project: Path) -> No
         assert state.apply([str(leaf)]).empty  # identical in the end: nothing to publish
     finally:
         writer.join()
+
+
+def test_a_split_invalidation_names_each_new_id_in_the_part_that_uses_it(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big change goes out in parts; a client that read the table before it knows every id
+    of every part, applying them in order (each new id named in the part that uses it)."""
+    # The parts are published without sockets (publish is replaced), each applied at once.
+    from relmod.client.fileids import FileTable
+    from relmod.server import broker as broker_module
+    from relmod.server.broker import Broker, BrokerConfig
+
+    monkeypatch.setattr(broker_module, "CHUNK_PATHS", 7)
+    broker = Broker(BrokerConfig(str(project)))
+    broker.state.project.load_all(processes=1)
+    broker.state.walked = True
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(broker, "publish", lambda kind, body: published.append(body))
+    table = FileTable(lambda p: p, lambda p: p)
+    reply = broker.handlers.answer(b"c", Message("since", {"epoch": "", "seq": 0}, b"s", 1))
+    assert isinstance(reply, tuple) and reply[1]["full"] and reply[1]["next"] is None
+    table.replace([(i, p) for i, p, _ in reply[1]["files"]] + reply[1]["names"])
+    table.loaded([str(project / "top.py")], root=str(project))
+
+    new = [project / "gen" / f"n{i:02d}.py" for i in range(30)]
+    for path in new:
+        write(path, "N = 1\n")
+    write(project / "leaf.py", "from gen import " + ", ".join(p.stem for p in new) + "\n")
+    broker._publish_changes({str(p) for p in [*new, project / "leaf.py"]}, rescan=False)
+
+    assert len(published) >= 5  # 31 changed files, 7 a part
+    marked: set[str] = set()
+    for body in published:
+        paths, problem = table.apply(body["changed"], body["affected"], body["names"])
+        assert problem is None, problem
+        marked.update(paths)
+    assert {str(project / "top.py"), str(project / "leaf.py")} <= marked
+    assert {str(p) for p in new} <= marked  # changed files are always named
+
+    # A folder the graph names (a namespace package that leaf imports) is renamed: its id is
+    # new, not a changed file, and travels in "names" of the part that uses it.
+    write(project / "leaf.py", "import gen\n")
+    broker._publish_changes({str(project / "leaf.py")}, rescan=False)
+    assert str(project / "gen") in broker.state.project.graph
+    published.clear()
+    (project / "gen").rename(project / "gen2")
+    broker._publish_changes({str(project / "gen"), str(project / "gen2")}, rescan=False)
+    assert len(published) >= 5  # 30 files deleted, 30 created
+    named: dict[int, str] = {}
+    for body in published:
+        named.update(body["names"])
+        paths, problem = table.apply(body["changed"], body["affected"], body["names"])
+        assert problem is None, problem
+    # Named: the folder, and new files a part uses before (or without) the part that changes
+    # them; never an id the client's table held.
+    assert str(project / "gen") in named.values()
+    assert all(path.startswith(str(project / "gen")) for path in named.values())

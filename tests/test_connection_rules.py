@@ -190,11 +190,29 @@ def test_a_module_loaded_later_is_reached_by_its_id(host: FakeHost, tmp_path: Pa
     ("publication", "problem"),
     [
         (invalidate(5, affected=[0, 9]), "unknown id 9"),
-        (message("invalidate", epoch="E", seq=5, changed=[[1, "/srv/p/b.py", None]],
-                 affected=pack_ids([1]), names=[]), "id 1 names /srv/p/b.py"),
-        (message("invalidate", epoch="E", seq=5, changed=[[5, "/srv/p/a.py", None]],
-                 affected=pack_ids([5]), names=[]), "/srv/p/a.py has id 5"),
-    ],  # fmt: skip
+        (
+            message(
+                "invalidate",
+                epoch="E",
+                seq=5,
+                changed=[[1, "/srv/p/b.py", None]],
+                affected=pack_ids([1]),
+                names=[],
+            ),
+            "id 1 names /srv/p/b.py",
+        ),
+        (
+            message(
+                "invalidate",
+                epoch="E",
+                seq=5,
+                changed=[[5, "/srv/p/a.py", None]],
+                affected=pack_ids([5]),
+                names=[],
+            ),
+            "/srv/p/a.py has id 5",
+        ),
+    ],
     ids=["unknown", "id-for-another-path", "path-under-another-id"],
 )
 def test_ids_the_table_refuses_drop_the_message_and_ask_for_the_table(

@@ -513,21 +513,29 @@ class Broker:
             return
         changed_ids = [ids.id_of(path) for path in update.changed]
         affected_ids = [ids.id_of(path) for path in update.affected]
+        # Ids a client may not know travel with their path, in "changed" or in "names", in
+        # the part that uses them.
+        unnamed = set(ids.unnamed([*changed_ids, *affected_ids]))
+        named_affected = [i for i in affected_ids if i in unnamed]
+        other_affected = [i for i in affected_ids if i not in unnamed]
         # Split a huge update so that no message outgrows the payload limit; clients apply
-        # each part in sequence, which marks the same modules stale as one message would.
+        # each part in sequence, which marks the same modules stale as one message would. A
+        # part names the ids it uses, so each part's paths stay few too.
         parts = max(
             1,
             -(-len(update.changed) // CHUNK_PATHS),
+            -(-len(named_affected) // CHUNK_PATHS),
             -(-len(affected_ids) // CHUNK_IDS),
         )
         for index in range(parts):
             changed = update.changed[index::parts]
             changed_part = changed_ids[index::parts]
-            affected = affected_ids[index::parts]
+            named = named_affected[index::parts]
+            affected = named + other_affected[index::parts]
+            in_changed = set(changed_part)
+            named = [i for i in named if i not in in_changed]
             hashes = [update.hashes[path] for path in changed]
             files = [list(entry) for entry in zip(changed_part, changed, hashes, strict=True)]
-            in_changed = set(changed_part)
-            named = [i for i in ids.unnamed([*changed_part, *affected]) if i not in in_changed]
             packed = pack_ids(affected)
             self.state.seq += 1
             self.publish(
