@@ -513,6 +513,23 @@ class Codec:
     A ROUTER socket receives ``[identity, frame 0, frame 1, frame 2]`` and sends
     ``[identity, *codec.encode(...)]``; :meth:`decode_routed` splits the identity off.
 
+    The body's fields per kind are in :data:`SCHEMAS`. The bodies that name files use file ids
+    (see the module docstring)::
+
+        invalidate  {"epoch", "seq",
+                     "changed":  [[id, path, hash or None (deleted)], ...],
+                     "affected": packed ids,
+                     "names":    [[id, path], ...]}      ids a client may not know yet
+        changes     {"epoch", "seq", "full",
+                     "files":    full: a page of [id, path, hash or None], in id order;
+                                 else the files changed since the asker's seq
+                     "affected": packed ids (empty when full), "names": [[id, path], ...],
+                     "broken":   [...], "next": the id after which "hashes" continues}
+        hashes      request {"after": id}; reply {"files", "names", "next"} as in changes
+
+        packed ids  byte 0: width w (2 or 4); then the sorted ids, w bytes each,
+                    unsigned little-endian (pack_ids / unpack_ids)
+
     The sender is 16 random bytes per codec (new ones in a forked child), and the counter goes
     up by one with every :meth:`encode`. The receiver remembers the last counter of each
     (direction, sender) pair, for the :data:`REPLAY_SENDERS` senders heard from most recently,
