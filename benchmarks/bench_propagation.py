@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 time.sleep(0.05)
         marks: queue.Queue[tuple[int, float]] = queue.Queue()
-        for _ in range(args.clients):
+        for i in range(args.clients):
             proc = subprocess.Popen(
                 [sys.executable, "-c", CLIENT, str(root)],
                 env=env,
