@@ -226,6 +226,17 @@ def test_ids_the_table_refuses_drop_the_message_and_ask_for_the_table(
     assert problem in caplog.text and "whole file table" in caplog.text
 
 
+def test_a_table_with_holes_still_tells_known_ids_from_unknown_ones() -> None:
+    from relmod.client.fileids import FileTable
+
+    table = FileTable(lambda p: p, lambda p: p)
+    table.replace([(0, "/p/a.py"), (1, "/p/b.py")])
+    assert table.learn([(5, "/p/f.py")]) is None  # ids 2-4 were given, never published
+    assert table.check([0, 1, 5]) is None
+    assert table.check([0, 3, 5]) == "unknown id 3"
+    assert table.check([6]) == "unknown id 6"
+
+
 def test_a_duplicate_changes_nothing(feed: Any, host: FakeHost) -> None:
     assert feed._on_publication(invalidate(4)) is False
     assert host.invalidated == [] and feed.seq == 4

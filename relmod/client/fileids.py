@@ -92,11 +92,12 @@ class FileTable:
         top = max(ids)
         if top > self._top:
             return f"unknown id {top}"
-        if self._top + 1 != len(self._paths):  # holes: look at every id (a real broker has none)
-            paths = self._paths
-            for file_id in ids:
-                if file_id not in paths:
-                    return f"unknown id {file_id}"
+        if self._top + 1 != len(self._paths):
+            # Holes: ids the broker gave and never published (a new file that was broken from
+            # its first save, say). Every id is looked up then, in C.
+            missing = set(ids).difference(self._paths)
+            if missing:
+                return f"unknown id {min(missing)}"
         return None
 
     def loaded(self, paths: Iterable[str], *, root: str | None) -> None:
