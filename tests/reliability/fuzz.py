@@ -16,9 +16,11 @@ random generator that hypothesis seeds: bytes flipped, inserted or cut (re-signe
 dropped or added, the version or signature replaced, the whole message replayed, the payload
 swapped for a nesting or expansion bomb, or padded past a small codec's ``max_payload``. Every
 input goes through :func:`relmod.protocol.fuzz_one` on the codec of the side that receives it
-(the broker's, with a ROUTER identity frame, or a client's): the only allowed outcomes are
-``"ok"`` and a drop reason of :data:`relmod.protocol.REASONS`. Any other exception escaping is
-recorded with its input. Memory is the process's RSS, sampled as the run goes.
+(the broker's, with a ROUTER identity frame), or for a client through its codec and then, for a
+message that carries file ids, its id table (:meth:`relmod.client.fileids.FileTable.apply`, as
+the feed applies them): the only allowed outcomes are ``"ok"``, a drop reason of
+:data:`relmod.protocol.REASONS`, and :data:`FILE_IDS` (the table refused the ids). Any other
+exception escaping is recorded with its input. Memory is the process's RSS, sampled as the run goes.
 
 Example:
     >>> report = run_fuzz(300, seed=1)
