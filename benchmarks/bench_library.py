@@ -310,6 +310,7 @@ def measure_deep_reload(root: Path, edits: int, settle_s: float) -> dict[str, An
 
 def measure_marking(deep: dict[str, Any], calls: int, cycles: int) -> dict[str, Any]:
     """Registry.invalidate and Client.files_changed for one change under a 50-module chain."""
+    from relmod.client.session import default_client as _client
     from relmod.client.session import default_client
 
     client = default_client()
@@ -322,7 +323,7 @@ def measure_marking(deep: dict[str, Any], calls: int, cycles: int) -> dict[str, 
         marked = client.registry.invalidate([leaf])
         invalidate_us.append((time.perf_counter() - start) * 1e6)
         marked_counts.add(len(marked))
-        stale = default_client().registry.is_stale(top)
+        stale = _client().registry.is_stale(top)
         seen = top.X  # the access refreshes; the content is unchanged, so nothing runs
         if not stale or seen != value + 49:
             raise SystemExit("invalidate() did not mark the top of the chain stale")
