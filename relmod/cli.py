@@ -31,7 +31,7 @@ from relmod.connfile import ConnectionInfo, find_connection_file, read_live_brok
 from relmod.curve import client_key_for
 from relmod.errors import BrokerError, BrokerNotFound, BrokerTimeout, ProtocolError
 from relmod.graph import DependencyGraph
-from relmod.protocol import Codec, Message, heartbeat_interval
+from relmod.protocol import Codec, Message, count_ids, heartbeat_interval
 from relmod.sources import Broken, display_path
 
 __all__ = ["main"]
@@ -382,14 +382,15 @@ def format_publication(message: Message, root: str) -> list[str]:
     """
     body = message.body
     if message.kind == "invalidate":
-        names = [display_path(p, root) for p in body["changed"][:5]]
+        shown = body["changed"][:5]  # [id, path, hash or None: deleted]
+        names = [display_path(path, root) for _, path, _ in shown]
         more = len(body["changed"]) - len(names)
-        gone = [p for p in body["changed"][:5] if body["hashes"].get(p, "") is None]
+        gone = [path for _, path, digest in shown if digest is None]
         what = "deleted" if gone and len(gone) == len(names) else "saved"
         return [
             f"{_clock(time.time())} #{body['seq']} {what} {', '.join(names)}"
             + (f" and {more} more" if more > 0 else "")
-            + f" ({len(body['affected'])} modules affected)"
+            + f" ({count_ids(body['affected'])} modules affected)"
         ]
     if message.kind == "broken":
         text = Broken(body["path"], body["lineno"], body["message"]).describe(relative_to=root)

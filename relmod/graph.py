@@ -8,14 +8,20 @@ that actually ran. One edge may have both; it disappears when its last origin go
 
 The graph is thread-safe: one internal lock guards it, and no method calls out (to the caller's
 iterables, or to logging) while holding the lock.
+
+Memory: a broker holds the graph of a whole project (10,000 files, over 100,000 edges), so it is
+stored once and lean: each node is one interned string, shared by every edge that names it;
+the edges of a node are a list in each direction (a set costs four times as much); and an
+edge's origins are stored only when they are not just ``"static"``, the origin of nearly every
+edge a broker holds.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
-from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
+from collections.abc import Collection, Iterable, Mapping
 
 from relmod.sources import display_path
 
@@ -44,15 +50,16 @@ class DependencyGraph:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Every node is a key of _deps and of _dependents; every edge a key of _origins, whose
-        # origin sets are never empty.
-        self._deps: dict[str, set[str]] = {}
-        self._dependents: dict[str, set[str]] = {}
-        # Origin sets are shared, immutable and few (static, runtime, both): one per edge would
-        # cost ~200 bytes each, and a big project has ~100,000 edges.
+        # Every node is a key of _deps and of _dependents (one interned str); b is in
+        # _deps[a] exactly when a is in _dependents[b]. Lists, not sets: nodes have a handful
+        # of edges each, and a broker holds a whole project's.
+        self._deps: dict[str, list[str]] = {}
+        self._dependents: dict[str, list[str]] = {}
+        # The origins of every edge that is not just "static" (an edge missing here is). Origin
+        # sets are shared and immutable: one per edge would cost ~200 bytes each.
         self._origins: dict[tuple[str, str], frozenset[str]] = {}
-        self._interned: dict[frozenset[str], frozenset[str]] = {}
-        self._single: dict[str, frozenset[str]] = {}  # origin -> the interned {origin}
+        self._interned: dict[frozenset[str], frozenset[str]] = {_STATIC_ONLY: _STATIC_ONLY}
+        self._edge_count = 0
 
     # -- changing the graph -----------------------------------------------------------------
 
@@ -79,17 +86,18 @@ class DependencyGraph:
             >>> sorted(g.dependencies_of('/p/a.py')), '/p/b.py' in g
             (['/p/c.py'], True)
         """
-        wanted = set(dependencies)  # read the caller's iterable before taking the lock
+        wanted = {sys.intern(dep) for dep in dependencies}  # read it before taking the lock
         dropped_self = path in wanted
         wanted.discard(path)
         with self._lock:
-            self._add_node(path)
-            for dep in list(self._deps[path]):
-                if dep not in wanted and origin in self._origins[path, dep]:
+            path = self._add_node(path)
+            current = set(self._deps[path])
+            for dep in current - wanted:
+                if origin in self._origins_of(path, dep):
                     self._unlink(path, dep, origin)
             for dep in wanted:
                 self._add_node(dep)
-                self._link(path, dep, origin)
+                self._link(path, dep, origin, known=dep in current)
         if dropped_self:
             log.debug("dropped a %s dependency of %s on itself", origin, path)
 
@@ -107,9 +115,9 @@ class DependencyGraph:
             log.debug("dropped a %s edge from %s to itself", origin, dependent)
             return
         with self._lock:
-            self._add_node(dependent)
-            self._add_node(dependency)
-            self._link(dependent, dependency, origin)
+            dependent = self._add_node(dependent)
+            dependency = self._add_node(dependency)
+            self._link(dependent, dependency, origin, known=dependency in self._deps[dependent])
 
     def remove_edge(self, dependent: str, dependency: str, *, origin: str | None = None) -> None:
         """Forget one origin of an edge, or with ``origin=None`` the whole edge; nodes stay.
@@ -139,11 +147,14 @@ class DependencyGraph:
             if deps is None:
                 return
             for dep in deps:
-                self._dependents[dep].discard(path)
-                del self._origins[path, dep]
-            for dependent in self._dependents.pop(path):
-                self._deps[dependent].discard(path)
-                del self._origins[dependent, path]
+                self._dependents[dep].remove(path)
+                self._origins.pop((path, dep), None)
+            dependents = self._dependents.pop(path)
+            for dependent in dependents:
+                if dependent != path:
+                    self._deps[dependent].remove(path)
+                    self._origins.pop((dependent, path), None)
+            self._edge_count -= len(deps) + len(dependents)
 
     # -- questions ----------------------------------------------------------------------------
 
@@ -159,7 +170,7 @@ class DependencyGraph:
             deps = self._deps.get(path, ())
             if origin is None:
                 return frozenset(deps)
-            return frozenset(dep for dep in deps if origin in self._origins[path, dep])
+            return frozenset(dep for dep in deps if origin in self._origins_of(path, dep))
 
     def dependents_of(self, path: str) -> frozenset[str]:
         """The nodes that depend directly on ``path``, of any origin.
@@ -293,7 +304,7 @@ class DependencyGraph:
             (2, 3)
         """
         with self._lock:
-            return len(self._origins)
+            return self._edge_count
 
     def __len__(self) -> int:
         with self._lock:
@@ -305,7 +316,7 @@ class DependencyGraph:
 
     def __repr__(self) -> str:
         with self._lock:
-            nodes, edges = len(self._deps), len(self._origins)
+            nodes, edges = len(self._deps), self._edge_count
         return f"<DependencyGraph: {nodes} nodes, {edges} edges>"
 
     # -- pictures -------------------------------------------------------------------------------
@@ -369,54 +380,80 @@ class DependencyGraph:
     # -- under the lock -------------------------------------------------------------------------
 
     def _edge_list(self) -> list[tuple[str, str, tuple[str, ...]]]:
-        return [(a, b, tuple(sorted(origins))) for (a, b), origins in self._origins.items()]
+        origins = self._origins
+        return [
+            (a, b, _sorted_origins(origins.get((a, b), _STATIC_ONLY)))
+            for a, deps in self._deps.items()
+            for b in deps
+        ]
 
-    def _add_node(self, path: str) -> None:
+    def _origins_of(self, dependent: str, dependency: str) -> frozenset[str]:
+        """The origins of an edge that exists."""
+        return self._origins.get((dependent, dependency), _STATIC_ONLY)
+
+    def _add_node(self, path: str) -> str:
+        """Make ``path`` a node; returns the one string the graph keeps for it."""
+        path = sys.intern(path)
         if path not in self._deps:
-            self._deps[path] = set()
-            self._dependents[path] = set()
+            self._deps[path] = []
+            self._dependents[path] = []
+        return path
 
     def _intern(self, origins: frozenset[str]) -> frozenset[str]:
         return self._interned.setdefault(origins, origins)
 
-    def _link(self, dependent: str, dependency: str, origin: str) -> None:
-        self._deps[dependent].add(dependency)
-        self._dependents[dependency].add(dependent)
-        edge = (dependent, dependency)
-        old = self._origins.get(edge)
-        if old is None:  # a new edge, as most are: no set to build
-            single = self._single.get(origin)
-            if single is None:
-                single = self._single[origin] = self._intern(frozenset((origin,)))
-            self._origins[edge] = single
-        elif origin not in old:
-            self._origins[edge] = self._intern(old | {origin})
+    def _link(self, dependent: str, dependency: str, origin: str, *, known: bool) -> None:
+        """Add ``origin`` to an edge; ``known``: whether the edge exists already."""
+        if not known:
+            self._deps[dependent].append(dependency)
+            self._dependents[dependency].append(dependent)
+            self._edge_count += 1
+            if origin != STATIC:
+                self._origins[dependent, dependency] = self._intern(frozenset((origin,)))
+            return
+        old = self._origins_of(dependent, dependency)
+        if origin not in old:
+            self._origins[dependent, dependency] = self._intern(old | {origin})
 
     def _unlink(self, dependent: str, dependency: str, origin: str | None) -> None:
-        edge = (dependent, dependency)
-        origins = self._origins.get(edge)
-        if origins is None:
+        deps = self._deps.get(dependent)
+        if deps is None or dependency not in deps:
             return
+        edge = (dependent, dependency)
+        origins = self._origins.get(edge, _STATIC_ONLY)
         left = frozenset() if origin is None else origins - {origin}
-        if left:
+        if left == _STATIC_ONLY:
+            self._origins.pop(edge, None)
+        elif left:
             self._origins[edge] = self._intern(left)
         else:
-            del self._origins[edge]
-            self._deps[dependent].discard(dependency)
-            self._dependents[dependency].discard(dependent)
+            self._origins.pop(edge, None)
+            deps.remove(dependency)
+            self._dependents[dependency].remove(dependent)
+            self._edge_count -= 1
 
 
-def _reachable(start: list[str], adjacency: Mapping[str, AbstractSet[str]]) -> set[str]:
+_STATIC_ONLY: frozenset[str] = frozenset((STATIC,))
+_SORTED: dict[frozenset[str], tuple[str, ...]] = {}
+
+
+def _sorted_origins(origins: frozenset[str]) -> tuple[str, ...]:
+    found = _SORTED.get(origins)
+    if found is None:
+        found = _SORTED[origins] = tuple(sorted(origins))
+    return found
+
+
+def _reachable(start: list[str], adjacency: Mapping[str, Collection[str]]) -> set[str]:
     """``start`` and every node reachable from it along ``adjacency``; iterative, no recursion."""
     seen = set(start)
     todo = list(seen)
+    add, push = seen.add, todo.append
     while todo:
-        nexts = adjacency.get(todo.pop())
-        if nexts:
-            fresh = nexts - seen
-            if fresh:
-                seen |= fresh
-                todo.extend(fresh)
+        for node in adjacency.get(todo.pop(), ()):
+            if node not in seen:
+                add(node)
+                push(node)
     return seen
 
 

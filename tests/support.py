@@ -148,3 +148,54 @@ class Worker:
 
 class WorkerError(Exception):
     """An operation failed inside a worker."""
+
+
+class FileView:
+    """Reads the broker's file ids as a client does (tests speak paths): it learns ids from
+    full answers, ``changed``/``files`` and ``names``, and turns id sets back into paths.
+
+    Example::
+
+        view = FileView()
+        view.full_table(probe.request)          # every id, with every file's hash
+        message = probe.next("invalidate")
+        view.affected(message.body)             # {'/proj/leaf.py', '/proj/top.py'}
+    """
+
+    def __init__(self) -> None:
+        self.paths: dict[int, str] = {}
+
+    def learn(self, body: dict[str, Any]) -> dict[str, str | None]:
+        """Learn the ids an ``invalidate``, ``changes`` or ``hashes`` body names; returns the
+        hashes it carries, by path."""
+        files = body["changed"] if "changed" in body else body["files"]
+        for file_id, path, _ in files:
+            self.paths[file_id] = path
+        for file_id, path in body["names"]:
+            self.paths[file_id] = path
+        return {path: digest for _, path, digest in files}
+
+    def affected(self, body: dict[str, Any]) -> set[str]:
+        """The paths of a body's ``affected`` ids (learning what it names first)."""
+        from relmod.protocol import unpack_ids
+
+        self.learn(body)
+        return {self.paths[file_id] for file_id in unpack_ids(body["affected"])}
+
+    def changed(self, body: dict[str, Any]) -> list[str]:
+        """The paths an ``invalidate`` announces as changed, in its order."""
+        self.learn(body)
+        return [path for _, path, _ in body["changed"]]
+
+    def full_table(self, request: Callable[..., Any]) -> dict[str, str | None]:
+        """Ask for the whole table (``since`` from another epoch, then every page) with
+        ``request(kind, body)`` returning the reply; returns every file's hash by path."""
+        body = request("since", {"epoch": "", "seq": 0}).body
+        assert body["full"] is True, body
+        hashes = self.learn(body)
+        after = body["next"]
+        while after is not None:
+            page = request("hashes", {"after": after}).body
+            hashes.update(self.learn(page))
+            after = page["next"]
+        return hashes

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from support import child_env, wait_for
+from support import FileView, child_env, wait_for
 
 from relmod.connfile import (
     ConnectionInfo,
@@ -31,7 +31,16 @@ from relmod.connfile import (
     root_id,
     runtime_dir,
 )
-from relmod.protocol import MAX_PAYLOAD, VERSION, Codec, Message, configure_socket, new_key
+from relmod.protocol import (
+    MAX_PAYLOAD,
+    VERSION,
+    Codec,
+    Message,
+    configure_socket,
+    new_key,
+    pack_ids,
+    unpack_ids,
+)
 from relmod.sources import content_hash
 
 pytestmark = pytest.mark.timeout(60)
@@ -124,6 +133,8 @@ class Probe:
             "hello", {"client": "probe", "pid": os.getpid(), "host": "test", "argv": "pytest"}
         )
         self.first_heartbeat = self.next("heartbeat", timeout=10)
+        self.view = FileView()  # the file ids, learned as a client learns them
+        self.view.full_table(self.request)
 
     def close(self) -> None:
         self.sub.close(0)
@@ -225,14 +236,16 @@ def test_an_edit_invalidates_the_file_and_its_dependents_only(project: Path, pro
     (project / "leaf.py").write_text("VALUE = 21\n")  # saved in place
     message = probe.next("invalidate")
     names = {str(project / n) for n in ("leaf.py", "mid.py", "top.py")}
-    assert message.body["changed"] == [str(project / "leaf.py")]
-    assert set(message.body["affected"]) == names
-    assert message.body["hashes"] == {str(project / "leaf.py"): content_hash(b"VALUE = 21\n")}
+    assert probe.view.changed(message.body) == [str(project / "leaf.py")]
+    assert probe.view.affected(message.body) == names
+    leaf_hash = content_hash(b"VALUE = 21\n")
+    assert probe.view.learn(message.body) == {str(project / "leaf.py"): leaf_hash}
     assert message.body["epoch"] == probe.info["epoch"] and message.body["seq"] == 1
+    assert message.body["names"] == []  # every id was in the table the probe read
 
     write(project / "other.py", "OTHER = 'p'\n")
     message = probe.next("invalidate")
-    assert message.body["affected"] == [str(project / "other.py")]
+    assert probe.view.affected(message.body) == {str(project / "other.py")}
     assert message.body["seq"] == 2
 
 
@@ -261,14 +274,15 @@ def test_a_broken_save_is_announced_and_the_fix_invalidates(project: Path, probe
     changes = probe.request("since", {"epoch": probe.info["epoch"], "seq": 0}).body
     assert changes["broken"][0]["path"] == leaf
     full = probe.request("since", {"epoch": "another", "seq": 0}).body
-    assert full["full"] is True and full["hashes"][leaf] == good  # the last good version
+    assert full["full"] is True and FileView().full_table(probe.request)[leaf] == good  # last good
 
     # Fixed with the last good content: an invalidation of just that file ends the break.
     write(project / "leaf.py", "VALUE = 1\n")
     fixed = probe.next("invalidate", "broken")
     assert fixed.kind == "invalidate"
-    assert fixed.body["changed"] == [leaf] and fixed.body["affected"] == [leaf]
-    assert fixed.body["hashes"] == {leaf: good}
+    assert probe.view.changed(fixed.body) == [leaf]
+    assert probe.view.affected(fixed.body) == {leaf}
+    assert probe.view.learn(fixed.body) == {leaf: good}
     assert probe.status()["broken"] == []
 
     # Broken, then fixed with new content: the dependents are invalidated too.
@@ -276,24 +290,24 @@ def test_a_broken_save_is_announced_and_the_fix_invalidates(project: Path, probe
     assert probe.next("broken", "invalidate").kind == "broken"
     write(project / "leaf.py", "VALUE = 3\n")
     fixed = probe.next("invalidate", "broken")
-    assert len(fixed.body["affected"]) == 3
+    assert len(probe.view.affected(fixed.body)) == 3
 
 
 def test_deleted_files_and_renamed_folders_are_invalidated(project: Path, probe: Probe) -> None:
     (project / "other.py").unlink()
     message = probe.next("invalidate")
-    assert message.body["hashes"] == {str(project / "other.py"): None}
+    assert probe.view.learn(message.body) == {str(project / "other.py"): None}
 
     write(project / "pkg" / "__init__.py", "")
     write(project / "pkg" / "a.py", "A = 1\n")
     created: set[str] = set()
     while str(project / "pkg" / "a.py") not in created:  # a sync looks at known files only
-        created.update(probe.next("invalidate").body["changed"])
+        created.update(probe.view.changed(probe.next("invalidate").body))
     (project / "pkg").rename(project / "pkg2")
     old, new = str(project / "pkg" / "a.py"), str(project / "pkg2" / "a.py")
     changed: dict[str, str | None] = {}
     while not {old, new} <= changed.keys():  # the watcher names the folders, not the files
-        changed.update(probe.next("invalidate").body["hashes"])
+        changed.update(probe.view.learn(probe.next("invalidate").body))
     assert changed[old] is None
     assert changed[str(project / "pkg2" / "a.py")] == content_hash(b"A = 1\n")
 
@@ -310,15 +324,16 @@ def test_since_returns_missed_changes_or_every_hash_for_another_epoch(
     assert current == 4
     delta = probe.request("since", {"epoch": epoch, "seq": 1}).body
     assert delta["full"] is False and delta["seq"] == current
-    assert set(delta["affected"]) == {
+    assert probe.view.affected(delta) == {
         str(project / n) for n in ("leaf.py", "mid.py", "top.py", "other.py")
     }
-    assert delta["hashes"][str(project / "leaf.py")] == content_hash(b"VALUE = 4\n")
-    assert probe.request("since", {"epoch": epoch, "seq": current}).body["affected"] == []
+    assert probe.view.learn(delta)[str(project / "leaf.py")] == content_hash(b"VALUE = 4\n")
+    nothing = probe.request("since", {"epoch": epoch, "seq": current}).body
+    assert probe.view.affected(nothing) == set() and nothing["files"] == []
 
     full = probe.request("since", {"epoch": "an-old-epoch", "seq": 1}).body
-    assert full["full"] is True and full["affected"] == []
-    assert full["hashes"] == {
+    assert full["full"] is True and unpack_ids(full["affected"]).tolist() == []
+    assert FileView().full_table(probe.request) == {
         str(path): content_hash(path.read_bytes()) for path in project.glob("*.py")
     }
 
@@ -333,9 +348,11 @@ def test_a_burst_of_300_files_comes_out_as_a_few_invalidations(project: Path, pr
     messages: list[Message] = []
     while len(seen) < len(paths):
         messages.append(probe.next("invalidate", timeout=10))
-        seen.update(messages[-1].body["changed"])
+        seen.update(probe.view.changed(messages[-1].body))
     assert seen == {str(p) for p in paths}
     assert len(messages) <= 8, [len(m.body["changed"]) for m in messages]
+    # New files: each named once, with its path, in "changed"; none needed "names".
+    assert all(m.body["names"] == [] for m in messages)
 
 
 def test_a_git_index_lock_holds_invalidations_until_it_is_gone(project: Path, probe: Probe) -> None:
@@ -349,7 +366,10 @@ def test_a_git_index_lock_holds_invalidations_until_it_is_gone(project: Path, pr
     assert not probe.sub.poll(0) or probe.next("heartbeat", "invalidate").kind == "heartbeat"
     lock.unlink()
     message = probe.next("invalidate", timeout=5)
-    assert set(message.body["changed"]) == {str(project / "leaf.py"), str(project / "other.py")}
+    assert set(probe.view.changed(message.body)) == {
+        str(project / "leaf.py"),
+        str(project / "other.py"),
+    }
     synced = probe.reply(timeout=5)
     assert synced is not None and synced.kind == "synced"
     assert synced.body["seq"] == message.body["seq"]
@@ -371,7 +391,7 @@ def test_graph_edges_and_source_requests(project: Path, probe: Probe) -> None:
     assert edges[other, leaf] == ["runtime"]
     write(project / "leaf.py", "VALUE = 9\n")
     message = probe.next("invalidate")
-    assert other in message.body["affected"]  # through the runtime edge
+    assert other in probe.view.affected(message.body)  # through the runtime edge
 
     digest = content_hash(b"VALUE = 9\n")
     assert probe.request("source", {"hash": digest}).body == {
@@ -493,7 +513,7 @@ def test_polling_broker_sees_edits(project: Path, tmp_path: Path) -> None:
     try:
         assert broker.info["watcher"] == "polling"
         write(project / "other.py", "OTHER = 'polled'\n")
-        assert probe.next("invalidate").body["changed"] == [str(project / "other.py")]
+        assert probe.view.changed(probe.next("invalidate").body) == [str(project / "other.py")]
     finally:
         probe.close()
         broker.stop()
@@ -625,12 +645,14 @@ def test_history_answers_only_what_it_still_covers() -> None:
     from relmod.server.history import History
 
     history = History(max_entries=3)
-    for seq in range(1, 6):
-        history.record_invalidation(seq, [f"/p/{seq}.py"], [f"/p/{seq}.py"], {f"/p/{seq}.py": "h"})
-    assert [e.seq for e in history.recent(10)] == [5, 4, 3]
-    assert history.covers(2, current=5) and not history.covers(1, current=5)
-    assert history.covers(5, current=5) and not history.covers(6, current=5)
-    assert history.since(3) == (["/p/4.py", "/p/5.py"], {"/p/4.py": "h", "/p/5.py": "h"})
+    for seq in range(1, 6):  # file id `seq` changes, and affects id 100 + seq too
+        history.record_invalidation(seq, [seq], pack_ids([seq, 100 + seq]), [f"h{seq}"])
+    history.record_invalidation(6, [4], pack_ids([4]), ["h6"], named=[7])  # 4 again, newer hash
+    assert [e.seq for e in history.recent(10)] == [6, 5, 4]
+    assert history.covers(3, current=6) and not history.covers(2, current=6)
+    assert history.covers(6, current=6) and not history.covers(7, current=6)
+    assert history.since(3) == ({4, 104, 5, 105}, {4: "h6", 5: "h5"}, {7})
+    assert history.recent(1)[0].affected_count == 1
 
 
 def test_project_waits_out_an_in_place_save_caught_half_way(project: Path) -> None:
@@ -649,3 +671,60 @@ def test_project_waits_out_an_in_place_save_caught_half_way(project: Path) -> No
         assert state.apply([str(leaf)]).empty  # identical in the end: nothing to publish
     finally:
         writer.join()
+
+
+def test_a_split_invalidation_names_each_new_id_in_the_part_that_uses_it(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big change goes out in parts; a client that read the table before it knows every id
+    of every part, applying them in order (each new id named in the part that uses it)."""
+    # The parts are published without sockets (publish is replaced), each applied at once.
+    from relmod.client.fileids import FileTable
+    from relmod.server import broker as broker_module
+    from relmod.server.broker import Broker, BrokerConfig
+
+    monkeypatch.setattr(broker_module, "CHUNK_PATHS", 7)
+    broker = Broker(BrokerConfig(str(project)))
+    broker.state.project.load_all(processes=1)
+    broker.state.walked = True
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(broker, "publish", lambda kind, body: published.append(body))
+    table = FileTable(lambda p: p, lambda p: p)
+    reply = broker.handlers.answer(b"c", Message("since", {"epoch": "", "seq": 0}, b"s", 1))
+    assert isinstance(reply, tuple) and reply[1]["full"] and reply[1]["next"] is None
+    table.replace([(i, p) for i, p, _ in reply[1]["files"]] + reply[1]["names"])
+    table.loaded([str(project / "top.py")], root=str(project))
+
+    new = [project / "gen" / f"n{i:02d}.py" for i in range(30)]
+    for path in new:
+        write(path, "N = 1\n")
+    write(project / "leaf.py", "from gen import " + ", ".join(p.stem for p in new) + "\n")
+    broker._publish_changes({str(p) for p in [*new, project / "leaf.py"]}, rescan=False)
+
+    assert len(published) >= 5  # 31 changed files, 7 a part
+    marked: set[str] = set()
+    for body in published:
+        paths, problem = table.apply(body["changed"], body["affected"], body["names"])
+        assert problem is None, problem
+        marked.update(paths)
+    assert {str(project / "top.py"), str(project / "leaf.py")} <= marked
+    assert {str(p) for p in new} <= marked  # changed files are always named
+
+    # A folder the graph names (a namespace package that leaf imports) is renamed: its id is
+    # new, not a changed file, and travels in "names" of the part that uses it.
+    write(project / "leaf.py", "import gen\n")
+    broker._publish_changes({str(project / "leaf.py")}, rescan=False)
+    assert str(project / "gen") in broker.state.project.graph
+    published.clear()
+    (project / "gen").rename(project / "gen2")
+    broker._publish_changes({str(project / "gen"), str(project / "gen2")}, rescan=False)
+    assert len(published) >= 5  # 30 files deleted, 30 created
+    named: dict[int, str] = {}
+    for body in published:
+        named.update(body["names"])
+        paths, problem = table.apply(body["changed"], body["affected"], body["names"])
+        assert problem is None, problem
+    # Named: the folder, and new files a part uses before (or without) the part that changes
+    # them; never an id the client's table held.
+    assert str(project / "gen") in named.values()
+    assert all(path.startswith(str(project / "gen")) for path in named.values())

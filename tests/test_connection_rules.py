@@ -24,7 +24,7 @@ from relmod.client.connection import (
 )
 from relmod.errors import ReloadError
 from relmod.machinery.registry import Registry, SourceProvider
-from relmod.protocol import Codec, Message, new_key
+from relmod.protocol import Codec, Message, new_key, pack_ids
 
 
 class FakeHost:
@@ -97,14 +97,17 @@ def message(kind: str, **body: Any) -> Message:
     return Message(kind=kind, body=body, sender=b"s" * 16, counter=1)
 
 
-def invalidate(seq: int, epoch: str = "E", path: str = "/srv/p/a.py") -> Message:
+def invalidate(
+    seq: int, epoch: str = "E", path: str = "/srv/p/a.py", affected: Iterable[int] = (0,)
+) -> Message:
+    """An invalidation of ``path`` (id 0), which affects the ids ``affected``."""
     return message(
         "invalidate",
         epoch=epoch,
         seq=seq,
-        changed=[path],
-        affected=[path],
-        hashes={path: "h"},
+        changed=[[0, path, "h"]],
+        affected=pack_ids(affected),
+        names=[],
     )
 
 
@@ -160,6 +163,83 @@ def test_the_next_invalidation_marks_the_local_paths_and_advances(
     assert host.changed == [["/w/p/a.py"]], "so are the changed files, passed apart"
     assert feed.seq == 5 and feed.invalidations == 1
     assert feed.broken == {}, "a change of a broken file clears its notice"
+
+
+def test_an_invalidation_marks_the_loaded_modules_among_its_ids(feed: Any, host: FakeHost) -> None:
+    table = [(0, "/srv/p/a.py"), (1, "/srv/p/b.py"), (2, "/srv/p/c.py"), (3, "/srv/p/pkg")]
+    assert feed.files.replace(table) is None
+    feed.files.loaded(["/w/p/b.py", "/w/p/pkg/d.py"], root="/w/p")  # c.py is not loaded here
+    assert feed._on_publication(invalidate(5, affected=[0, 1, 2, 3])) is False
+    # a.py changed (named), b.py is loaded, pkg holds a loaded module; c.py stays out
+    assert sorted(host.invalidated[0]) == ["/w/p/a.py", "/w/p/b.py", "/w/p/pkg"]
+    assert feed.seq == 5
+
+
+def test_a_module_loaded_later_is_reached_by_its_id(host: FakeHost, tmp_path: Path) -> None:
+    module = tmp_path / "late.py"
+    module.write_text("X = 1\n")
+    feed = BrokerFeed(host, tmp_path / "conn.json")
+    try:
+        feed.epoch, feed.seq = "E", 4
+        feed.files.replace([(0, "/elsewhere/a.py"), (7, str(module))])
+        host.registry.load(str(module))
+        feed._on_load(str(module))  # the registry's load listener, on a user thread
+        publication = invalidate(5, path="/elsewhere/a.py", affected=[0, 7])
+        assert feed._on_publication(publication) is False
+        assert host.invalidated == [["/elsewhere/a.py", str(module)]]
+    finally:
+        feed.stop()
+
+
+@pytest.mark.parametrize(
+    ("publication", "problem"),
+    [
+        (invalidate(5, affected=[0, 9]), "unknown id 9"),
+        (
+            message(
+                "invalidate",
+                epoch="E",
+                seq=5,
+                changed=[[1, "/srv/p/b.py", None]],
+                affected=pack_ids([1]),
+                names=[],
+            ),
+            "id 1 names /srv/p/b.py",
+        ),
+        (
+            message(
+                "invalidate",
+                epoch="E",
+                seq=5,
+                changed=[[5, "/srv/p/a.py", None]],
+                affected=pack_ids([5]),
+                names=[],
+            ),
+            "/srv/p/a.py has id 5",
+        ),
+    ],
+    ids=["unknown", "id-for-another-path", "path-under-another-id"],
+)
+def test_ids_the_table_refuses_drop_the_message_and_ask_for_the_table(
+    feed: Any, host: FakeHost, publication: Message, problem: str, caplog: Any
+) -> None:
+    feed.files.replace([(0, "/srv/p/a.py"), (1, "/srv/p/other.py")])
+    assert feed._on_publication(publication) is True  # a resync...
+    assert feed._need_table  # ... for the whole table
+    assert host.invalidated == [] and feed.seq == 4
+    assert feed.dropped == 1 and feed.drop_reasons == {"file ids": 1}
+    assert problem in caplog.text and "whole file table" in caplog.text
+
+
+def test_a_table_with_holes_still_tells_known_ids_from_unknown_ones() -> None:
+    from relmod.client.fileids import FileTable
+
+    table = FileTable(lambda p: p, lambda p: p)
+    table.replace([(0, "/p/a.py"), (1, "/p/b.py")])
+    assert table.learn([(5, "/p/f.py")]) is None  # ids 2-4 were given, never published
+    assert table.check([0, 1, 5]) is None
+    assert table.check([0, 3, 5]) == "unknown id 3"
+    assert table.check([6]) == "unknown id 6"
 
 
 def test_a_duplicate_changes_nothing(feed: Any, host: FakeHost) -> None:

@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import Broker, Worker, child_env, wait_for
@@ -296,3 +297,58 @@ def test_connect_status_and_graph_speak_curve_to_a_tcp_broker(
     finally:
         broker.stop()
     assert not local_key_path(str(project)).exists(), "the local key pair leaves with the broker"
+
+
+def test_a_change_affecting_3000_modules_reaches_a_client_by_file_ids(tmp_path: Path) -> None:
+    """A save of a module 3,000 others import (inside a function: this process never ran
+    those imports, so only the broker's graph knows the edges) marks them all stale in a real
+    client, from one invalidation that names them by id; a module loaded after the client
+    connected is reached too, and a client that joins later (a fresh table) as well."""
+    root = (tmp_path / "wide").resolve()
+    count = 3000
+    write(root / "core.py", "VALUE = 1\n")
+    for index in range(count):
+        write(
+            root / "mods" / f"m{index:04d}.py",
+            f"def value():\n    from ..core import VALUE\n    return VALUE + {index}\n",
+        )
+    imports = "".join(f"from .mods import m{index:04d}\n" for index in range(count))
+    write(root / "every.py", imports)
+    write(root / "late.py", "def value():\n    from .core import VALUE\n    return VALUE\n")
+    broker = Broker(root).start(timeout=60)
+    early, joiner = Worker(cwd=root), Worker(cwd=root)
+    try:
+        assert early.call("connect", root=str(root)) is True
+        early.call("load", name="every", path=str(root / "every.py"))  # 3,001 modules
+        for name in ("m0000", "m1234", "m2999"):
+            early.call("load", name=name, path=str(root / "mods" / f"{name}.py"))
+        early.call("load", name="late", path=str(root / "late.py"))  # after the id table came
+        assert joiner.call("connect", root=str(root)) is True
+        joiner.call("load", name="m1234", path=str(root / "mods" / "m1234.py"))
+        before = early.call("status")
+
+        write(root / "core.py", "VALUE = 2\n")
+        for worker, names in ((early, ("m0000", "m1234", "m2999", "late")), (joiner, ("m1234",))):
+            for name in names:  # no sync(): the invalidation alone marks them
+                wait_for(lambda w=worker, n=name: w.call("stale", name=n), 15, f"{name} stale")
+        after = early.call("status")
+        assert after["invalidations"] == before["invalidations"] + 1  # one message did it
+        assert after["drop_reasons"] == {} and after["dropped"] == before["dropped"]
+        assert after["resyncs"] == before["resyncs"]  # nothing was missed or refused
+        published = status(root)["recent"][0]
+        assert published["changed"] == [str(root / "core.py")]
+        assert published["affected"] == count + 3  # the modules, core, every and late
+    finally:
+        early.close()
+        joiner.close()
+        broker.stop()
+
+
+def status(root: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "relmod", "status", str(root), "--json"],
+        capture_output=True, text=True, env=child_env(), timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result

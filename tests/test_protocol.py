@@ -22,6 +22,7 @@ from relmod.protocol import (
     ACTIVITY_VERSION,
     FEED_TOPIC,
     HEARTBEAT_INTERVAL,
+    MAX_FILE_ID,
     MAX_ITEMS,
     MAX_PAYLOAD,
     MAX_STR,
@@ -33,9 +34,12 @@ from relmod.protocol import (
     Codec,
     Message,
     configure_socket,
+    count_ids,
     fuzz_one,
     new_epoch,
     new_key,
+    pack_ids,
+    unpack_ids,
 )
 
 ROOT = "/project"
@@ -50,9 +54,9 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "invalidate": {
             "epoch": "e1",
             "seq": 8,
-            "changed": [A],
-            "affected": [A, B],
-            "hashes": {A: "ab12", B: None},
+            "changed": [[0, A, "ab12"]],
+            "affected": pack_ids([0, 1]),
+            "names": [[1, B]],
         },
         "broken": {"epoch": "e1", "seq": 9, "path": A, "lineno": 3, "message": "SyntaxError"},
         "bye": {"epoch": "e1"},
@@ -81,7 +85,7 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "status": {},
         "sync": {},
         "graph": {"after": [A, B]},
-        "hashes": {"after": A},
+        "hashes": {"after": 1},
         "list": {"what": "clients", "after": ""},
         "paths": {"paths": [ROOT, "/usr/lib/python3.11"]},
         "source": {"hash": "ab12"},
@@ -118,16 +122,17 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
             "epoch": "e1",
             "seq": 9,
             "full": True,
-            "affected": [A],
-            "hashes": {A: "ab12"},
+            "files": [[0, A, "ab12"], [2, B, None]],
+            "affected": pack_ids(()),
+            "names": [[1, ROOT + "/pkg"]],
             "broken": [{"path": B, "lineno": None, "message": "NameError: x"}],
-            "next": A,
+            "next": 2,
         },
         "ack": {},
         "status": {"status": {"clients": [{"pid": 1, "argv": "x"}], "uptime": 3.5, "ok": True}},
         "synced": {"epoch": "e1", "seq": 9},
         "graph": {"edges": [[A, B, ["helper", "VALUE"]]], "next": None, "total": 1},
-        "hashes": {"hashes": {B: "cd34"}, "next": B},
+        "hashes": {"files": [[3, B, "cd34"]], "names": [], "next": 3},
         "list": {"items": [{"client": "h:1", "pid": 1}], "next": None, "total": 1},
         "source": {"hash": "ab12", "data": b"x = 1\n"},
         "error": {
@@ -202,7 +207,7 @@ def test_frames_have_the_documented_layout() -> None:
 
     frames = make("broker").encode("bye", {"epoch": "e1"})
 
-    assert len(frames) == 3 and frames[0] == VERSION == b"relmod/1"
+    assert len(frames) == 3 and frames[0] == VERSION == b"relmod/2"
     payload = msgpack.unpackb(frames[1])
     assert payload["k"] == "bye" and payload["n"] == 1 and payload["b"] == {"epoch": "e1"}
     assert isinstance(payload["s"], bytes) and len(payload["s"]) == 16
@@ -337,9 +342,9 @@ DROPS: dict[str, tuple[Build, str]] = {
     "four frames": (lambda c: [b"id", *_heartbeat()], "frames"),
     "not bytes": (lambda c: [VERSION, 12, b""], "frames"),  # type: ignore[list-item]
     # version
-    "other version": (lambda c: [b"relmod/2", *_heartbeat()[1:]], "version"),
+    "other version": (lambda c: [b"relmod/1", *_heartbeat()[1:]], "version"),
     "other version, signed": (
-        lambda c: signed(c, _heartbeat()[1], version=b"relmod/2"),
+        lambda c: signed(c, _heartbeat()[1], version=b"relmod/1"),
         "version",
     ),
     # signature
@@ -431,7 +436,45 @@ DROPS: dict[str, tuple[Build, str]] = {
         lambda c: signed(c, pack("error", {"message": "m" * (MAX_TEXT + 1), "request": "x"})),
         "schema",
     ),
-    "int for hash": (lambda c: signed(c, pack("invalidate", {**BODY, "hashes": {A: 5}})), "schema"),
+    "int for hash": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "changed": [[0, A, 5]]})),
+        "schema",
+    ),
+    # file ids
+    "ids as a list of ints": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "affected": [0, 1]})),
+        "schema",
+    ),
+    "id set of an unknown width": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "affected": b"\x08" + bytes(8)})),
+        "schema",
+    ),
+    "id set cut inside an id": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "affected": b"\x04" + bytes(6)})),
+        "schema",
+    ),
+    "empty id set": (lambda c: signed(c, pack("invalidate", {**BODY, "affected": b""})), "schema"),
+    "id above 2**32": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "names": [[2**32, B]]})),
+        "schema",
+    ),
+    "negative id": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "changed": [[-1, A, None]]})),
+        "schema",
+    ),
+    "str for id": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "names": [["1", B]]})),
+        "schema",
+    ),
+    "bool for id": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "names": [[True, B]]})),
+        "schema",
+    ),
+    "name without its path": (
+        lambda c: signed(c, pack("invalidate", {**BODY, "names": [[1]]})),
+        "schema",
+    ),
+    "page after a path": (lambda c: signed(c, pack("hashes", {"after": A})), "schema"),
     "nested arrays where paths go": (
         lambda c: signed(c, _nested_payload("invalidate", {**BODY, "changed": NEST}, 1000)),
         "schema",
@@ -454,15 +497,17 @@ DROPS: dict[str, tuple[Build, str]] = {
     ),
     # paths
     "dot-dot traversal": (
-        lambda c: signed(c, pack("invalidate", {**BODY, "changed": ["/project/../etc/passwd"]})),
+        lambda c: signed(
+            c, pack("invalidate", {**BODY, "changed": [[0, "/project/../etc/passwd", None]]})
+        ),
         "path",
     ),
     "relative path": (
-        lambda c: signed(c, pack("invalidate", {**BODY, "changed": ["pkg/a.py"]})),
+        lambda c: signed(c, pack("invalidate", {**BODY, "changed": [[0, "pkg/a.py", None]]})),
         "path",
     ),
     "path outside the root": (
-        lambda c: signed(c, pack("invalidate", {**BODY, "affected": ["/etc/passwd"]})),
+        lambda c: signed(c, pack("invalidate", {**BODY, "names": [[1, "/etc/passwd"]]})),
         "path",
     ),
     "sibling sharing the root's prefix": (
@@ -472,15 +517,17 @@ DROPS: dict[str, tuple[Build, str]] = {
         "path",
     ),
     "double slash": (
-        lambda c: signed(c, pack("invalidate", {**BODY, "hashes": {"//project/a.py": None}})),
+        lambda c: signed(c, pack("invalidate", {**BODY, "names": [[1, "//project/a.py"]]})),
         "path",
     ),
     "dot segment": (
-        lambda c: signed(c, pack("invalidate", {**BODY, "changed": ["/project/./a.py"]})),
+        lambda c: signed(
+            c, pack("invalidate", {**BODY, "changed": [[0, "/project/./a.py", None]]})
+        ),
         "path",
     ),
     "NUL in path": (
-        lambda c: signed(c, pack("invalidate", {**BODY, "changed": ["/project/a\x00.py"]})),
+        lambda c: signed(c, pack("invalidate", {**BODY, "names": [[1, "/project/a\x00.py"]]})),
         "path",
     ),
     "welcome to another root": (
@@ -817,3 +864,48 @@ def test_a_feed_subscription_never_receives_activity(sockets: Sockets, tmp_path:
     assert client.decode(receive(follower)).kind == "activity"
     assert client.decode(receive(follower)).kind == "bye"
     assert make("client").decode(receive(feed)).kind == "bye"  # the activity never came
+
+
+# -- file ids ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ids", "width"),
+    [([], 2), ([0], 2), ([65535, 3, 3], 2), ([65536], 4), ([0, MAX_FILE_ID], 4)],
+)
+def test_packed_ids_come_back_sorted_and_unique_in_the_narrowest_width(
+    ids: list[int], width: int
+) -> None:
+    packed = pack_ids(ids)
+    assert packed[0] == width and len(packed) == 1 + width * len(set(ids))
+    assert unpack_ids(packed).tolist() == sorted(set(ids))
+    assert count_ids(packed) == len(set(ids))
+
+
+@pytest.mark.parametrize("bad", [-1, MAX_FILE_ID + 1])
+def test_an_id_outside_32_bits_cannot_be_packed(bad: int) -> None:
+    with pytest.raises(ValueError, match="file ids lie in"):
+        pack_ids([1, bad])
+
+
+def test_a_change_affecting_5000_modules_is_a_small_invalidation() -> None:
+    """The wire format's size for issue 13's case (its speed is in benchmarks/bench_wire.py)."""
+    broker, client = Codec(KEY, role="broker", root=ROOT), Codec(KEY, role="client", root=ROOT)
+    body = {
+        "epoch": new_epoch(),
+        "seq": 1,
+        "changed": [[17, A, "ab" * 16]],
+        "affected": pack_ids(range(3000, 8000)),
+        "names": [],
+    }
+    frames = broker.encode("invalidate", body)
+    assert len(frames[1]) < 11_000  # 2 bytes an id, and the rest
+    message = client.decode(frames)
+    assert unpack_ids(message.body["affected"]).tolist() == list(range(3000, 8000))
+
+
+def test_a_codec_refuses_to_send_a_malformed_id_set() -> None:
+    broker = Codec(KEY, role="broker", root=ROOT)
+    body = {**SAMPLES["publish"]["invalidate"], "affected": b"\x02\x00"}
+    with pytest.raises(ValueError, match="packed id set"):
+        broker.encode("invalidate", body)

@@ -25,7 +25,7 @@ from reliability.fakes import FakeBroker
 from support import Broker, Worker, child_env, wait_for
 
 from relmod.connfile import ConnectionInfo, connection_path, read_connection_file
-from relmod.protocol import MAX_PAYLOAD, VERSION, Codec, configure_socket, new_key
+from relmod.protocol import MAX_PAYLOAD, VERSION, Codec, configure_socket, new_key, pack_ids
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -125,7 +125,7 @@ def test_bad_requests_at_the_broker_are_dropped_counted_and_not_acted_on(project
             "frames": [good_edges[:2], [*good_edges, b"extra"]],  # truncated, one too many
             "oversized": [signed_payload(dealer.codec, "status", {"x": "y" * MAX_PAYLOAD})],
             "version": [signed_payload(dealer.codec, "status", {}, version=b"relmod/0"),
-                        signed_payload(dealer.codec, "status", {}, version=b"relmod/2")],
+                        signed_payload(dealer.codec, "status", {}, version=b"relmod/1")],
             "path": [dealer.loose.encode("edges", {"edges": [["/etc/passwd", leaf]]}),
                      signed_payload(dealer.codec, "edges",
                                     {"edges": [[f"{project}/../escape.py", leaf]]}),
@@ -240,13 +240,14 @@ def test_bad_publications_from_a_broker_are_dropped_counted_and_not_acted_on(
     leaf, mid = str(project / "leaf.py"), str(project / "mid.py")
     key_holder = fake.codec
 
-    def body(paths: list[str], seq: int | None = None) -> dict[str, Any]:
+    def body(paths: list[str], seq: int | None = None, **fields: Any) -> dict[str, Any]:
         return {
             "epoch": fake.epoch,
             "seq": fake.seq + 1 if seq is None else seq,
-            "changed": paths[:1],
-            "affected": paths,
-            "hashes": {},
+            "changed": [[0, paths[0], None]],
+            "affected": pack_ids(range(len(paths))),
+            "names": [[i, path] for i, path in enumerate(paths) if i],
+            **fields,
         }
 
     forger = Codec(new_key(), role="broker", root=fake.root)
@@ -257,12 +258,25 @@ def test_bad_publications_from_a_broker_are_dropped_counted_and_not_acted_on(
         [VERSION, good[1], b""],  # unsigned
         [VERSION, good[1][:-3], good[2]],  # truncated payload: the signature fails
         good[:2],  # truncated: the mac frame is missing
-        signed_payload(key_holder, "invalidate", body([leaf]), version=b"relmod/2"),
+        signed_payload(key_holder, "invalidate", body([leaf]), version=b"relmod/1"),
         signed_payload(key_holder, "invalidate", {**body([leaf]), "pad": "x" * MAX_PAYLOAD}),
         signed_payload(key_holder, "invalidate", body([f"{fake.root}/../outside.py"])),
         signed_payload(key_holder, "invalidate", body(["/etc/passwd"])),
         signed_payload(key_holder, "invalidate", body([f"{fake.root}/a/../../x.py"])),
         signed_payload(key_holder, "invalidate", {"epoch": fake.epoch, "affected": [leaf]}),
+        # File ids: wrong types, a huge id, a malformed id set (dropped by the codec) ...
+        signed_payload(key_holder, "invalidate", body([leaf], affected=[0])),
+        signed_payload(key_holder, "invalidate", body([leaf], names=[[2**40, mid]])),
+        signed_payload(key_holder, "invalidate", body([leaf], names=[["1", mid]])),
+        signed_payload(key_holder, "invalidate", body([leaf], affected=b"\x03\x00\x00\x00")),
+        signed_payload(key_holder, "invalidate", body([leaf], affected=b"\x02\x00")),
+        signed_payload(key_holder, "invalidate", body([leaf], affected=b"")),
+        signed_payload(key_holder, "invalidate", body([leaf], changed=[[0, leaf]])),
+        # ... and well formed ones the client's table refuses: an id nobody named, the same id
+        # for two paths, one path under two ids (the feed drops them, then asks for the table)
+        signed_payload(key_holder, "invalidate", body([leaf], affected=pack_ids([0, 7]))),
+        signed_payload(key_holder, "invalidate", body([leaf, mid], names=[[0, mid]])),
+        signed_payload(key_holder, "invalidate", body([leaf, mid], names=[[1, leaf]])),
     ]
     for frames in attacks:
         fake.send_pub(frames)
@@ -271,6 +285,7 @@ def test_bad_publications_from_a_broker_are_dropped_counted_and_not_acted_on(
     status = client.call("status")
     assert status["dropped"] == len(attacks)
     assert status["connected"] and status["reconnects"] == 0 and status["invalidations"] == 0
+    assert status["drop_reasons"] == {"file ids": 3}
     assert client.call("stale", name="leaf") is False
     assert client.call("stale", name="mid") is False
 

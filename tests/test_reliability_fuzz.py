@@ -6,7 +6,7 @@ The soak command runs it on 100,000 and more (``python -m tests.reliability.soak
 from __future__ import annotations
 
 import pytest
-from reliability.fuzz import ROOT, SAMPLES, FuzzReport, _Targets, markdown, run_fuzz
+from reliability.fuzz import FILE_IDS, ROOT, SAMPLES, FuzzReport, _Targets, markdown, run_fuzz
 
 from relmod.protocol import REASONS, VERSION
 
@@ -23,6 +23,8 @@ def test_no_exception_escapes_the_decoder_and_memory_stays_bounded() -> None:
     # The fuzz reaches every check: each drop reason shows up, and some inputs pass.
     assert set(REASONS) <= set(report.reasons), table
     assert report.reasons["ok"] > 0, table
+    # ... and signed messages whose ids the client's table refuses reach it, and are dropped.
+    assert report.reasons[FILE_IDS] > 0, table
 
 
 def test_the_fuzz_targets_accept_valid_messages_and_count_what_they_drop() -> None:

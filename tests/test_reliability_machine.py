@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Broker, Worker, child_env, wait_for
+from support import Broker, FileView, Worker, child_env, wait_for
 
 from relmod.cli import ask
 from relmod.connfile import connection_path, read_connection_file
@@ -120,7 +120,8 @@ def _overflow(project: Path, broker: Broker, worker: Worker, modules: list[Path]
     def published() -> bool:
         # No sync (it would re-check every file): only the broker's own rescan finds these.
         body = ask(info, "since", {"epoch": info["epoch"], "seq": before}, "changes").body
-        return all(body["hashes"].get(path, "?") == digest for path, digest in expected.items())
+        hashes = FileView().learn(body)
+        return all(hashes.get(path, "?") == digest for path, digest in expected.items())
 
     wait_for(published, 20, "the broker to publish every edit made after the overflow")
     # And a client sees them, without sync().
@@ -142,9 +143,11 @@ def test_a_burst_far_beyond_one_batch_is_published_whole(project: Path, broker: 
     ask(info, "sync", {}, "synced", timeout=60)
     changes = ask(info, "since", {"epoch": info["epoch"], "seq": before}, "changes").body
     assert not changes["full"]
+    view = FileView()
+    hashes = view.learn(changes)
     for path in paths:
-        assert changes["hashes"].get(str(path)) == content_hash(path.read_bytes()), path
-    assert str(project / "burst" / "b2499.py") in changes["affected"]
+        assert hashes.get(str(path)) == content_hash(path.read_bytes()), path
+    assert str(project / "burst" / "b2499.py") in view.affected(changes)
 
 
 # -- unreadable mid-save ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import watchfiles
-from support import Broker, Worker, wait_for
+from support import Broker, FileView, Worker, wait_for
 
 from relmod.connfile import connection_path, read_connection_file
 from relmod.watch import ChangeBatch, WatchfilesWatcher
@@ -147,7 +147,7 @@ def test_sync_covers_a_file_created_just_before_it(tmp_path: Path) -> None:
             path.write_text(f"N = {index}\n")
             ask(info, "sync", {}, "synced")
             body = ask(info, "since", {"epoch": info["epoch"], "seq": before}, "changes").body
-            if body["hashes"].get(str(path)) != content_hash(path.read_bytes()):
+            if FileView().learn(body).get(str(path)) != content_hash(path.read_bytes()):
                 missed.append(path.name)
         assert missed == []
     finally:

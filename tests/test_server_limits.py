@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from reliability.fakes import FakeBroker
-from support import Worker, wait_for
+from support import FileView, Worker, wait_for
 from test_broker import BrokerProcess, Probe
 
 from relmod import cli
@@ -102,11 +102,12 @@ def test_every_files_hash_comes_in_pages(tmp_path: Path) -> None:
     try:
         first = probe.request("since", {"epoch": "another-broker", "seq": 0}).body
         assert first["full"] is True and first["next"] is not None
-        hashes = dict(first["hashes"])
+        view = FileView()
+        hashes = view.learn(first)
         after, pages = first["next"], 1
         while after is not None:
             body = probe.request("hashes", {"after": after}).body
-            hashes.update(body["hashes"])
+            hashes.update(view.learn(body))
             after, pages = body["next"], pages + 1
         assert len(hashes) == 8000 and pages >= 2
         assert all(digest is not None and len(digest) == 32 for digest in hashes.values())

@@ -4,10 +4,16 @@ The thread subscribes to the broker's PUB socket and talks to its ROUTER through
 
 1. ``hello`` -> ``welcome`` (the broker's epoch and sequence number);
 2. wait for the first message on the SUB socket, so the subscription is live;
-3. ``since(epoch, seq)`` -> ``changes``: what this process missed, or every file's hash when the
-   broker is a new instance (a new epoch); mismatching modules are marked stale;
+3. ``since(epoch, seq)`` -> ``changes``: what this process missed, or, when the broker is a
+   new instance (a new epoch), its whole file id table with every file's hash; mismatching
+   modules are marked stale;
 4. then apply each invalidation in sequence. A duplicate (seq <= last) is dropped; a jump
    (seq > last + 1), a heartbeat ahead of us, or a new epoch triggers ``since`` again.
+
+Invalidations name files by id (:mod:`relmod.client.fileids` keeps the table): the feed marks
+the modules of the ids it has loaded, and a publication naming an id the table does not know,
+or contradicting it, is dropped (counted under ``drop_reasons``) and the whole table is asked
+for again.
 
 When nothing arrives for :attr:`BrokerFeed.silence` seconds, the broker is presumed gone: the
 feed starts an embedded watcher so this process never runs code older than the disk, re-reads
@@ -32,7 +38,7 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +47,7 @@ from typing import Any, Literal, Protocol
 import zmq
 
 from relmod.client.embedded import EmbeddedFeed
+from relmod.client.fileids import FileTable
 from relmod.connfile import ConnectionInfo, read_connection_file, read_live_broker
 from relmod.curve import client_key_for, secure_client_socket
 from relmod.errors import BrokerError, ProtocolError, RelmodError
@@ -345,6 +352,7 @@ class BrokerFeed:
         self.refused = threading.Event()  # CURVE said no: retrying will not help by itself
         self.broken: dict[str, tuple[int | None, str]] = {}
         self.dropped = 0
+        self.drop_reasons: Counter[str] = Counter()  # valid messages the feed could not apply
         self.resyncs = 0
         self.invalidations = 0
         self.reconnects = 0
@@ -359,6 +367,9 @@ class BrokerFeed:
         self._sync_requests: deque[_Command] = deque()  # sent, awaiting "synced"
         self._waiting_syncs: list[tuple[int, _Command]] = []  # synced at seq, awaiting that seq
         self._pid = os.getpid()
+        self.files = FileTable(self.path_map.to_local, self.path_map.to_broker)
+        self._loads: deque[str] = deque()  # modules loaded since the table last heard of it
+        self._need_table = False  # the next since asks for the whole table
         self._edges_sent = 0
         self._edges_known: set[tuple[str, str]] = set()  # sent to the broker in this session
         self._heard_at = 0.0  # monotonic time of the last message that passed every check
@@ -466,7 +477,9 @@ class BrokerFeed:
         return [f for f in self.host.known_files() if self._is_outside(f, linked=f in linked)]
 
     def _on_load(self, path: str) -> None:
-        """A module loaded: the first one outside the broker's root starts the local watch."""
+        """A module loaded (any thread): the feed's thread notes its ids before it applies the
+        next invalidation; the first one outside the broker's root starts the local watch."""
+        self._loads.append(path)
         if os.getpid() == self._pid and self._outside is None and self._is_outside(path):
             self._follow_outside()
 
@@ -528,6 +541,7 @@ class BrokerFeed:
             "resyncs": self.resyncs,
             "reconnects": self.reconnects,
             "dropped": self.dropped,
+            "drop_reasons": dict(self.drop_reasons),
             "stale": self.host.registry.stale_count(),
             "broken": {p: {"lineno": ln, "message": msg} for p, (ln, msg) in self.broken.items()},
             "fallback": self._fallback is not None,
@@ -713,28 +727,26 @@ class BrokerFeed:
         log.info("connected to the relmod broker of %s (pid %s)", info["root"], info["pid"])
 
     def _resync(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
+        epoch = "" if self._need_table else self.epoch or ""  # "": the whole table, please
         reply = self._request(
-            codec, dealer, "since", {"epoch": self.epoch or "", "seq": self.seq}, expect="changes"
+            codec, dealer, "since", {"epoch": epoch, "seq": self.seq}, expect="changes"
         )
-        body = dict(reply.body)
+        body = reply.body
         if body["full"]:
-            # Every file's hash comes in pages; revalidate once all are here.
-            hashes = dict(body["hashes"])
+            # Every id with its path and hash comes in pages; revalidate once all are here.
+            files, names = list(body["files"]), list(body["names"])
             after = body["next"]
             while after is not None:
                 page = self._request(codec, dealer, "hashes", {"after": after}, expect="hashes")
-                hashes.update(page.body["hashes"])
+                files += page.body["files"]
+                names += page.body["names"]
                 after = page.body["next"]
-            body["hashes"] = hashes
-        if self.plugin is not None:
-            # Before anything is marked stale: a reload must find the new hashes. A full
-            # answer arrives here whole (every page), so the plug-in sees every file.
-            self.plugin.hashes_arrived(body["hashes"], full=body["full"], root=codec.root)
+            self._new_table(files, names, root=codec.root)
+        elif not self._apply_changes(body["files"], body["affected"], body["names"], reply):
+            self._resync(codec, dealer)  # asks for the whole table (_need_table is set)
+            return
+        self._need_table = False
         self.resyncs += 1
-        if body["full"]:
-            self._revalidate(body["hashes"])
-        else:
-            self._apply(body["affected"])
         broken = {
             self.path_map.to_local(b["path"]): (b["lineno"], b["message"]) for b in body["broken"]
         }
@@ -744,6 +756,29 @@ class BrokerFeed:
         self.broken = broken
         self.epoch, self.seq = body["epoch"], body["seq"]
         self._check_syncs()
+
+    def _new_table(self, files: list[Any], names: list[Any], *, root: str | None) -> None:
+        """A full answer: the broker's whole id table, and every file's hash to compare with."""
+        hashes = {path: digest for _, path, digest in files}
+        if self.plugin is not None:
+            # Before anything is marked stale: a reload must find the new hashes. A full
+            # answer arrives here whole (every page), so the plug-in sees every file.
+            self.plugin.hashes_arrived(hashes, full=True, root=root)
+        problem = self.files.replace(
+            [(i, path) for i, path, _ in files] + [(i, path) for i, path in names]
+        )
+        if problem is not None:
+            self.dropped += 1
+            self.drop_reasons["file ids"] += 1
+            raise _Lost(f"the broker's file table contradicts itself ({problem})")
+        self._loads.clear()
+        registry = self.host.registry
+        local_root = self.path_map.to_local(root) if root is not None else None
+        self.files.loaded(
+            (name for rec in registry.records() for name in registry.invalidation_names(rec.key)),
+            root=local_root,
+        )
+        self._revalidate(hashes)
 
     def _send_paths(self, codec: Codec, dealer: zmq.Socket[Any], info: ConnectionInfo) -> None:
         """Tell the broker which folders of the project are on our sys.path (import roots)."""
@@ -769,14 +804,53 @@ class BrokerFeed:
         if mismatched:
             self.host.apply_invalidation(mismatched)
 
-    def _apply(self, affected: list[str], changed: list[str] | None = None) -> None:
-        if affected:
+    def _apply_changes(
+        self, changed: list[Any], affected: bytes, names: list[Any], msg: Message
+    ) -> bool:
+        """Apply an invalidation (or a ``since`` delta): learn the ids it names, mark the
+        modules of this process among its ids. False, with the message dropped (counted and
+        logged), when it names an id the table does not know or contradicts it."""
+        self._take_loads()
+        paths, problem = self.files.apply(changed, affected, names)
+        if problem is not None:
+            self.dropped += 1
+            self.drop_reasons["file ids"] += 1
+            self._need_table = True
+            log.warning(
+                "Dropped the broker's %r #%s: %s. Asking the broker for its whole file table "
+                "again; modules are marked stale once it arrives.",
+                msg.kind,
+                msg.body.get("seq"),
+                problem,
+            )
+            return False
+        if self.plugin is not None:  # its hashes first: a reload must find them
+            self.plugin.hashes_arrived(
+                {entry[1]: entry[2] for entry in changed}, full=False, root=None
+            )
+        if paths:
             to_local = self.path_map.to_local
             self.host.apply_invalidation(
-                [to_local(p) for p in affected],
-                None if changed is None else [to_local(p) for p in changed],
+                paths, [to_local(e[1]) for e in changed] if msg.kind == "invalidate" else None
             )
             self.invalidations += 1
+        to_local = self.path_map.to_local
+        for entry in changed:
+            self.broken.pop(to_local(entry[1]), None)
+        return True
+
+    def _take_loads(self) -> None:
+        """Note the modules loaded since the last look in the id table's watch list."""
+        loads = self._loads
+        if not loads:
+            return
+        registry = self.host.registry
+        keys = []
+        while loads:
+            keys.append(loads.popleft())
+        info = self.info
+        root = self.path_map.to_local(info["root"]) if info is not None else None
+        self.files.loaded((n for key in keys for n in registry.invalidation_names(key)), root=root)
 
     def _loop(self, codec: Codec, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
         poller = zmq.Poller()
@@ -863,11 +937,8 @@ class BrokerFeed:
         if verdict != "apply":
             return verdict == "resync"
         if msg.kind == "invalidate":
-            if self.plugin is not None:  # its hashes first: a reload must find them
-                self.plugin.hashes_arrived(body["hashes"], full=False, root=None)
-            self._apply(body["affected"], body["changed"])
-            for path in body["changed"]:
-                self.broken.pop(self.path_map.to_local(path), None)
+            if not self._apply_changes(body["changed"], body["affected"], body["names"], msg):
+                return True  # dropped: not applied, so the seq stays and since covers it
         elif msg.kind == "broken":
             local = self.path_map.to_local(body["path"])
             self.broken[local] = (body["lineno"], body["message"])

@@ -640,6 +640,22 @@ class Registry:
         linked = self._by_real.get(path)
         return [path, *linked] if linked else [path]
 
+    def invalidation_names(self, key: str) -> list[str]:
+        """The paths whose invalidation reaches the module of ``key`` (see :meth:`invalidate`):
+        the key, the package folder it stands for, the real file behind a link; [] when no
+        module has this key. The folders above them reach it too."""
+        rec = self._records.get(key)
+        if rec is None:
+            return []
+        names = [key]
+        if rec.folder is not None and rec.folder != key:
+            names.append(rec.folder)
+        if rec.by_path:
+            real = self.realpath(key)
+            if real != key:
+                names.append(real)
+        return names
+
     def linked_files(self) -> list[str]:
         """The loaded files named through a symbolic link (usually none)."""
         return [key for keys in list(self._by_real.values()) for key in keys]

@@ -8,6 +8,7 @@ module                 owns
 ``requests``           the answer to each ROUTER request kind
 ``status``             the status report
 ``project``            file hashes, broken files, the dependency graph; a batch -> an update
+``fileids``            the file ids of this epoch: which id names which path on the wire
 ``scanner``            reading and judging one file; the first scan of a project, in background
 ``scan``               a file's project dependencies; the walk over a project's Python files
 ``imports``            a file's import statements from its bytes (fast reader, ast reference)

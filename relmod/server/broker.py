@@ -58,7 +58,7 @@ from relmod.connfile import (
     write_connection_file,
 )
 from relmod.errors import ConnectionFileError, ProtocolError
-from relmod.protocol import Codec, heartbeat_interval, new_epoch, new_key
+from relmod.protocol import Codec, heartbeat_interval, new_epoch, new_key, pack_ids
 from relmod.server.clients import ClientTable
 from relmod.server.history import History
 from relmod.server.pending import PendingChanges
@@ -78,7 +78,9 @@ logger = logging.getLogger(__name__)
 MAX_REQUESTS_PER_TURN = 256
 """Requests handled before the loop looks at batches and heartbeats again (no starvation)."""
 CHUNK_PATHS = 5000
-"""Most changed (and most affected) paths in one invalidation; bigger ones are split."""
+"""Most changed paths (with their hashes) in one invalidation; bigger ones are split."""
+CHUNK_IDS = 200_000
+"""Most affected ids in one invalidation (800 KB at most, packed); bigger ones are split."""
 WATCH_STEP_MS = 3
 """The watcher's quiet period. watchfiles wakes once per step even when idle, so this trades
 latency against idle CPU; measured on 10,000 files (benchmarks/bench_broker.py): step 10 ms gives
@@ -500,25 +502,55 @@ class Broker:
             self.state.batch_errors += 1
             logger.exception("Failed to process a batch of %d paths; skipped it.", len(paths))
             return
+        ids = self.state.project.ids
         for broken in update.broken:
             self.state.seq += 1
             self.publish(
                 "broken", {"epoch": self.state.epoch, "seq": self.state.seq, **broken.to_wire()}
             )
-            self.state.history.record_broken(self.state.seq, broken.path)
+            self.state.history.record_broken(self.state.seq, ids.id_of(broken.path))
         if not update.changed:
             return
+        changed_ids = [ids.id_of(path) for path in update.changed]
+        affected_ids = [ids.id_of(path) for path in update.affected]
+        # Ids a client may not know travel with their path, in "changed" or in "names", in
+        # the part that uses them.
+        unnamed = set(ids.unnamed([*changed_ids, *affected_ids]))
+        named_affected = [i for i in affected_ids if i in unnamed]
+        other_affected = [i for i in affected_ids if i not in unnamed]
         # Split a huge update so that no message outgrows the payload limit; clients apply
-        # each part in sequence, which marks the same modules stale as one message would.
-        parts = max(1, -(-max(len(update.changed), len(update.affected)) // CHUNK_PATHS))
+        # each part in sequence, which marks the same modules stale as one message would. A
+        # part names the ids it uses, so each part's paths stay few too.
+        parts = max(
+            1,
+            -(-len(update.changed) // CHUNK_PATHS),
+            -(-len(named_affected) // CHUNK_PATHS),
+            -(-len(affected_ids) // CHUNK_IDS),
+        )
         for index in range(parts):
             changed = update.changed[index::parts]
-            affected = update.affected[index::parts]
-            hashes = {path: update.hashes[path] for path in changed}
+            changed_part = changed_ids[index::parts]
+            named = named_affected[index::parts]
+            affected = named + other_affected[index::parts]
+            in_changed = set(changed_part)
+            named = [i for i in named if i not in in_changed]
+            hashes = [update.hashes[path] for path in changed]
+            files = [list(entry) for entry in zip(changed_part, changed, hashes, strict=True)]
+            packed = pack_ids(affected)
             self.state.seq += 1
-            body = {"epoch": self.state.epoch, "seq": self.state.seq, "changed": changed}
-            self.publish("invalidate", {**body, "affected": affected, "hashes": hashes})
-            self.state.history.record_invalidation(self.state.seq, changed, affected, hashes)
+            self.publish(
+                "invalidate",
+                {
+                    "epoch": self.state.epoch,
+                    "seq": self.state.seq,
+                    "changed": files,
+                    "affected": packed,
+                    "names": [[i, ids.path_of(i)] for i in named],
+                },
+            )
+            self.state.history.record_invalidation(
+                self.state.seq, changed_part, packed, hashes, named=named
+            )
         logger.info(
             "invalidation up to #%d: %d changed, %d affected (%d files read)",
             self.state.seq,

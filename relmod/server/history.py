@@ -5,27 +5,34 @@ the kept entries always form an unbroken run up to the current one. A client tha
 publications asks with the last sequence number it applied: when every later one is still kept,
 it gets the union of what they invalidated; otherwise it must revalidate everything.
 
+Entries hold file ids (:mod:`relmod.server.fileids`), the affected ones packed as they were
+published, so a storm of big invalidations costs a few bytes per file, not a path.
+
 Example:
+    >>> from relmod.protocol import pack_ids
     >>> history = History()
-    >>> history.record_invalidation(1, ['/p/a.py'], ['/p/a.py', '/p/b.py'], {'/p/a.py': 'h1'})
-    >>> history.record_broken(2, '/p/c.py')
+    >>> history.record_invalidation(1, [0], pack_ids([0, 1]), ['h1'], named=[1])
+    >>> history.record_broken(2, 2)
     >>> history.covers(0, current=2), history.since(0)
-    (True, (['/p/a.py', '/p/b.py'], {'/p/a.py': 'h1'}))
+    (True, ({0, 1}, {0: 'h1'}, {1}))
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from relmod.protocol import count_ids, unpack_ids
 
 __all__ = ["Entry", "History"]
 
 MAX_ENTRIES = 10_000
 """How many publications are kept."""
 MAX_ITEMS = 1_000_000
-"""How many paths all kept entries may hold together (bounds memory during huge storms)."""
+"""How many ids all kept entries may hold together (bounds memory during huge storms)."""
+_NO_IDS = b"\x02"  # an empty packed id set
 
 
 @dataclass(frozen=True)
@@ -35,23 +42,32 @@ class Entry:
     Attributes:
         seq: its sequence number.
         time: when it was published (seconds since the epoch).
-        changed: the files it announced as changed (for a broken announcement: that file).
-        affected: the files it invalidated (empty for a broken announcement).
-        hashes: the new hashes of the changed files (empty for a broken announcement).
+        changed: the ids of the files it announced as changed (for a broken announcement: that
+            file).
+        affected: the ids it invalidated, packed (empty for a broken announcement).
+        hashes: the new hash of each changed file, in the order of ``changed`` (empty for a
+            broken announcement).
+        named: the ids it named with their paths besides the changed ones.
         kind: ``"invalidate"`` or ``"broken"``.
     """
 
     seq: int
     time: float
-    changed: tuple[str, ...]
-    affected: tuple[str, ...]
-    hashes: Mapping[str, str | None]
+    changed: tuple[int, ...]
+    affected: bytes
+    hashes: tuple[str | None, ...]
+    named: tuple[int, ...]
     kind: str
 
     @property
+    def affected_count(self) -> int:
+        """How many ids it invalidated."""
+        return count_ids(self.affected)
+
+    @property
     def size(self) -> int:
-        """How many paths the entry holds."""
-        return len(self.changed) + len(self.affected) + len(self.hashes)
+        """How many ids the entry holds."""
+        return len(self.changed) + self.affected_count + len(self.named)
 
 
 class History:
@@ -69,25 +85,29 @@ class History:
     def record_invalidation(
         self,
         seq: int,
-        changed: Sequence[str],
-        affected: Sequence[str],
-        hashes: Mapping[str, str | None],
+        changed: Sequence[int],
+        affected: bytes,
+        hashes: Sequence[str | None],
+        *,
+        named: Sequence[int] = (),
         when: float | None = None,
     ) -> None:
-        """Remember a published invalidation."""
+        """Remember a published invalidation (``affected`` packed as it went out)."""
         entry = Entry(
             seq,
             time.time() if when is None else when,
             tuple(changed),
-            tuple(affected),
-            dict(hashes),
+            affected,
+            tuple(hashes),
+            tuple(named),
             "invalidate",
         )
         self._add(entry)
 
-    def record_broken(self, seq: int, path: str, when: float | None = None) -> None:
+    def record_broken(self, seq: int, file_id: int, when: float | None = None) -> None:
         """Remember a published broken-file announcement."""
-        self._add(Entry(seq, time.time() if when is None else when, (path,), (), {}, "broken"))
+        when = time.time() if when is None else when
+        self._add(Entry(seq, when, (file_id,), _NO_IDS, (), (), "broken"))
 
     def _add(self, entry: Entry) -> None:
         if self._entries and entry.seq != self._entries[-1].seq + 1:
@@ -109,18 +129,21 @@ class History:
             return True
         return bool(self._entries) and self._entries[0].seq <= seq + 1
 
-    def since(self, seq: int) -> tuple[list[str], dict[str, str | None]]:
-        """The union of files invalidated after ``seq`` and the latest hash of each changed one.
+    def since(self, seq: int) -> tuple[set[int], dict[int, str | None], set[int]]:
+        """What the publications after ``seq`` said, together: the ids they invalidated, the
+        newest hash of each changed file, and the other ids they named.
 
         Call :meth:`covers` first; entries already forgotten are silently missing here.
         """
-        affected: set[str] = set()
-        hashes: dict[str, str | None] = {}
+        affected: set[int] = set()
+        hashes: dict[int, str | None] = {}
+        named: set[int] = set()
         for entry in self._entries:
-            if entry.seq > seq:
-                affected.update(entry.affected)
-                hashes.update(entry.hashes)  # oldest first, so the newest hash wins
-        return sorted(affected), hashes
+            if entry.seq > seq and entry.kind == "invalidate":
+                affected.update(unpack_ids(entry.affected))
+                hashes.update(zip(entry.changed, entry.hashes, strict=True))  # newest wins
+                named.update(entry.named)
+        return affected, hashes, named
 
     def recent(self, count: int) -> list[Entry]:
         """The last ``count`` entries, newest first."""

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -37,6 +39,7 @@ from typing import Any
 from relmod.graph import STATIC, DependencyGraph
 from relmod.ignore import is_ignored
 from relmod.server.edges import RuntimeEdges
+from relmod.server.fileids import FileIds
 from relmod.server.resolve import ImportResolver
 from relmod.server.roots import ImportRoots
 from relmod.server.scan import iter_python_files
@@ -99,6 +102,8 @@ class Project:
     Attributes:
         root: the real path of the project folder.
         graph: static edges (``"static"``) and edges reported by clients (``"runtime"``).
+        ids: the file ids of this broker's epoch (every file the scan finds, every tracked
+            file, and whatever else is published).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class Project:
         self.roots = roots if roots is not None else ImportRoots((self.root,))
         self.cache = cache if cache is not None else ScanCache(os.devnull)
         self.graph = DependencyGraph()
+        self.ids = FileIds()
         self.version = 0
         """Goes up whenever a hash or an edge changes (pages of big answers are cut from a
         snapshot per version)."""
@@ -115,8 +121,12 @@ class Project:
         # hash of its broken bytes. Every tracked file is a key.
         self._hashes: dict[str, str] = {}
         self._broken: dict[str, tuple[Broken, str]] = {}  # path -> (why, hash of broken bytes)
-        self._signatures: dict[str, StatSignature] = {}
-        self._by_hash: dict[str, set[str]] = {}  # hash -> paths whose last good version has it
+        # path -> its stat signature when last read, packed (_packed): only ever compared, and
+        # 65 bytes instead of a tuple of four big ints (200 bytes) a file
+        self._signatures: dict[str, bytes] = {}
+        # hash -> the path whose last good version has it, or the set of them when several do
+        # (rare: one str per file instead of one set costs 200 bytes less a file)
+        self._by_hash: dict[str, str | set[str]] = {}
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._folder_cache: set[str] | None = None  # see _folders()
         # A tracked file that became a symbolic link: its target's real path -> the link. A
@@ -156,6 +166,8 @@ class Project:
         if event == "walked":
             self._scan_began = time.time()
             self._unscanned = set(payload) - self._hashes.keys()
+            for path in payload:  # before any client can ask for the table
+                self.ids.id_of(path)
         elif event == "records":
             for record in payload:
                 self._load(record)
@@ -175,13 +187,13 @@ class Project:
         return self._unscanned is not None
 
     def _load(self, record: FileRecord) -> None:
-        path = record.path
+        path = sys.intern(record.path)  # the one copy every table and the graph share
         if self._unscanned is not None:
             self._unscanned.discard(path)
         if record.hash is None or path in self._hashes:
             return  # gone; or read already, as a change reported during the scan
         if record.signature is not None:
-            self._signatures[path] = record.signature
+            self._signatures[path] = _packed(record.signature)
         # A file broken from the start has no last good version: its current hash stands in.
         self._set_hash(path, record.hash)
         if record.broken is not None:
@@ -283,6 +295,14 @@ class Project:
         hashes.update(self._hashes)
         return hashes
 
+    def was_deleted(self, path: str) -> bool:
+        """Whether ``path`` is one of the last :data:`DELETED_KEPT` tracked files that vanished."""
+        return path in self._deleted
+
+    def is_unscanned(self, path: str) -> bool:
+        """Whether the first scan found ``path`` and has not delivered it yet."""
+        return self._unscanned is not None and path in self._unscanned
+
     def current_hashes(self) -> dict[str, str]:
         """Every tracked file's current content hash (a broken file's broken bytes included)."""
         hashes = dict(self._hashes)
@@ -302,7 +322,8 @@ class Project:
         found: set[str] = set()
         for path in self.known():
             signature = stat_signature(path)
-            if signature != self._signatures.get(path) or (
+            packed = None if signature is None else _packed(signature)
+            if packed != self._signatures.get(path) or (
                 signature is not None and not signature_trusted(signature, now)
             ):
                 found.add(path)
@@ -359,7 +380,8 @@ class Project:
 
     def source(self, digest: str) -> bytes | None:
         """The bytes of a tracked file whose current content has this hash, or None."""
-        for path in sorted(self._by_hash.get(digest, ())):
+        holders = self._by_hash.get(digest, ())
+        for path in sorted((holders,) if isinstance(holders, str) else holders):
             try:
                 data = read_source(path)
             except OSError:
@@ -464,6 +486,7 @@ class Project:
         resolver: ImportResolver,
     ) -> None:
         """Re-read one file and record what it means in ``update`` and the two sets."""
+        path = sys.intern(path)
         if self._unscanned is not None:
             self._unscanned.discard(path)  # read now: the scan's record of it is older
         record = read_record(path, self.root, resolver=resolver)
@@ -491,7 +514,7 @@ class Project:
             changed.add(path)
             return
         if record.signature is not None:
-            self._signatures[path] = record.signature
+            self._signatures[path] = _packed(record.signature)
         self._deleted.pop(path, None)
         if was_broken is not None and was_broken[1] == record.hash:
             return  # the same broken bytes again
@@ -549,13 +572,31 @@ class Project:
             self._unindex(path, old)
         else:
             self._folder_cache = None  # a new file (broken files are in _hashes too)
+            self.ids.id_of(path)  # a full answer lists every tracked file
         self._hashes[path] = digest
-        self._by_hash.setdefault(digest, set()).add(path)
+        holders = self._by_hash.get(digest)
+        if holders is None:
+            self._by_hash[digest] = path
+        elif isinstance(holders, str):
+            if holders != path:
+                self._by_hash[digest] = {holders, path}
+        else:
+            holders.add(path)
         self.version += 1
 
     def _unindex(self, path: str, digest: str) -> None:
         holders = self._by_hash.get(digest)
-        if holders is not None:
+        if holders == path:
+            del self._by_hash[digest]
+        elif isinstance(holders, set):
             holders.discard(path)
-            if not holders:
-                del self._by_hash[digest]
+            if len(holders) == 1:
+                self._by_hash[digest] = holders.pop()
+
+
+_SIGNATURE = struct.Struct("<QQQQ")
+
+
+def _packed(signature: StatSignature) -> bytes:
+    """A stat signature as 32 bytes (times, size and inode fit in 64 bits each)."""
+    return _SIGNATURE.pack(*(field & 0xFFFFFFFFFFFFFFFF for field in signature))

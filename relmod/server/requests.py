@@ -8,10 +8,10 @@ project never gets here). Each gets exactly one reply:
 request     body                                        reply
 ==========  ==========================================  ===========================================
 hello       client, pid, host, argv                     welcome {epoch, seq, root, heartbeat}
-since       epoch, seq                                  changes {epoch, seq, full, affected,
-                                                        hashes, broken, next}
-hashes      after (a path)                              hashes {hashes, next}: the next page of a
-                                                        full answer
+since       epoch, seq                                  changes {epoch, seq, full, files,
+                                                        affected, names, broken, next}
+hashes      after (a file id)                           hashes {files, names, next}: the next
+                                                        page of a full answer
 edges       edges [[dependent, dependency], ...]        ack (recorded as "runtime" edges of the
                                                         client, between tracked files only)
 paths       paths (the client's sys.path)               ack (folders inside the project become
@@ -31,11 +31,12 @@ goodbye     client                                      ack
 ==========  ==========================================  ===========================================
 
 Answers that grow with the project are paged (about :data:`~relmod.protocol.PAGE_BYTES` each):
-a full ``changes`` answer carries the first page of every file's hash and names the path after
-which ``hashes`` continues; ``graph`` and ``list`` page the same way. Pages are cut from a
-snapshot taken per version of the project, so paging through costs one sort, not one per page;
-a page asked for after the project changed comes from the new version, which is fine, since every
-change after the first answer is also published.
+a full ``changes`` answer carries the first page of the file id table (every id with its path
+and hash, in id order: :mod:`relmod.server.fileids`) and names the id after which ``hashes``
+continues; ``graph`` and ``list`` page the same way. The id table only grows, so its pages need
+no snapshot; the graph's are cut from a snapshot taken per version of the project, so paging
+through costs one sort, not one per page. A page asked for after the project changed comes from
+the new version, which is fine, since every change after the first answer is also published.
 
 Handlers read the broker's :class:`~relmod.server.state.BrokerState` and return their answer; the
 broker's loop, which owns the sockets, sends it (:class:`AfterWalk` and :data:`AFTER_SYNC` ask it
@@ -57,7 +58,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from relmod.protocol import PAGE_BYTES, Message
+from relmod.protocol import PAGE_BYTES, Message, pack_ids
 from relmod.server.state import BrokerState
 from relmod.server.status import broken_rows, broker_status, client_rows
 from relmod.sources import content_hash, read_source
@@ -91,7 +92,8 @@ _Handler = Callable[[bytes, dict[str, Any]], Outcome]
 
 BROKEN_IN_CHANGES = 1000
 """Most broken files a ``changes`` answer lists (clients only warn with them)."""
-_PATH_COST = 40  # msgpack framing and a hash, beside the path itself
+_PATH_COST = 50  # msgpack framing, an id and a hash, beside the path itself
+_ID_COST = 10  # msgpack framing and an id, beside the path itself
 
 
 class _Refused(Exception):
@@ -107,7 +109,6 @@ class RequestHandlers:
 
     def __init__(self, state: BrokerState) -> None:
         self._state = state
-        self._paths_snapshot: tuple[int, list[str], dict[str, str | None]] | None = None
         self._edges_snapshot: tuple[int, list[tuple[str, str, tuple[str, ...]]]] | None = None
         self._handlers: dict[str, _Handler] = {
             "hello": self.hello,
@@ -186,6 +187,7 @@ class RequestHandlers:
 
     def _answer_since(self, body: dict[str, Any]) -> Reply:
         state = self._state
+        ids = state.project.ids
         broken = state.project.broken()[:BROKEN_IN_CHANGES]
         answer: dict[str, Any] = {
             "epoch": state.epoch,
@@ -194,44 +196,68 @@ class RequestHandlers:
             "next": None,
         }
         if body["epoch"] == state.epoch and state.history.covers(body["seq"], current=state.seq):
-            affected, hashes = state.history.since(body["seq"])
-            cost = sum(len(p) + _PATH_COST for p in affected) + sum(
-                len(p) + _PATH_COST for p in hashes
+            affected, hashes, named = state.history.since(body["seq"])
+            files: list[Any] = [[i, ids.path_of(i), hashes[i]] for i in sorted(hashes)]
+            names: list[Any] = [[i, ids.path_of(i)] for i in sorted(named - hashes.keys())]
+            cost = (
+                sum(len(ids.path_of(i)) + _PATH_COST for i in hashes)
+                + sum(len(name[1]) + _ID_COST for name in names)
+                + 4 * len(affected)
             )
             if cost <= PAGE_BYTES:
-                return "changes", {**answer, "full": False, "affected": affected, "hashes": hashes}
-        page, after = self._hash_page("")
-        return "changes", {**answer, "full": True, "affected": [], "hashes": page, "next": after}
+                return "changes", {
+                    **answer,
+                    "full": False,
+                    "files": files,
+                    "affected": pack_ids(affected),
+                    "names": names,
+                }
+        files, names, after = self._table_page(None)
+        return "changes", {
+            **answer,
+            "full": True,
+            "files": files,
+            "affected": pack_ids(()),
+            "names": names,
+            "next": after,
+        }
 
     def hashes(self, identity: bytes, body: dict[str, Any]) -> Reply:
-        """The next page of every file's hash, after the path ``after``."""
-        page, after = self._hash_page(body["after"])
-        return "hashes", {"hashes": page, "next": after}
+        """The next page of the file id table, after the id ``after``."""
+        files, names, after = self._table_page(body["after"])
+        return "hashes", {"files": files, "names": names, "next": after}
 
-    def _hash_page(self, after: str) -> tuple[dict[str, str | None], str | None]:
-        """A page of every file's hash. During the first scan, the files it has not reached
-        are read and hashed here, so the answer never depends on how far the scan got (a
-        client that sees a new broker revalidates against it, and a remote one gets its
-        sources by these hashes)."""
+    def _table_page(self, after: int | None) -> tuple[list[Any], list[Any], int | None]:
+        """A page of the file id table, from the id after ``after``: ``[id, path, hash]`` for
+        each file (tracked: the hash of its last good version; deleted lately: None), and
+        ``[id, path]`` for the other ids (folders, files that vanished before anyone read
+        them); and the last id of the page when more follow.
+
+        During the first scan, the files it has not reached are read and hashed here, so the
+        answer never depends on how far the scan got (a client that sees a new broker
+        revalidates against it, and a remote one gets its sources by these hashes).
+        """
         project = self._state.project
-        snapshot = self._paths_snapshot
-        if snapshot is None or snapshot[0] != project.version or project.scanning:
-            hashes = project.full_hashes()
-            for path in project.unscanned():
-                hashes.setdefault(path, _UNREAD)
-            snapshot = self._paths_snapshot = (project.version, sorted(hashes), hashes)
-        _, paths, hashes = snapshot
-        start = bisect.bisect_right(paths, after) if after else 0
-        end = _page_end(paths, start, lambda p: len(p) + _PATH_COST)
-        page: dict[str, str | None] = {}
-        for path in paths[start:end]:
-            digest = hashes[path]
-            if digest is _UNREAD:
+        ids = project.ids
+        ids.table_given()
+        files: list[Any] = []
+        names: list[Any] = []
+        file_id = 0 if after is None else after + 1
+        spent = 0
+        while file_id < len(ids):
+            path = ids.path_of(file_id)
+            spent += len(path) + _PATH_COST
+            if spent > PAGE_BYTES and (files or names):
+                return files, names, file_id - 1
+            digest = project.hash_of(path)
+            if digest is None and project.is_unscanned(path):
                 digest = _hash_now(path)
-                if digest is None:
-                    continue  # gone: it was never tracked, so nobody ran it
-            page[path] = digest
-        return page, (paths[end - 1] if end < len(paths) else None)
+            if digest is not None or project.was_deleted(path):
+                files.append([file_id, path, digest])
+            else:
+                names.append([file_id, path])
+            file_id += 1
+        return files, names, None
 
     def edges(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Record the import edges a client saw at run time, owned by that client."""
@@ -336,9 +362,6 @@ class RequestHandlers:
         if self._state.clients.goodbye(identity, body["client"]):
             logger.info("client %s said goodbye", body["client"])
         return "ack", {}
-
-
-_UNREAD: Any = object()  # stands for the hash of a file the scan has not read yet
 
 
 def _hash_now(path: str) -> str | None:

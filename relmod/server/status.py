@@ -119,9 +119,9 @@ def broker_status(broker: BrokerState) -> dict[str, Any]:
             "seq": entry.seq,
             "time": entry.time,
             "kind": entry.kind,
-            "changed": list(entry.changed[:CHANGED_SHOWN]),
+            "changed": [broker.project.ids.path_of(i) for i in entry.changed[:CHANGED_SHOWN]],
             "changed_count": len(entry.changed),
-            "affected": len(entry.affected),
+            "affected": entry.affected_count,
         }
         for entry in broker.history.recent(RECENT)
     ]

@@ -35,7 +35,7 @@ from relmod.connfile import (
     write_connection_file,
 )
 from relmod.errors import ProtocolError
-from relmod.protocol import Codec, configure_socket, new_epoch, new_key
+from relmod.protocol import Codec, configure_socket, new_epoch, new_key, pack_ids
 
 T = TypeVar("T")
 
@@ -59,6 +59,7 @@ class FakeBroker:
         self.key = new_key()
         self.epoch = new_epoch()
         self.seq = 0
+        self.ids: dict[str, int] = {}  # the file ids its invalidations name (each one, each time)
         self.codec = Codec(self.key, role="broker", root=self.root)
         self.requests: list[str] = []
         self.before_synced: list[list[bytes]] = []
@@ -109,12 +110,13 @@ class FakeBroker:
 
         def work() -> list[bytes]:
             self.seq += 1
+            ids = [self.ids.setdefault(path, len(self.ids)) for path in affected]
             body = {
                 "epoch": self.epoch,
                 "seq": self.seq,
-                "changed": affected[:1],
-                "affected": affected,
-                "hashes": dict.fromkeys(affected[:1], "0" * 32),
+                "changed": [[ids[0], affected[0], "0" * 32]] if affected else [],
+                "affected": pack_ids(ids),
+                "names": [list(entry) for entry in zip(ids[1:], affected[1:], strict=True)],
             }
             frames = self.codec.encode("invalidate", body)
             self._pub.send_multipart(frames)
@@ -199,8 +201,9 @@ class FakeBroker:
                         "epoch": self.epoch,
                         "seq": self.seq,
                         "full": False,
-                        "affected": [],
-                        "hashes": {},
+                        "files": [],
+                        "affected": pack_ids(()),
+                        "names": [],
                         "broken": [],
                         "next": None,
                     },

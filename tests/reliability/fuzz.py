@@ -16,9 +16,11 @@ random generator that hypothesis seeds: bytes flipped, inserted or cut (re-signe
 dropped or added, the version or signature replaced, the whole message replayed, the payload
 swapped for a nesting or expansion bomb, or padded past a small codec's ``max_payload``. Every
 input goes through :func:`relmod.protocol.fuzz_one` on the codec of the side that receives it
-(the broker's, with a ROUTER identity frame, or a client's): the only allowed outcomes are
-``"ok"`` and a drop reason of :data:`relmod.protocol.REASONS`. Any other exception escaping is
-recorded with its input. Memory is the process's RSS, sampled as the run goes.
+(the broker's, with a ROUTER identity frame), or for a client through its codec and then, for a
+message that carries file ids, its id table (:meth:`relmod.client.fileids.FileTable.apply`, as
+the feed applies them): the only allowed outcomes are ``"ok"``, a drop reason of
+:data:`relmod.protocol.REASONS`, and :data:`FILE_IDS` (the table refused the ids). Any other
+exception escaping is recorded with its input. Memory is the process's RSS, sampled as the run goes.
 
 Example:
     >>> report = run_fuzz(300, seed=1)
@@ -42,13 +44,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from relmod.client.fileids import FileTable
+from relmod.errors import ProtocolError
 from relmod.protocol import (
     REASONS,
     REPLAY_SENDERS,
     SCHEMAS,
     VERSION,
     Codec,
-    fuzz_one,
+    pack_ids,
 )
 
 ROOT = "/proj"
@@ -61,13 +65,16 @@ SMALL_PAYLOAD = 2048
 BATCH_EXAMPLES = 400
 """Hypothesis examples per run of the property; RSS is sampled between runs."""
 RSS_LIMIT_KB = 64 * 1024
+FILE_IDS = "file ids"
+"""The outcome of a valid message whose ids the client's table refuses (unknown, contradicting):
+dropped by the feed, which then asks for the whole table."""
 """Most RSS growth a fuzz run may show (after a warm-up) and still pass."""
 
 SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     "publish": {
         "heartbeat": {"epoch": "e1", "seq": 7, "time": 1.5},
-        "invalidate": {"epoch": "e1", "seq": 8, "changed": [A], "affected": [A, B],
-                       "hashes": {A: "ab12", B: None}},
+        "invalidate": {"epoch": "e1", "seq": 8, "changed": [[0, A, "ab12"]],
+                       "affected": pack_ids([0, 1]), "names": [[1, B]]},
         "broken": {"epoch": "e1", "seq": 9, "path": A, "lineno": 3, "message": "SyntaxError"},
         "bye": {"epoch": "e1"},
         "activity": {"epoch": "e1", "client": "box:42", "lost": 0,
@@ -89,7 +96,7 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "status": {},
         "sync": {},
         "graph": {"after": None},
-        "hashes": {"after": A},
+        "hashes": {"after": 7},
         "list": {"what": "broken", "after": ""},
         "paths": {"paths": [ROOT]},
         "source": {"hash": "ab12"},
@@ -102,14 +109,15 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "reply": {
         "welcome": {"epoch": "e1", "seq": 8, "root": ROOT, "heartbeat": 1.0},
-        "changes": {"epoch": "e1", "seq": 9, "full": True, "affected": [A], "hashes": {A: "h"},
+        "changes": {"epoch": "e1", "seq": 9, "full": False, "files": [[0, A, "h"]],
+                    "affected": pack_ids([0, 1]), "names": [[1, B]],
                     "broken": [{"path": B, "lineno": None, "message": "NameError: x"}],
                     "next": None},
         "ack": {},
         "status": {"status": {"clients": [{"pid": 1}], "uptime": 3.5}},
         "synced": {"epoch": "e1", "seq": 9},
         "graph": {"edges": [[A, B, ["static"]]], "next": [A, B], "total": 2},
-        "hashes": {"hashes": {A: "h", B: None}, "next": None},
+        "hashes": {"files": [[0, A, "h"], [1, B, None]], "names": [[2, ROOT]], "next": None},
         "list": {"items": [{"path": B, "lineno": 1, "message": "m"}], "next": B, "total": 3},
         "source": {"hash": "ab12", "data": b"x = 1\n"},
         "error": {"message": "No source with hash ab12 is known.", "request": "source"},
@@ -273,6 +281,12 @@ class _Targets:
             "small": Codec(KEY, role="client", root=ROOT, max_payload=SMALL_PAYLOAD),
         }
         self.signer = Codec(KEY, role="client")  # only its sign() is used
+        # The client's id table, as a feed holds it after a full answer: ids 0 and 1 known, and
+        # a loaded module at A (so invalidations reach it).
+        self.start_table = [(0, A), (1, B)]
+        self.table = FileTable(lambda path: path, lambda path: path)
+        self.table.replace(self.start_table)
+        self.table.loaded([A], root=ROOT)
         self.other = Codec(OTHER_KEY, role="client")
 
     def sign(self, version: bytes, payload: bytes) -> bytes:
@@ -289,14 +303,36 @@ class _Targets:
                 return
         else:
             try:
-                outcome = fuzz_one(codec, frames)
+                outcome = self._client_decode(codec, frames)
             except Exception as err:
                 self._escaped(receiver, frames, err)
                 return
-        if outcome != "ok" and outcome not in REASONS:
+        if outcome not in ("ok", FILE_IDS) and outcome not in REASONS:
             self._escaped(receiver, frames, ValueError(f"unknown outcome {outcome!r}"))
         self.report.reasons[outcome] += 1
         self.report.inputs += 1
+
+    def _client_decode(self, codec: Codec, frames: list[bytes]) -> str:
+        """What a client's feed does with a publication or reply: decode it, and when it carries
+        file ids, apply them to its id table (:meth:`FileTable.apply`); returns ``"ok"``, the
+        codec's drop reason, or :data:`FILE_IDS` when the table refused the ids."""
+        try:
+            message = codec.decode(frames)
+        except ProtocolError as err:
+            return err.reason
+        body = message.body
+        if message.kind == "hashes":
+            problem = self.table.learn((entry[0], entry[1]) for entry in body["files"])
+            problem = problem or self.table.learn((entry[0], entry[1]) for entry in body["names"])
+        elif message.kind in ("invalidate", "changes"):
+            changed = body["changed"] if message.kind == "invalidate" else body["files"]
+            _, problem = self.table.apply(changed, body["affected"], body["names"])
+        else:
+            problem = None
+        if problem is not None:
+            self.table.replace(self.start_table)  # what a feed does next: the whole table again
+            return FILE_IDS
+        return "ok"
 
     def _escaped(self, receiver: str, frames: list[bytes], err: Exception) -> None:
         self.report.inputs += 1
@@ -339,7 +375,7 @@ def _mutate(rng: random.Random, frames: list[bytes], t: _Targets) -> list[bytes]
     elif choice == 5:
         return [version, payload, mac, rng.randbytes(rng.randint(0, 8))]  # a frame too many
     elif choice == 6:
-        other = rng.choice([b"relmod/0", b"relmod/2", b"", b"RELMOD/1", rng.randbytes(8)])
+        other = rng.choice([b"relmod/1", b"relmod/3", b"", b"RELMOD/2", rng.randbytes(8)])
         return [other, payload, t.sign(other, payload)]  # wrong version, signed
     elif choice == 7:
         return [version, payload, b""]  # unsigned
