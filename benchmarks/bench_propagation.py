@@ -4,18 +4,20 @@ Two systems carry one save to N processes, each measured at 1 client and at N (d
 
 - **relmod**: a real broker serves a small project; each client process calls
   ``relmod.connect()``, loads ``leaf.py`` and ``top.py`` (which imports it) and registers a
-  listener (``relmod.add_listener``) that prints the event's ``time.time()`` when its feed thread
-  has marked ``leaf.py`` stale. After each save every client uses the module again (so the next
-  save marks it again).
+  listener (``relmod.add_listener``) that keeps the event's ``time.time()`` when its feed
+  thread has marked ``leaf.py`` stale. After each save every client uses the module again (so
+  the next save marks it again).
 - **floor**: the least any system can do here. One process blocks in ``poll`` on a raw inotify
   watch of the folder (ctypes, :mod:`relmod.watchers.inotify_kernel`) and, on the save's event,
-  sends one ZeroMQ PUB message; N processes sleep in a blocking SUB ``recv`` and print
+  sends one ZeroMQ PUB message; N processes sleep in a blocking SUB ``recv`` and keep
   ``time.time()`` when it arrives.
 
 The driver saves ``leaf.py`` atomically (temporary file + ``os.replace``, as editors do), noting
 ``time.time()`` just before the replace, E times, 1.2 s apart (the broker's burst pacing never
-applies), and takes per save the latency of the last process. The two systems and the two sizes
-alternate in rounds (a round: one save each), so machine noise falls on all alike. The table
+applies), and takes per save the latency of the last process. The processes say when they had
+the save only when asked, 0.15 s later, so no reporting is on the path measured. The two
+systems and the two sizes alternate in rounds (a round: one save each, 0.4 s apart, so that the
+reloads one save causes do not fall on the next), so machine noise falls on all alike. The table
 gives medians and p99 (nearest rank; with few saves the worst), the ratios relmod / floor, and
 the growth per added client, ``(median at N - median at 1) / (N - 1)``, for each.
 
@@ -53,13 +55,16 @@ relmod.connect(root)
 top = relmod.at(root + '/top.py')
 top.VALUE
 leaf = root + '/leaf.py'
+last = [0.0]
 def on_event(event):
     if event.kind == 'stale' and event.path == leaf:
-        print('stale', event.time, flush=True)
+        last[0] = event.time
 relmod.add_listener(on_event)
 print('ready', flush=True)
 for line in sys.stdin:
-    if line.strip() == 'use':
+    if line.strip() == 'ask':
+        print('stale', last[0], flush=True)
+    elif line.strip() == 'use':
         top.VALUE   # reload now, as a worker's next call would
 """
 
@@ -85,14 +90,31 @@ import sys, time, zmq
 sub = zmq.Context().socket(zmq.SUB)
 sub.setsockopt(zmq.SUBSCRIBE, b'')
 sub.connect(sys.argv[1])
+poller = zmq.Poller()
+poller.register(sub, zmq.POLLIN)
+poller.register(sys.stdin.fileno(), zmq.POLLIN)
+last = 0.0
 print('ready', flush=True)
 while True:
-    sub.recv()
-    print('stale', time.time(), flush=True)
+    events = dict(poller.poll())
+    if sub in events:
+        sub.recv()
+        last = time.time()
+    if sys.stdin.fileno() in events:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if line.strip() == 'ask':
+            print('stale', last, flush=True)
 """
 
 SAVE_PAUSE_S = 1.2
 WAIT_S = 5.0
+SETTLE_S = 0.4
+"""After one system's save, before the next system's: what the first one's clients do then
+(reload the module) must not fall on the next one's measurement."""
+ASK_AFTER_S = 0.15
+"""How long after a save the processes are asked when they had it (far above any latency)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -118,15 +140,18 @@ def _start(argv: list[str], *, stdin: bool = False) -> subprocess.Popen[str]:
         text=True,
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
 def _wait_ready(procs: list[subprocess.Popen[str]], what: str) -> None:
     for proc in procs:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         if proc.stdout.readline().strip() != "ready":
-            raise SystemExit(f"a {what} process did not start")
+            proc.kill()
+            why = proc.stderr.read().strip().splitlines()[-3:]
+            raise SystemExit(f"a {what} process did not start: {' / '.join(why)}")
+        proc.stderr.close()  # nothing reads it from now on: it must not fill up
 
 
 class Fleet:
@@ -150,9 +175,12 @@ class Fleet:
                 self.marks.put((index, float(parts[1])))
 
     def save(self, value: int, *, record: bool = True) -> bool:
-        """Save leaf.py once; True when every process reported it in time."""
-        while not self.marks.empty():  # a late report of an earlier save
-            self.marks.get_nowait()
+        """Save leaf.py once; True when every process had it within :data:`WAIT_S`.
+
+        Nothing is reported while the save travels: each process keeps the time it had the
+        save, and tells it when asked, a settling moment later (so no pipe to this driver, and
+        none of its reader threads, are on the path being measured).
+        """
         tmp = self.folder / ".leaf.py.tmp"
         tmp.write_text(f"VALUE = {value}\n")
         written = time.time()
@@ -160,15 +188,23 @@ class Fleet:
         seen: dict[int, float] = {}
         until = time.monotonic() + WAIT_S
         while len(seen) < len(self.procs) and time.monotonic() < until:
-            try:
-                index, when = self.marks.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            seen.setdefault(index, when)
-        for proc in self.procs:  # relmod clients use the module: the next save marks it again
-            if proc.stdin is not None:
-                proc.stdin.write("use\n")
+            time.sleep(ASK_AFTER_S)
+            for proc in self.procs:
+                assert proc.stdin is not None
+                proc.stdin.write("ask\n")
                 proc.stdin.flush()
+            answers: dict[int, float] = {}
+            while len(answers) < len(self.procs):
+                try:
+                    index, when = self.marks.get(timeout=WAIT_S)
+                except queue.Empty:
+                    break
+                answers[index] = when
+            seen = {i: t for i, t in answers.items() if t >= written}
+        for proc in self.procs:  # relmod clients use the module: the next save marks it again
+            assert proc.stdin is not None
+            proc.stdin.write("use\n")
+            proc.stdin.flush()
         if len(seen) < len(self.procs):
             if record:
                 self.missing += len(self.procs) - len(seen)
@@ -206,9 +242,9 @@ def start_relmod(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+    _wait_quiet(proc.pid)  # the scan of a big project is over
     procs = [_start([sys.executable, "-c", CLIENT, str(root)], stdin=True) for _ in range(clients)]
     _wait_ready(procs, "relmod client")
-    _wait_quiet(proc.pid)  # the scan of a big project is over
     return Fleet(f"relmod, {clients}", root, procs)
 
 
@@ -231,7 +267,10 @@ def start_floor(work: Path, clients: int, extra: list[subprocess.Popen[str]]) ->
     publisher = _start([sys.executable, "-c", FLOOR_PUBLISHER, str(folder), endpoint])
     extra.append(publisher)
     _wait_ready([publisher], "floor publisher")
-    procs = [_start([sys.executable, "-c", FLOOR_SUBSCRIBER, endpoint]) for _ in range(clients)]
+    procs = [
+        _start([sys.executable, "-c", FLOOR_SUBSCRIBER, endpoint], stdin=True)
+        for _ in range(clients)
+    ]
     _wait_ready(procs, "floor subscriber")
     fleet = Fleet(f"floor, {clients}", folder, procs)
     # ZeroMQ's slow joiner: saves until every subscriber hears one.
@@ -271,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             fleet.save(0, record=False)
         time.sleep(SAVE_PAUSE_S)
         for edit in range(1, args.edits + 1):
+            started = time.monotonic()
             for fleet in fleets.values():
                 fleet.save(edit)
-            time.sleep(SAVE_PAUSE_S)
+                time.sleep(SETTLE_S)  # its clients' reloads are over before the next save
+            time.sleep(max(0.0, SAVE_PAUSE_S - (time.monotonic() - started)))
 
         relmod_big = fleets["relmod", args.clients]
         time.sleep(1.0)
@@ -301,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     big = args.clients
     command = ".venv/bin/python benchmarks/bench_propagation.py" + " --quick" * args.quick
+    command += f" --files {args.files}" * bool(args.files)
     print(f"\n### `{command}`\n")
     print(
         f"{args.edits} saves per system and size, on {os.cpu_count()} cores; the floor is raw "
