@@ -42,7 +42,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import math
@@ -613,11 +612,12 @@ class Codec:
 
     def sign(self, version: bytes, payload: bytes) -> bytes:
         """The MAC frame for a version frame and a payload frame."""
-        mac = hmac.new(self._key, digestmod=hashlib.sha256)
-        for frame in (version, payload):
-            mac.update(len(frame).to_bytes(8, "big"))
-            mac.update(frame)
-        return mac.digest()
+        # One call into OpenSSL (hmac.digest) over the length-prefixed frames: the same MAC as
+        # feeding them to an hmac object piece by piece, at a fraction of the Python calls.
+        framed = b"".join(
+            (len(version).to_bytes(8, "big"), version, len(payload).to_bytes(8, "big"), payload)
+        )
+        return hmac.digest(self._key, framed, "sha256")
 
     def encode(self, kind: str, body: Mapping[str, Any]) -> list[bytes]:
         """Pack and sign a message this side may send.
