@@ -105,11 +105,14 @@ Signature = tuple[int, int, int, int]
 """A file's (mtime_ns, ctime_ns, size, inode)."""
 
 
-def trusted_signature(st: os.stat_result) -> Signature | None:
-    """A stat result's signature, or None while it is too young to stand for the content."""
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS:
-        return None
+def signature_of(st: os.stat_result) -> Signature:
+    """A stat result's signature: what a save of the file moves."""
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def is_young(st: os.stat_result) -> bool:
+    """Whether a stat result is too young (see :data:`RACY_NS`) to stand for the content alone."""
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS
 
 
 def load_file_code(path: str) -> tuple[types.CodeType, str, Signature, bool]:
@@ -128,8 +131,8 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature, bool]:
     """
     folder = cache_dir()
     st = os.stat(path)
-    signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-    young = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS
+    signature = signature_of(st)
+    young = is_young(st)
     where = None
     if folder is not None and not young:
         mtime, ctime, size, inode = signature

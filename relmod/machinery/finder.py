@@ -122,7 +122,7 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
         existing = self.registry._records.get(real)
         if existing is not None and existing.name != fullname:
             spec.loader = _Existing(existing.module)  # one module per file, under both names
-            self.registry.note_alias(fullname, existing)
+            self.registry.note_alias(fullname)
             return spec
         if scope.accepts(fullname, real):
             spec.loader = ProjectLoader(self.registry, spec.loader, real)
@@ -145,7 +145,7 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
         if existing is not None and existing.name != fullname:
             # Loaded by path already (relmod.at): the same module serves the import statement.
             is_pkg = existing.folder is not None
-            self.registry.note_alias(fullname, existing)
+            self.registry.note_alias(fullname)
             spec = ModuleSpec(fullname, _Existing(existing.module), origin=path, is_package=is_pkg)
             if is_pkg:
                 spec.submodule_search_locations = [path]

@@ -57,9 +57,10 @@ from relmod.machinery.code import (
     STDLIB_NAMES,
     defined_names,
     imports_of,
+    is_young,
     load_code,
     load_file_code,
-    trusted_signature,
+    signature_of,
 )
 from relmod.machinery.events import Event, Listeners
 from relmod.machinery.patching import CallGuard, patch_namespace
@@ -513,8 +514,8 @@ class Registry:
         """The record of the module called ``name`` in ``sys.modules``."""
         return self._by_name.get(name)
 
-    def note_alias(self, name: str, rec: Record) -> None:
-        """The import system hands ``rec``'s module out under another name too."""
+    def note_alias(self, name: str) -> None:
+        """The import system hands a reloading module out under ``name`` too."""
         self._top_names.add(name.partition(".")[0])
 
     def record_edge(self, dependent: str, dependency: str) -> None:
@@ -577,11 +578,9 @@ class Registry:
             if names_used:
                 self._add_dependency(edges, target)
             if item == STDLIB_MARK:
+                target, names_used = "", False
                 if tops.isdisjoint(STDLIB_NAMES):
-                    names_used = False
                     break  # no module of ours is named like one of the standard library
-                names_used = False
-                target = ""
                 continue
             name = item.lstrip(".")
             level = len(item) - len(name)
@@ -859,8 +858,8 @@ class Registry:
                 if rec.key in force or self._deps_moved(rec, members):
                     reasons = True
                 continue
-            rec.next_signature = None if st is None else _signature(st)
-            rec.next_young = st is not None and trusted_signature(st) is None
+            rec.next_signature = None if st is None else signature_of(st)
+            rec.next_young = st is not None and is_young(st)
             try:
                 data = self.sources.read(rec.key)
             except OSError as err:
@@ -896,9 +895,9 @@ class Registry:
         invalidation named since its content was last checked, and no forced reload of it,
         holds what ran. A save no feed has reported yet reloads when it is reported.
         """
-        if rec.ran_code is None or rec.hash is None or rec.ran_signature != _signature(st):
+        if rec.ran_code is None or rec.hash is None or rec.ran_signature != signature_of(st):
             return False  # (no hash: a re-run is forced, as after a fork)
-        if not rec.ran_young and trusted_signature(st) is not None:
+        if not rec.ran_young and not is_young(st):
             return True
         return not rec.named and rec.key not in force
 
@@ -1174,10 +1173,6 @@ def _stat(path: str) -> os.stat_result | None:
         return os.stat(path)
     except (OSError, ValueError):  # as os.path.isfile: missing, unreadable, or a bad name
         return None
-
-
-def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
 def _restore(rec: Record, good: dict[str, Any]) -> None:
