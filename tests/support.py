@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +145,56 @@ class Worker:
             if stream is not None:
                 stream.close()
         return self.proc.returncode
+
+
+class LineWorker:
+    """A process that runs ``code`` (``python -c``), then writes one line per line it reads."""
+
+    def __init__(
+        self, code: str, cwd: Path, env: dict[str, str] | None = None, user: int | None = None
+    ) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            cwd=cwd,
+            env=env or child_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            user=user,
+            group=user,
+        )
+
+    def read(self) -> str:
+        """The process's next line (fails the test, with its stderr, if it died)."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"worker {self.proc.pid} died: {err}")
+        return line.strip()
+
+    def ask(self, line: str = "") -> str:
+        """Send one line; the line the process answers."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self, *, must_end: bool = False) -> str:
+        """Close its stdin and wait for it to end, reading what it still writes (killed after
+        15 s, which fails the test when ``must_end``); returns what it wrote on stderr."""
+        try:
+            _out, err = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _out, err = self.proc.communicate()
+            if must_end:
+                raise AssertionError(
+                    f"worker {self.proc.pid} did not end when its stdin closed"
+                ) from None
+        return err
 
 
 class WorkerError(Exception):

@@ -14,7 +14,6 @@ import queue
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Broker, child_env, wait_for
+from support import Broker, LineWorker, child_env, wait_for
 
 from relmod import cli
 from relmod.server.fleet import Fleet
@@ -57,50 +56,16 @@ def write(path: Path, text: str) -> None:
     os.replace(tmp, path)  # an atomic save, as editors do
 
 
-class Client:
+class Client(LineWorker):
     """A connected worker process: each line it reads makes it use app.fmt (through app.user)."""
 
     def __init__(self, root: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(WORKER)],
-            cwd=root,
-            env=child_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
+        super().__init__(WORKER, root)
         assert self.read() == "ready"
-
-    def read(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"client died: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-        return line.strip()
 
     def use(self, *, sync: bool = True) -> str:
         """Use app.fmt (after catching up with every save made so far, unless ``sync`` is off)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("sync\n" if sync else "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> str:
-        """End the process; returns what it wrote on stderr (its log)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        assert self.proc.stderr is not None and self.proc.stdout is not None
-        log = self.proc.stderr.read()
-        self.proc.stderr.close()
-        self.proc.stdout.close()
-        return log
+        return self.ask("sync" if sync else "")
 
 
 class Follower:

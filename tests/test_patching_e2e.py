@@ -15,14 +15,13 @@ import json
 import logging
 import os
 import pickle
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Broker, child_env, wait_for
+from support import Broker, LineWorker, wait_for
 
 import relmod
 
@@ -89,49 +88,18 @@ for line in sys.stdin:
 """
 
 
-class Loop:
+class Loop(LineWorker):
     """A ``python -c`` worker process answering one ``compute(x)`` per line."""
 
     def __init__(self, root: Path, start: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", LOOP.format(start=start)],
-            cwd=root,
-            env=child_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        assert self._line() == "ready"
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise AssertionError(f"the worker loop died: {err}")
-        return line.strip()
+        super().__init__(LOOP.format(start=start), root)
+        assert self.read() == "ready"
 
     def compute(self, x: int) -> Any:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{x}\n")
-        self.proc.stdin.flush()
-        return json.loads(self._line())
+        return json.loads(self.ask(str(x)))
 
-    def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError("the worker loop did not end when its stdin closed") from None
-        finally:
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
+    def close(self, *, must_end: bool = True) -> str:
+        return super().close(must_end=must_end)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Broker, child_env, wait_for
+from support import Broker, LineWorker, child_env, wait_for
 
 
 def write(path: Path, text: str) -> Path:
@@ -23,45 +23,6 @@ def write(path: Path, text: str) -> Path:
     tmp.write_text(textwrap.dedent(text))
     os.replace(tmp, path)  # an atomic save, as editors do
     return path
-
-
-class LineWorker:
-    """A process that runs ``code`` and then prints one answer per line it reads."""
-
-    def __init__(
-        self, code: str, cwd: Path, env: dict[str, str] | None = None, user: int | None = None
-    ) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            cwd=cwd,
-            env=env or child_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            user=user,
-            group=user,
-        )
-
-    def ask(self, line: str = "") -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline()
-        if not answer:
-            raise AssertionError(f"worker died: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-        return answer.strip()
-
-    def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 @pytest.fixture
