@@ -8,10 +8,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from relmod.watch import ChangeBatch
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker_main.py"
@@ -27,6 +30,47 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return bool(condition())
+
+
+class Recorder:
+    """A watcher's on_change callback that keeps every batch, and when it arrived."""
+
+    def __init__(self) -> None:
+        self.batches: list[ChangeBatch] = []
+        self.times: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: ChangeBatch) -> None:
+        with self._lock:
+            self.batches.append(batch)
+            self.times.append(time.perf_counter())
+
+    def snapshot(self) -> list[ChangeBatch]:
+        with self._lock:
+            return list(self.batches)
+
+    def mark(self) -> int:
+        """How many batches came so far (for ``since``)."""
+        return len(self.snapshot())
+
+    def paths(self, since: int = 0) -> set[str]:
+        return {p for batch in self.snapshot()[since:] for p in batch.paths}
+
+    def saw(self, *paths: Path | str, since: int = 0) -> bool:
+        return {str(p) for p in paths} <= self.paths(since)
+
+    def rescans(self, since: int = 0) -> int:
+        return sum(batch.rescan for batch in self.snapshot()[since:])
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import Recorder, wait_until
 
 from relmod.errors import ConfigurationError
 from relmod.watch import (
@@ -25,41 +26,6 @@ LINUX = sys.platform.startswith("linux")
 BACKENDS = ["watchfiles", "polling"] + (["inotify"] if LINUX else [])
 CLASSES = {"watchfiles": WatchfilesWatcher, "polling": PollingWatcher, "inotify": InotifyWatcher}
 DEADLINE = 5.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    """Poll ``condition`` until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
-
-
-class Recorder:
-    """An on_change callback that keeps every batch."""
-
-    def __init__(self) -> None:
-        self.batches: list[ChangeBatch] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, batch: ChangeBatch) -> None:
-        with self._lock:
-            self.batches.append(batch)
-
-    def snapshot(self) -> list[ChangeBatch]:
-        with self._lock:
-            return list(self.batches)
-
-    def paths(self, since: int = 0) -> set[str]:
-        return {p for batch in self.snapshot()[since:] for p in batch.paths}
-
-    def saw(self, path: Path | str, since: int = 0) -> bool:
-        return str(path) in self.paths(since)
-
-    def rescans(self, since: int = 0) -> int:
-        return sum(batch.rescan for batch in self.snapshot()[since:])
 
 
 AnyWatcher = WatchfilesWatcher | PollingWatcher | InotifyWatcher

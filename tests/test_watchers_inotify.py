@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import Recorder, wait_until
 
 from relmod.watch import ChangeBatch, InotifyWatcher, find_default_watcher
 from relmod.watchers import inotify_kernel
@@ -33,42 +34,6 @@ from relmod.watchers.inotify_kernel import (
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux inotify")
 
 DEADLINE = 5.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.002)
-    return condition()
-
-
-class Recorder:
-    """An on_change callback that keeps every batch, and when it arrived."""
-
-    def __init__(self) -> None:
-        self.batches: list[ChangeBatch] = []
-        self.times: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, batch: ChangeBatch) -> None:
-        with self._lock:
-            self.batches.append(batch)
-            self.times.append(time.perf_counter())
-
-    def snapshot(self) -> list[ChangeBatch]:
-        with self._lock:
-            return list(self.batches)
-
-    def paths(self, since: int = 0) -> set[str]:
-        return {p for batch in self.snapshot()[since:] for p in batch.paths}
-
-    def saw(self, *paths: Path, since: int = 0) -> bool:
-        return {str(p) for p in paths} <= self.paths(since)
-
-    def mark(self) -> int:
-        return len(self.snapshot())
 
 
 @pytest.fixture
