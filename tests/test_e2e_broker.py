@@ -331,6 +331,9 @@ def test_a_change_affecting_3000_modules_reaches_a_client_by_file_ids(tmp_path: 
         for worker, names in ((early, ("m0000", "m1234", "m2999", "late")), (joiner, ("m1234",))):
             for name in names:  # no sync(): the invalidation alone marks them
                 wait_for(lambda w=worker, n=name: w.call("stale", name=n), 15, f"{name} stale")
+        # The marks land while the feed thread is still applying the message (3,004 of them):
+        # its counters move once it is done.
+        wait_for(lambda: early.call("status")["seq"] > before["seq"], 15, "the message applied")
         after = early.call("status")
         assert after["invalidations"] == before["invalidations"] + 1  # one message did it
         assert after["drop_reasons"] == {} and after["dropped"] == before["dropped"]
