@@ -235,8 +235,8 @@ def _problem(info: Any) -> str | None:
         key = bytes.fromhex(info["key"])
     except ValueError:
         return "its key is not hex"
-    if len(key) < 16:
-        return "its key is shorter than 16 bytes"
+    if not 16 <= len(key) <= 64:
+        return f"its key has {len(key)} bytes, where relmod keys have 16 to 64"
     if not os.path.isabs(info["root"]):
         return "its root is not an absolute path"
     return None

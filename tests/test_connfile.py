@@ -318,7 +318,8 @@ def test_read_refuses_a_missing_field(tmp_path: Path, field: str) -> None:
         ("root", None, "'root' is NoneType"),
         ("version", 2, "version 2"),
         ("key", "not hex", "key is not hex"),
-        ("key", "abcd", "shorter than 16 bytes"),
+        ("key", "abcd", "key has 2 bytes, where relmod keys have 16 to 64"),
+        ("key", "ab" * 65, "key has 65 bytes"),
         ("root", "relative/root", "not an absolute path"),
     ],
 )

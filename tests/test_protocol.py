@@ -203,16 +203,15 @@ def test_every_kind_round_trips(direction: str, kind: str) -> None:
 
 def test_frames_have_the_documented_layout() -> None:
     import hashlib
-    import hmac
 
     frames = make("broker").encode("bye", {"epoch": "e1"})
 
-    assert len(frames) == 3 and frames[0] == VERSION == b"relmod/2"
+    assert len(frames) == 3 and frames[0] == VERSION == b"relmod/3"
     payload = msgpack.unpackb(frames[1])
     assert payload["k"] == "bye" and payload["n"] == 1 and payload["b"] == {"epoch": "e1"}
     assert isinstance(payload["s"], bytes) and len(payload["s"]) == 16
     signed_bytes = b"".join(len(f).to_bytes(8, "big") + f for f in frames[:2])
-    assert frames[2] == hmac.new(KEY, signed_bytes, hashlib.sha256).digest()
+    assert frames[2] == hashlib.blake2b(signed_bytes, key=KEY, digest_size=32).digest()
 
 
 def test_activity_has_its_own_first_frame_and_no_other_kind_may_borrow_it() -> None:
@@ -298,9 +297,10 @@ def test_encode_refuses_a_payload_over_the_limit() -> None:
         broker.encode("source", {"hash": "h", "data": b"x" * 1000})
 
 
-def test_codec_refuses_a_short_key_and_a_bad_role() -> None:
-    with pytest.raises(ValueError, match="16 bytes"):
-        Codec(b"short", role="broker")
+def test_codec_refuses_a_short_or_long_key_and_a_bad_role() -> None:
+    for key in (b"short", b"x" * 65):  # keyed BLAKE2b takes at most 64 bytes
+        with pytest.raises(ValueError, match="16 to 64 bytes"):
+            Codec(key, role="broker")
     with pytest.raises(ValueError, match="role"):
         Codec(KEY, role="server")  # type: ignore[arg-type]
 
