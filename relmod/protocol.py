@@ -52,7 +52,7 @@ import threading
 import time
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Final, Literal, TypeAlias
@@ -289,128 +289,224 @@ class Message:
 
 
 class _Rejected(Exception):
-    """A value broke its schema; ``reason`` is "schema" or "path"."""
+    """A value broke its schema; ``reason`` is "schema" or "path".
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
+    Raised where the value is checked, with what is wrong (``problem``); each container it
+    passes on the way out adds where it sits (``at``, innermost first), so no location text is
+    made for a value that is fine.
+    """
+
+    def __init__(self, reason: str, problem: str) -> None:
+        super().__init__(problem)
         self.reason = reason
-        self.detail = detail
+        self.problem = problem
+        self.at: list[str] = []
+
+    def inside(self, where: str) -> _Rejected:
+        """Note the container the rejected value sits in (outward from the value); returns
+        self, to raise."""
+        self.at.append(where)
+        return self
+
+    @property
+    def detail(self) -> str:
+        """``where: problem``, e.g. ``invalidate.changed[3][1]: ... is not an absolute path``."""
+        if not self.at:
+            return self.problem
+        return f"{''.join(reversed(self.at))}: {self.problem}"
 
 
-def _check_fields(
-    where: str, value: Any, fields: Mapping[str, Spec], root: str | None, max_bytes: int
-) -> None:
-    """Check a map that must have exactly ``fields``."""
-    if not isinstance(value, dict):
-        raise _Rejected("schema", f"{where}: expected a map, got {type(value).__name__}")
-    missing = fields.keys() - value.keys()
-    extra = value.keys() - fields.keys()
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(sorted(missing))}")
-        if extra:
-            parts.append(f"unexpected {', '.join(sorted(map(repr, extra)))}")
-        raise _Rejected("schema", f"{where}: {'; '.join(parts)}")
-    for name, spec in fields.items():
-        _check(value[name], spec, f"{where}.{name}", root, max_bytes)
+Check: TypeAlias = Callable[[Any, str | None, int], None]
+"""A compiled spec: ``check(value, root, max_bytes)`` raises :class:`_Rejected`, else None."""
 
 
-def _check(value: Any, spec: Spec, where: str, root: str | None, max_bytes: int) -> None:
-    """Check one value against one spec, raising _Rejected; ``where`` names it in the message.
+def _compile(spec: Spec) -> Check:
+    """The checker of one spec, made once per spec when the module loads.
 
-    Recursion follows the spec, never the value, so its depth is that of the schema.
+    Checking walks the spec's closures, never the value's shape, so its depth is that of the
+    schema; and a value pays for its own checks only, not for finding which ones apply.
     """
     if isinstance(spec, tuple):
         shape = spec[0]
         if shape == "optional":
-            if value is not None:
-                _check(value, spec[1], where, root, max_bytes)
-        elif shape == "list":
-            _check_array(value, where, None)
-            for index, item in enumerate(value):
-                _check(item, spec[1], f"{where}[{index}]", root, max_bytes)
-        elif shape == "tuple":
-            _check_array(value, where, len(spec) - 1)
-            for index, (item, item_spec) in enumerate(zip(value, spec[1:], strict=True)):
-                _check(item, item_spec, f"{where}[{index}]", root, max_bytes)
-        elif shape == "map":
-            if not isinstance(value, dict) or len(value) > MAX_ITEMS:
-                raise _Rejected("schema", f"{where}: expected a map of at most {MAX_ITEMS} items")
-            for key, item in value.items():
-                _check(key, spec[1], f"{where} key", root, max_bytes)
-                _check(item, spec[2], f"{where}[{key!r:.80}]", root, max_bytes)
-        elif shape == "record":
-            _check_fields(where, value, spec[1], root, max_bytes)
-        else:
-            raise AssertionError(f"unknown spec {spec!r}")
-    elif spec in (STR, TEXT):
-        limit = MAX_STR if spec == STR else MAX_TEXT
-        if not isinstance(value, str) or len(value) > limit:
-            raise _Rejected("schema", f"{where}: expected a str of at most {limit} characters")
-    elif spec == INT:
-        if type(value) is not int or not 0 <= value <= MAX_COUNTER:
-            raise _Rejected("schema", f"{where}: expected an int in 0..2**63-1, got {value!r:.40}")
-    elif spec == FLOAT:
-        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-            raise _Rejected("schema", f"{where}: expected a finite number >= 0, got {value!r:.40}")
-    elif spec == BOOL:
-        if type(value) is not bool:
-            raise _Rejected("schema", f"{where}: expected a bool, got {type(value).__name__}")
-    elif spec == BLOB:
-        if not isinstance(value, bytes) or len(value) > max_bytes:
-            raise _Rejected("schema", f"{where}: expected bytes of at most {max_bytes} bytes")
-    elif spec == PATH:
-        _check_path(value, where, root)
-    elif spec == FILE_ID:
-        if type(value) is not int or not 0 <= value <= MAX_FILE_ID:
-            raise _Rejected(
-                "schema", f"{where}: expected a file id in 0..2**32-1, got {value!r:.40}"
-            )
-    elif spec == IDS:
-        _check_ids(value, where, max_bytes)
-    elif spec == FREEFORM:
-        _check_freeform(value, where, max_bytes)
-    elif spec == BODY:
-        if not isinstance(value, dict):
-            raise _Rejected("schema", f"{where}: expected a map, got {type(value).__name__}")
-    else:
+            return _check_optional(_compile(spec[1]))
+        if shape == "list":
+            return _check_list(_compile(spec[1]))
+        if shape == "tuple":
+            return _check_tuple(tuple(_compile(item) for item in spec[1:]))
+        if shape == "map":
+            return _check_map(_compile(spec[1]), _compile(spec[2]))
+        if shape == "record":
+            return _compile_fields(spec[1])
         raise AssertionError(f"unknown spec {spec!r}")
+    try:
+        return _LEAVES[spec]
+    except KeyError:
+        raise AssertionError(f"unknown spec {spec!r}") from None
 
 
-def _check_array(value: Any, where: str, length: int | None) -> None:
+def _compile_fields(fields: Mapping[str, Spec]) -> Check:
+    """The checker of a map that must have exactly ``fields``."""
+    names = frozenset(fields)
+    checks = tuple((name, _compile(spec)) for name, spec in fields.items())
+
+    def check_fields(value: Any, root: str | None, max_bytes: int) -> None:
+        if not isinstance(value, dict):
+            raise _Rejected("schema", f"expected a map, got {type(value).__name__}")
+        if value.keys() != names:
+            missing = names - value.keys()
+            extra = value.keys() - names
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(sorted(missing))}")
+            if extra:
+                parts.append(f"unexpected {', '.join(sorted(map(repr, extra)))}")
+            raise _Rejected("schema", "; ".join(parts))
+        name = ""
+        try:
+            for name, check in checks:
+                check(value[name], root, max_bytes)
+        except _Rejected as rejected:
+            rejected.inside(f".{name}")
+            raise
+
+    return check_fields
+
+
+def _check_optional(inner: Check) -> Check:
+    def check_optional(value: Any, root: str | None, max_bytes: int) -> None:
+        if value is not None:
+            inner(value, root, max_bytes)
+
+    return check_optional
+
+
+def _check_list(item: Check) -> Check:
+    def check_list(value: Any, root: str | None, max_bytes: int) -> None:
+        _check_array(value, None)
+        index = 0
+        try:
+            for index in range(len(value)):
+                item(value[index], root, max_bytes)
+        except _Rejected as rejected:
+            rejected.inside(f"[{index}]")
+            raise
+
+    return check_list
+
+
+def _check_tuple(items: tuple[Check, ...]) -> Check:
+    length = len(items)
+
+    def check_tuple(value: Any, root: str | None, max_bytes: int) -> None:
+        _check_array(value, length)
+        index = 0
+        try:
+            for index, check in enumerate(items):
+                check(value[index], root, max_bytes)
+        except _Rejected as rejected:
+            rejected.inside(f"[{index}]")
+            raise
+
+    return check_tuple
+
+
+def _check_map(key_check: Check, item_check: Check) -> Check:
+    def check_map(value: Any, root: str | None, max_bytes: int) -> None:
+        if not isinstance(value, dict) or len(value) > MAX_ITEMS:
+            raise _Rejected("schema", f"expected a map of at most {MAX_ITEMS} items")
+        for key, item in value.items():
+            try:
+                key_check(key, root, max_bytes)
+            except _Rejected as rejected:
+                rejected.inside(" key")
+                raise
+            try:
+                item_check(item, root, max_bytes)
+            except _Rejected as rejected:
+                rejected.inside(f"[{key!r:.80}]")
+                raise
+
+    return check_map
+
+
+def _check_str(value: Any, root: str | None, max_bytes: int) -> None:
+    if not isinstance(value, str) or len(value) > MAX_STR:
+        raise _Rejected("schema", f"expected a str of at most {MAX_STR} characters")
+
+
+def _check_text(value: Any, root: str | None, max_bytes: int) -> None:
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise _Rejected("schema", f"expected a str of at most {MAX_TEXT} characters")
+
+
+def _check_int(value: Any, root: str | None, max_bytes: int) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_COUNTER:
+        raise _Rejected("schema", f"expected an int in 0..2**63-1, got {value!r:.40}")
+
+
+def _check_float(value: Any, root: str | None, max_bytes: int) -> None:
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise _Rejected("schema", f"expected a finite number >= 0, got {value!r:.40}")
+
+
+def _check_bool(value: Any, root: str | None, max_bytes: int) -> None:
+    if type(value) is not bool:
+        raise _Rejected("schema", f"expected a bool, got {type(value).__name__}")
+
+
+def _check_blob(value: Any, root: str | None, max_bytes: int) -> None:
+    if not isinstance(value, bytes) or len(value) > max_bytes:
+        raise _Rejected("schema", f"expected bytes of at most {max_bytes} bytes")
+
+
+def _check_file_id(value: Any, root: str | None, max_bytes: int) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_FILE_ID:
+        raise _Rejected("schema", f"expected a file id in 0..2**32-1, got {value!r:.40}")
+
+
+def _check_body(value: Any, root: str | None, max_bytes: int) -> None:
+    if not isinstance(value, dict):
+        raise _Rejected("schema", f"expected a map, got {type(value).__name__}")
+
+
+def _check_array(value: Any, length: int | None) -> None:
     """Check a list (a tuple is accepted too: the sender may build one, msgpack packs it alike)."""
     if not isinstance(value, (list, tuple)) or len(value) > MAX_ITEMS:
-        raise _Rejected("schema", f"{where}: expected a list of at most {MAX_ITEMS} items")
+        raise _Rejected("schema", f"expected a list of at most {MAX_ITEMS} items")
     if length is not None and len(value) != length:
-        raise _Rejected("schema", f"{where}: expected a list of {length} items, got {len(value)}")
+        raise _Rejected("schema", f"expected a list of {length} items, got {len(value)}")
 
 
-def _check_path(value: Any, where: str, root: str | None) -> None:
-    """A path is an absolute, normalised str; with a root it must also lie inside the root."""
+def _check_path(value: Any, root: str | None, max_bytes: int) -> None:
+    """A path is an absolute, normalised str; with a root it must also lie inside the root.
+
+    Normalised as ``os.path.normpath`` leaves it, said with substring tests: no empty, "." or
+    ".." part, no trailing "/". ``"//x"``, which normpath keeps on POSIX but which names the
+    same file as ``"/x"``, is refused as an alias.
+    """
     if not isinstance(value, str) or len(value) > MAX_STR:
-        raise _Rejected("schema", f"{where}: expected a path str of at most {MAX_STR} characters")
-    # "//x" survives normpath on POSIX but names the same file as "/x": refuse the alias.
-    if (
+        raise _Rejected("schema", f"expected a path str of at most {MAX_STR} characters")
+    if value != "/" and (
         not value.startswith("/")
-        or value.startswith("//")
+        or value.endswith(("/", "/.", "/.."))
+        or "//" in value
+        or "/./" in value
+        or "/../" in value
         or "\x00" in value
-        or os.path.normpath(value) != value
     ):
-        raise _Rejected("path", f"{where}: {value!r:.200} is not an absolute, normalised path")
+        raise _Rejected("path", f"{value!r:.200} is not an absolute, normalised path")
     if root is not None and not _is_inside(value, root):
-        raise _Rejected("path", f"{where}: {value!r:.200} lies outside the project {root}")
+        raise _Rejected("path", f"{value!r:.200} lies outside the project {root}")
 
 
-def _check_ids(value: Any, where: str, max_bytes: int) -> None:
+def _check_ids(value: Any, root: str | None, max_bytes: int) -> None:
     """A packed id set: a known width byte, then whole ids (checked in O(1): no id is read)."""
     if not isinstance(value, bytes) or not 0 < len(value) <= max_bytes:
-        raise _Rejected("schema", f"{where}: expected a packed id set of at most {max_bytes} bytes")
+        raise _Rejected("schema", f"expected a packed id set of at most {max_bytes} bytes")
     width = value[0]
     if width not in ID_FORMS or (len(value) - 1) % width:
-        raise _Rejected(
-            "schema", f"{where}: not a packed id set (width byte {width}, {len(value)} bytes)"
-        )
+        raise _Rejected("schema", f"not a packed id set (width byte {width}, {len(value)} bytes)")
 
 
 def pack_ids(ids: Iterable[int]) -> bytes:
@@ -459,35 +555,56 @@ def _is_inside(path: str, root: str) -> bool:
     return root == "/" or path == root or path.startswith(root + "/")
 
 
-def _check_freeform(value: Any, where: str, max_bytes: int) -> None:
+def _check_freeform(value: Any, root: str | None, max_bytes: int) -> None:
     """A str-keyed map of msgpack-safe values, walked without recursion so depth is bounded."""
     if not isinstance(value, dict):
-        raise _Rejected("schema", f"{where}: expected a map, got {type(value).__name__}")
+        raise _Rejected("schema", f"expected a map, got {type(value).__name__}")
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if depth > MAX_FREEFORM_DEPTH:
-            raise _Rejected("schema", f"{where}: nested deeper than {MAX_FREEFORM_DEPTH} levels")
+            raise _Rejected("schema", f"nested deeper than {MAX_FREEFORM_DEPTH} levels")
         if item is None or type(item) in (bool, int, float):
             continue
         if isinstance(item, str):
             if len(item) > MAX_TEXT:
-                raise _Rejected("schema", f"{where}: a str longer than {MAX_TEXT} characters")
+                raise _Rejected("schema", f"a str longer than {MAX_TEXT} characters")
         elif isinstance(item, bytes):
             if len(item) > max_bytes:
-                raise _Rejected("schema", f"{where}: bytes longer than {max_bytes} bytes")
+                raise _Rejected("schema", f"bytes longer than {max_bytes} bytes")
         elif isinstance(item, (list, tuple)):
             if len(item) > MAX_ITEMS:
-                raise _Rejected("schema", f"{where}: a list longer than {MAX_ITEMS} items")
+                raise _Rejected("schema", f"a list longer than {MAX_ITEMS} items")
             stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, dict):
             if len(item) > MAX_ITEMS:
-                raise _Rejected("schema", f"{where}: a map larger than {MAX_ITEMS} items")
+                raise _Rejected("schema", f"a map larger than {MAX_ITEMS} items")
             if not all(isinstance(key, str) for key in item):
-                raise _Rejected("schema", f"{where}: a map key that is not a str")
+                raise _Rejected("schema", "a map key that is not a str")
             stack.extend((child, depth + 1) for child in item.values())
         else:
-            raise _Rejected("schema", f"{where}: {type(item).__name__} is not msgpack-safe")
+            raise _Rejected("schema", f"{type(item).__name__} is not msgpack-safe")
+
+
+_LEAVES: Final[dict[str, Check]] = {
+    STR: _check_str,
+    TEXT: _check_text,
+    INT: _check_int,
+    FLOAT: _check_float,
+    BOOL: _check_bool,
+    BLOB: _check_blob,
+    PATH: _check_path,
+    FILE_ID: _check_file_id,
+    IDS: _check_ids,
+    FREEFORM: _check_freeform,
+    BODY: _check_body,
+}
+_CHECKS: Final[dict[Direction, dict[str, Check]]] = {
+    direction: {kind: _compile_fields(fields) for kind, fields in kinds.items()}
+    for direction, kinds in SCHEMAS.items()
+}
+""":data:`SCHEMAS`, compiled: direction -> kind -> the body's checker."""
+_CHECK_ENVELOPE: Final = _compile_fields(_ENVELOPE)
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -645,8 +762,9 @@ class Codec:
             )
         body = dict(body)
         try:
-            _check_fields(kind, body, SCHEMAS[direction][kind], self.root, self.max_payload)
+            _CHECKS[direction][kind](body, self.root, self.max_payload)
         except _Rejected as rejected:
+            rejected.inside(kind)
             raise ValueError(f"Refusing to send an invalid message: {rejected.detail}.") from None
         with self._lock:
             if os.getpid() != self._pid:
@@ -782,17 +900,23 @@ class Codec:
     def _check_envelope(self, envelope: Any) -> tuple[str, bytes, int, dict[str, Any], str]:
         """Check the payload map and the body; returns (kind, sender, counter, body, direction)."""
         try:
-            _check_fields("payload", envelope, _ENVELOPE, None, SENDER_BYTES)
-            if len(envelope["s"]) != SENDER_BYTES:
-                raise _Rejected("schema", f"payload.s: expected {SENDER_BYTES} bytes")
-            if envelope["n"] < 1:
-                raise _Rejected("schema", "payload.n: a counter starts at 1")
+            try:
+                _CHECK_ENVELOPE(envelope, None, SENDER_BYTES)
+                if len(envelope["s"]) != SENDER_BYTES:
+                    raise _Rejected("schema", f"expected {SENDER_BYTES} bytes").inside(".s")
+                if envelope["n"] < 1:
+                    raise _Rejected("schema", "a counter starts at 1").inside(".n")
+            except _Rejected as rejected:
+                raise rejected.inside("payload") from None
             kind: str = envelope["k"]
             direction = self._receive_directions.get(kind)
             if direction is None:
                 raise _Rejected("schema", f"a {self.role} does not receive {kind!r:.80} messages")
             body: dict[str, Any] = envelope["b"]
-            _check_fields(kind, body, SCHEMAS[direction][kind], self.root, self.max_payload)
+            try:
+                _CHECKS[direction][kind](body, self.root, self.max_payload)
+            except _Rejected as rejected:
+                raise rejected.inside(kind) from None
         except _Rejected as rejected:
             if rejected.reason == "path":
                 text = f"Dropped a message with an unsafe path: {rejected.detail}."

@@ -281,6 +281,18 @@ def test_publications_and_replies_keep_separate_counters() -> None:
         ("broker", "broken", {**SAMPLES["publish"]["broken"], "path": "a.py"}, "absolute"),
         ("broker", "status", {"status": {"when": object()}}, "msgpack-safe"),
         ("client", "status", {"status": {}}, "unexpected"),
+        (
+            "broker",
+            "invalidate",
+            {**SAMPLES["publish"]["invalidate"], "names": [[1, B], [2, "/etc/passwd"]]},
+            r"invalidate\.names\[1\]\[1\]: '/etc/passwd' lies outside",
+        ),
+        (
+            "client",
+            "running",
+            {"client": "c", "files": [{}], "events": [], "lost": 0},
+            r"running\.files\[0\]: missing failed, hash",
+        ),
     ],
 )
 def test_encode_refuses_a_body_that_breaks_the_schema(
@@ -295,6 +307,24 @@ def test_encode_refuses_a_payload_over_the_limit() -> None:
 
     with pytest.raises(ValueError, match="more than the 1000 allowed"):
         broker.encode("source", {"hash": "h", "data": b"x" * 1000})
+
+
+@given(
+    st.lists(st.sampled_from(["", ".", "..", "a", "b.py", "...", ".x"]), max_size=5).map("/".join)
+)
+def test_a_path_is_normalised_exactly_when_normpath_leaves_it_alone(tail: str) -> None:
+    """The schema's substring rules say what ``os.path.normpath`` says (and refuse "//x")."""
+    codec = Codec(KEY, role="broker")  # no root: any absolute path may be named
+    for path in ("/" + tail, "//" + tail, tail):
+        expected = (
+            path.startswith("/") and not path.startswith("//") and os.path.normpath(path) == path
+        )
+        body = {**SAMPLES["publish"]["broken"], "path": path}
+        if expected:
+            assert codec.encode("broken", body)
+        else:
+            with pytest.raises(ValueError, match="absolute, normalised"):
+                codec.encode("broken", body)
 
 
 def test_codec_refuses_a_short_or_long_key_and_a_bad_role() -> None:
