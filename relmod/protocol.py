@@ -53,9 +53,8 @@ import time
 from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
 import zmq
@@ -271,8 +270,7 @@ _RECEIVES: Final[dict[Role, tuple[Direction, ...]]] = {
 assert not SCHEMAS["reply"].keys() & SCHEMAS["publish"].keys()
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """One decoded, verified message.
 
     Attributes:
@@ -824,18 +822,21 @@ class Codec:
             ProtocolError: the message was dropped; ``reason`` is one of :data:`REASONS`, and
                 ``dropped[reason]`` was incremented.
         """
-        try:
-            parts = [_as_bytes(frame) for frame in frames]
-        except TypeError:
-            raise self._drop("frames", "Dropped a message whose frames are not bytes.") from None
-        if len(parts) != 3:
+        if len(frames) != 3:
             raise self._drop(
                 "frames",
-                f"Dropped a message with {len(parts)} frames; relmod messages have 3 "
+                f"Dropped a message with {len(frames)} frames; relmod messages have 3 "
                 "(version, payload, mac).",
             )
-        version, payload, mac = parts
-        if version not in (VERSION, ACTIVITY_VERSION):
+        version, payload, mac = frames
+        if type(version) is not bytes or type(payload) is not bytes or type(mac) is not bytes:
+            try:
+                version, payload, mac = (_as_bytes(frame) for frame in frames)
+            except TypeError:
+                raise self._drop(
+                    "frames", "Dropped a message whose frames are not bytes."
+                ) from None
+        if version != VERSION and version != ACTIVITY_VERSION:
             raise self._drop(
                 "version",
                 f"Dropped a message for protocol {_describe(version)}; this side speaks "
