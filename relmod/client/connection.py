@@ -922,8 +922,11 @@ class BrokerFeed:
     def _drain_sub(self, codec: Codec, sub: zmq.Socket[Any], *, apply: bool) -> bool:
         """Handle every queued publication; True when a resync is needed."""
         need_resync = False
-        while _readable(sub):
-            frames = sub.recv_multipart(_NOBLOCK)
+        while True:  # the poll said a message waits: no need to ask the socket first
+            try:
+                frames = sub.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return need_resync
             try:
                 msg = codec.decode(frames)
             except ProtocolError as err:
@@ -931,12 +934,12 @@ class BrokerFeed:
                 log.debug("dropped a publication: %s", err)
                 if err.reason == "forged":
                     self._check_replaced()
-                continue
-            self._heard_at = time.monotonic()
-            if not apply:
-                continue  # handshake: the resync that follows covers these
-            need_resync |= self._on_publication(msg)
-        return need_resync
+            else:
+                self._heard_at = time.monotonic()
+                if apply:  # (else the handshake's resync that follows covers these)
+                    need_resync |= self._on_publication(msg)
+            if not _readable(sub):
+                return need_resync
 
     def _on_publication(self, msg: Message) -> bool:
         """Apply one publication by the sequence rules; True when a resync is needed."""
@@ -1064,20 +1067,21 @@ class BrokerFeed:
     # -- what this process runs, for the broker's per-file view ---------------------------
 
     def _on_event(self, event: Event) -> None:
-        """A module went stale, reloaded or failed (any thread): note it for the next report.
+        """A module reloaded or failed (any thread): note it for the next report.
 
         Cheap on purpose: a set, a deque and, for the first news since the last report, one
         byte on the wake pipe; the feed thread sends the report :data:`NEWS_DELAY` later.
         """
+        if event.kind == "stale":
+            return  # a stale mark changes nothing the report says: the version in use is kept
         if os.getpid() != self._pid:
             return  # a forked child's feed has a listener of its own
         with self._news_lock:
             self._news_dirty.add(event.path)
-            if event.kind != "stale":
-                if len(self._news_events) < NEWS_EVENTS_KEPT:
-                    self._news_events.append(event)
-                else:
-                    self._news_lost += 1
+            if len(self._news_events) < NEWS_EVENTS_KEPT:
+                self._news_events.append(event)
+            else:
+                self._news_lost += 1
             first = self._news_due is None
             if first:
                 self._news_due = time.monotonic() + NEWS_DELAY
