@@ -287,6 +287,40 @@ def test_a_client_that_reloaded_runs_the_newest_version_one_that_did_not_an_olde
     wait_for(lambda: not status(project, capsys, "--json")["fleet"]["files"], 10, "all newest")
 
 
+def test_a_client_that_stays_stale_says_which_version_it_runs_once_not_at_every_save(
+    project: Path, clients: list[Client], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first save makes each client tell the broker the version it runs (an older one);
+    later saves mark it again and send no report of what it runs: only the periodic report
+    (seq, stale count) goes, and a report of what it runs would have gone before it."""
+    fmt = project / "app" / "fmt.py"
+    assert [c.use() for c in clients] == ["1"] * 3
+    write(fmt, FIXED)
+
+    def older() -> Any:
+        row = fleet_row(status(project, capsys, "--json"), fmt)
+        return row if row is not None and (row["newest"], row["older"]) == (0, 3) else None
+
+    wait_for(older, 10, "three clients at an older version")
+    before = status(project, capsys, "--json")
+    for value in (4, 5, 6):
+        write(fmt, f"def value():\n    return {value}\n")
+        seq = before["seq"] + value - 3
+        wait_for(lambda s=seq: status(project, capsys, "--json")["seq"] == s, 10, f"seq {seq}")
+
+    def caught_up() -> Any:
+        report = status(project, capsys, "--json")
+        rows = report["clients"]
+        return (
+            report if len(rows) == 3 and all(r["seq"] == before["seq"] + 3 for r in rows) else None
+        )
+
+    after = wait_for(caught_up, 10, "every client's report of the last save")
+    assert after["requests"].get("running", 0) == before["requests"].get("running", 0)
+    assert after["requests"]["report"] > before["requests"]["report"]
+    assert [c.use() for c in clients] == ["6"] * 3  # the saves were all there
+
+
 def test_a_broken_save_is_logged_by_each_client_with_its_file_and_line(
     project: Path, clients: list[Client], capsys: pytest.CaptureFixture[str]
 ) -> None:

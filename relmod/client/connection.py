@@ -395,6 +395,7 @@ class BrokerFeed:
         self._news_lost = 0
         self._news_due: float | None = None  # monotonic time the report is due
         self._news_sent: dict[str, tuple[Any, ...]] = {}  # broker path -> state last reported
+        self._news_told: set[str] = set()  # local paths whose state the broker has heard
         self.name = "broker" if self.reads_disk else "remote"
         if plugin is not None:
             plugin.attach(host, self._wake)
@@ -1067,21 +1068,27 @@ class BrokerFeed:
     # -- what this process runs, for the broker's per-file view ---------------------------
 
     def _on_event(self, event: Event) -> None:
-        """A module reloaded or failed (any thread): note it for the next report.
+        """A module went stale, reloaded or failed (any thread): note it for the next report.
+
+        A stale mark counts only for a file whose state the broker has not heard yet (then it
+        learns which version runs here, older than the newest): a save must not wake every
+        client again a moment later to report what did not change.
 
         Cheap on purpose: a set, a deque and, for the first news since the last report, one
         byte on the wake pipe; the feed thread sends the report :data:`NEWS_DELAY` later.
         """
-        if event.kind == "stale":
-            return  # a stale mark changes nothing the report says: the version in use is kept
+        stale = event.kind == "stale"
+        if stale and event.path in self._news_told:
+            return  # a mark changes nothing the broker has heard: the version in use is kept
         if os.getpid() != self._pid:
             return  # a forked child's feed has a listener of its own
         with self._news_lock:
             self._news_dirty.add(event.path)
-            if len(self._news_events) < NEWS_EVENTS_KEPT:
-                self._news_events.append(event)
-            else:
-                self._news_lost += 1
+            if not stale:
+                if len(self._news_events) < NEWS_EVENTS_KEPT:
+                    self._news_events.append(event)
+                else:
+                    self._news_lost += 1
             first = self._news_due is None
             if first:
                 self._news_due = time.monotonic() + NEWS_DELAY
@@ -1093,6 +1100,7 @@ class BrokerFeed:
         with self._news_lock:
             self._news_dirty.update(self._news_sent_local())
             self._news_sent.clear()
+            self._news_told.clear()
             if self._news_dirty and self._news_due is None:
                 self._news_due = time.monotonic() + NEWS_DELAY
 
@@ -1113,6 +1121,7 @@ class BrokerFeed:
             for rec in self.host.registry.records():
                 if rec.key not in dirty or rec.kind == "folder":
                     continue
+                self._news_told.add(rec.key)
                 path = self.path_map.to_broker(rec.key)
                 if root is not None and not _inside(path, root):
                     continue
