@@ -93,6 +93,10 @@ class _Command:
     result: Any = None
 
 
+def _unchanged(path: str) -> str:
+    return path
+
+
 class PathMap:
     """Translates the broker's paths to this machine's and back (prefix replacement).
 
@@ -106,6 +110,8 @@ class PathMap:
         self.mapping: dict[str, str] = dict(mapping or {})
         """``{broker_prefix: local_prefix}``, as given."""
         self._pairs = [(b.rstrip("/"), loc.rstrip("/")) for b, loc in self.mapping.items()]
+        if not self._pairs:  # the usual case, on the feed's path for every file of a message
+            self.to_local = self.to_broker = _unchanged  # type: ignore[method-assign]
 
     def to_local(self, path: str) -> str:
         return self._swap(path, 0, 1)
@@ -847,9 +853,10 @@ class BrokerFeed:
                 paths, [to_local(e[1]) for e in changed] if msg.kind == "invalidate" else None
             )
             self.invalidations += 1
-        to_local = self.path_map.to_local
-        for entry in changed:
-            self.broken.pop(to_local(entry[1]), None)
+        if self.broken:
+            to_local = self.path_map.to_local
+            for entry in changed:
+                self.broken.pop(to_local(entry[1]), None)
         return True
 
     def _take_loads(self) -> None:

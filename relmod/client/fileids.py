@@ -127,11 +127,16 @@ class FileTable:
         packed id set, all as the codec checked them.
         """
         ids = unpack_ids(affected)
-        problem = (
-            self.learn((entry[0], entry[1]) for entry in changed)
-            or self.learn((entry[0], entry[1]) for entry in names)
-            or self.check(ids)
-        )
+        known = self._paths
+        problem = None
+        for entry in changed:  # usually known already: learn them only when one is not
+            if known.get(entry[0]) != entry[1]:
+                problem = self.learn([(entry[0], entry[1]) for entry in changed])
+                break
+        if problem is None and names:
+            problem = self.learn([(entry[0], entry[1]) for entry in names])
+        if problem is None:
+            problem = self.check(ids)
         if problem is not None:
             return [], problem
         to_local = self._to_local

@@ -844,6 +844,13 @@ def _makes_functions(code: types.CodeType) -> bool:
     return any(type(const) is types.CodeType for const in code.co_consts)
 
 
+def nothing_to_arm(module_name: str, code: types.CodeType | None) -> bool:
+    """Whether :meth:`CallGuard.arm` would arm nothing, known without walking the namespace:
+    the module's code (finished running) makes no function or class, and no version of a
+    function of the module was ever seen. Most modules of a deep chain are such."""
+    return code is not None and module_name not in _VERSIONS and not _makes_functions(code)
+
+
 _HOOK = "__relmod_missing__"
 
 
@@ -940,7 +947,7 @@ class CallGuard:
         Returns:
             How many functions were armed (already armed ones are not counted again).
         """
-        if code is not None and module_name not in _VERSIONS and not _makes_functions(code):
+        if nothing_to_arm(module_name, code):
             return 0  # a module of data only (most of a deep chain): nothing anyone can hold
         found = _discover(list(ns.items()), module_name, ns)
         functions = {id(fn): fn for fn, _canonical, _owner in found.functions.values()}

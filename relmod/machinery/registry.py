@@ -63,7 +63,7 @@ from relmod.machinery.code import (
     signature_of,
 )
 from relmod.machinery.events import Event, Listeners
-from relmod.machinery.patching import CallGuard, patch_namespace
+from relmod.machinery.patching import CallGuard, nothing_to_arm, patch_namespace
 from relmod.machinery.scope import Scope
 from relmod.sources import content_hash, read_source
 
@@ -715,56 +715,62 @@ class Registry:
         keys |= named  # a changed file is affected too, whatever part of a split message said
         if not keys:
             return set()
-        return self._mark({k for k in self.graph.affected_by(keys) if k in self._records}, named)
+        graph = self._graph if not self._unnoted else self.graph
+        return self._mark(graph.affected_by(keys), named)
 
     def _keys_of(self, paths: Iterable[str]) -> set[str]:
         """The modules that reported paths stand for (a folder: every module under it)."""
         keys: set[str] = set()
+        records, aliases, by_real = self._records, self._aliases, self._by_real
         for path in paths:
-            path = self._aliases.get(path, path)
-            if path in self._records:
+            path = aliases.get(path, path)
+            if path in records:
                 keys.add(path)
-            if path in self._by_real:
-                keys.update(self._by_real[path])  # reached through a link: the same module
+            if path in by_real:
+                keys.update(by_real[path])  # reached through a link: the same module
             elif not path.endswith(".py"):
                 # A folder renamed or deleted: every module under it.
                 prefix = path.rstrip(os.sep) + os.sep
-                keys.update(k for k in list(self._records) if k.startswith(prefix))
+                keys.update(k for k in list(records) if k.startswith(prefix))
         return keys
 
-    def _mark(self, affected: set[str], named: AbstractSet[str] = frozenset()) -> set[str]:
+    def _mark(self, affected: Iterable[str], named: AbstractSet[str] = frozenset()) -> set[str]:
+        """Mark the loaded modules among ``affected`` stale (the others are skipped)."""
         marked = set()
+        records, mark_stale, patch = self._records, self.types.mark_stale, self.patch
         with self._mark_lock:
             for key in affected:
-                rec = self._records.get(key)
+                rec = records.get(key)
                 if rec is None:
                     continue
                 rec.gen += 1
                 if key in named:
                     rec.named = True
                 try:
-                    self.types.mark_stale(rec.module)
+                    mark_stale(rec.module)
                 except TypeError:  # a module class whose layout forbids the switch
                     log.warning("relmod cannot mark %s stale: its module class is unusual", key)
                     continue
                 marked.add(key)
-                if self.patch and rec.kind != "folder":
-                    self.guard.arm(
-                        rec.namespace,
-                        rec.name,
-                        functools.partial(self.refresh, rec.module),
-                        # What made the namespace, unless a unit is re-running it right now.
-                        code=rec.ran_code if rec.code is None else None,
-                    )
+                if patch and rec.kind != "folder":
+                    # What made the namespace, unless a unit is re-running it right now.
+                    code = rec.ran_code if rec.code is None else None
+                    if not nothing_to_arm(rec.name, code):
+                        self.guard.arm(
+                            rec.namespace,
+                            rec.name,
+                            functools.partial(self.refresh, rec.module),
+                            code=code,
+                        )
             if marked:
                 self.generation += 1
-        log.debug("marked %d module(s) stale", len(marked))
         if self.listeners:
             now = time.time()
+            emit = self.listeners.emit
             for key in marked:
-                rec = self._records[key]
-                self.listeners.emit(Event("stale", key, rec.name, now))
-        for listener in list(self._invalidate_listeners):
+                rec = records[key]
+                emit(Event("stale", key, rec.name, now))
+        for listener in self._invalidate_listeners:
             listener(marked)
         return marked
 
