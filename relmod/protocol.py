@@ -1,6 +1,6 @@
 """The wire protocol between the broker and its clients, written once for both ends.
 
-Every message on every socket (PUB/SUB and DEALER/ROUTER) is three frames, signed with the
+Every message on every socket (PUB/SUB and DEALER/ROUTER) is one frame, signed with the
 project's key; :class:`Codec` packs and checks them. The table :data:`SCHEMAS` lists every kind
 of message and the shape of its body, per direction:
 
@@ -9,8 +9,8 @@ of message and the shape of its body, per direction:
 * ``"reply"``: the broker's ROUTER socket back to one client's DEALER socket.
 
 Five names (``status``, ``graph``, ``hashes``, ``list``, ``source``) are both a request and a
-reply. One publication, ``activity`` (what clients reported: their reloads and failures), has
-its own first frame, :data:`ACTIVITY_VERSION`, instead of :data:`VERSION`: a client's feed
+reply. One publication, ``activity`` (what clients reported: their reloads and failures), starts
+with its own version, :data:`ACTIVITY_VERSION`, instead of :data:`VERSION`: a client's feed
 subscribes to :data:`FEED_TOPIC` only, so ZeroMQ, which filters on the publisher's side, never
 sends a feed the fleet's chatter; ``relmod status --follow`` subscribes to everything.
 
@@ -65,7 +65,9 @@ logger = logging.getLogger(__name__)
 
 VERSION: Final = b"relmod/3"
 ACTIVITY_VERSION: Final = b"relmod-activity/3"
-"""The first frame of an ``activity`` publication (the other kinds start with :data:`VERSION`)."""
+"""What an ``activity`` publication starts with (the other kinds start with :data:`VERSION`)."""
+_HEAD: Final = VERSION + b"\0"
+_ACTIVITY_HEAD: Final = ACTIVITY_VERSION + b"\0"
 FEED_TOPIC: Final = b"relmod/"
 """What a client's feed subscribes to: every publication but ``activity``."""
 ACTIVITY_KINDS: Final = frozenset({"activity"})
@@ -616,17 +618,18 @@ def _describe(data: bytes) -> str:
 class Codec:
     """Signs, packs, checks and unpacks the messages of one side of a relmod connection.
 
-    Frame layout of every message on every socket::
+    Every message is one ZeroMQ frame (one part: a multipart message costs a receiver a
+    system call and a Python call per part, on every client's feed for every save)::
 
-        frame 0  VERSION  b"relmod/3" (b"relmod-activity/3" for an ``activity`` publication,
-                          so that a feed's subscription to b"relmod/" leaves it out)
-        frame 1  payload  msgpack map {"k": kind (str), "s": sender (16 bytes),
-                                       "n": counter (int >= 1), "b": body (map)}
-        frame 2  mac      keyed BLAKE2b-256(key, len(frame 0) + frame 0 + len(frame 1) +
-                          frame 1), each len an 8-byte big-endian unsigned int
+        version   b"relmod/3" (b"relmod-activity/3" for an ``activity`` publication, so that
+                  a feed's subscription to b"relmod/" leaves it out)
+        0x00      ends the version (no version holds one)
+        payload   msgpack map {"k": kind (str), "s": sender (16 bytes),
+                               "n": counter (int >= 1), "b": body (map)}
+        mac       32 bytes: keyed BLAKE2b-256(key, version + 0x00 + payload)
 
-    A ROUTER socket receives ``[identity, frame 0, frame 1, frame 2]`` and sends
-    ``[identity, *codec.encode(...)]``; :meth:`decode_routed` splits the identity off.
+    A ROUTER socket receives ``[identity, frame]`` and sends ``[identity, *codec.encode(...)]``;
+    :meth:`decode_routed` splits the identity off.
 
     The body's fields per kind are in :data:`SCHEMAS`. The bodies that name files use file ids
     (see the module docstring)::
@@ -726,16 +729,18 @@ class Codec:
         """The 16 bytes that name this codec's messages."""
         return self._sender
 
-    def sign(self, version: bytes, payload: bytes) -> bytes:
-        """The MAC frame for a version frame and a payload frame."""
+    def sign(self, signed: bytes | memoryview) -> bytes:
+        """The MAC of what a frame signs: its version, the 0x00 after it, and its payload."""
         # BLAKE2b in its keyed mode is a MAC by design (no length extension, so no HMAC
         # construction around it), and CPython carries it itself: one call costs a client's
         # feed about 13 us after a quiet second, where HMAC-SHA256 through OpenSSL's lookup by
-        # name cost 50-100 us (benchmarks/bench_feed.py).
-        framed = b"".join(
-            (len(version).to_bytes(8, "big"), version, len(payload).to_bytes(8, "big"), payload)
-        )
-        return blake2b(framed, key=self._key, digest_size=MAC_BYTES).digest()
+        # name cost 50-100 us.
+        return blake2b(signed, key=self._key, digest_size=MAC_BYTES).digest()
+
+    def seal(self, version: bytes, payload: bytes) -> bytes:
+        """The signed frame of a version and a payload (see the class docstring)."""
+        signed = b"".join((version, b"\0", payload))
+        return signed + self.sign(signed)
 
     def encode(self, kind: str, body: Mapping[str, Any]) -> list[bytes]:
         """Pack and sign a message this side may send.
@@ -745,7 +750,7 @@ class Codec:
             body: the fields of that kind, all of them and nothing else.
 
         Returns:
-            The three frames ``[VERSION, payload, mac]``.
+            The message's one frame, in a list for ``send_multipart``.
 
         Raises:
             ValueError: the kind is not one this side sends, or the body does not match its
@@ -783,7 +788,7 @@ class Codec:
                 f"{self.max_payload} allowed; send less, or raise max_payload on both sides."
             )
         version = ACTIVITY_VERSION if kind in ACTIVITY_KINDS else VERSION
-        return [version, payload, self.sign(version, payload)]
+        return [self.seal(version, payload)]
 
     def split_identity(self, frames: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
         """Split what a ROUTER socket received into the peer's identity and the message frames.
@@ -822,40 +827,48 @@ class Codec:
             ProtocolError: the message was dropped; ``reason`` is one of :data:`REASONS`, and
                 ``dropped[reason]`` was incremented.
         """
-        if len(frames) != 3:
+        if len(frames) != 1:
             raise self._drop(
                 "frames",
-                f"Dropped a message with {len(frames)} frames; relmod messages have 3 "
-                "(version, payload, mac).",
+                f"Dropped a message of {len(frames)} frames; a relmod message is one frame "
+                "(version, payload and mac).",
             )
-        version, payload, mac = frames
-        if type(version) is not bytes or type(payload) is not bytes or type(mac) is not bytes:
+        frame = frames[0]
+        if type(frame) is not bytes:
             try:
-                version, payload, mac = (_as_bytes(frame) for frame in frames)
+                frame = _as_bytes(frame)
             except TypeError:
-                raise self._drop(
-                    "frames", "Dropped a message whose frames are not bytes."
-                ) from None
-        if version != VERSION and version != ACTIVITY_VERSION:
+                raise self._drop("frames", "Dropped a message whose frame is not bytes.") from None
+        if frame.startswith(_HEAD):
+            start, activity = len(_HEAD), False
+        elif frame.startswith(_ACTIVITY_HEAD):
+            start, activity = len(_ACTIVITY_HEAD), True
+        else:
+            version = frame.partition(b"\0")[0]
             raise self._drop(
                 "version",
                 f"Dropped a message for protocol {_describe(version)}; this side speaks "
                 f"{VERSION.decode()}. Run the same relmod version on both sides.",
             )
-        if len(payload) > self.max_payload:
+        end = len(frame) - MAC_BYTES
+        if end - start > self.max_payload:
             raise self._drop(
                 "oversized",
-                f"Dropped a message of {len(payload)} bytes, more than the {self.max_payload} "
+                f"Dropped a message of {end - start} bytes, more than the {self.max_payload} "
                 "allowed.",
             )
-        if not mac:
-            raise self._drop("unsigned", "Dropped an unsigned message (its mac frame is empty).")
-        if len(mac) != MAC_BYTES or not hmac.compare_digest(mac, self.sign(version, payload)):
+        if end <= start:
+            raise self._drop(
+                "unsigned", "Dropped an unsigned message (too short to carry a payload and a mac)."
+            )
+        view = memoryview(frame)
+        if not hmac.compare_digest(frame[end:], self.sign(view[:end])):
             raise self._drop(
                 "forged",
                 "Dropped a message whose signature does not match: it was signed with another "
                 "key or changed on the way. Check that both sides read the same connection file.",
             )
+        payload = view[start:end]
         try:
             envelope = msgpack.unpackb(
                 payload,
@@ -876,10 +889,11 @@ class Codec:
                 f"({type(err).__name__}: {err}).",
             ) from err
         kind, sender, counter, body, direction = self._check_envelope(envelope)
-        if (version == ACTIVITY_VERSION) != (kind in ACTIVITY_KINDS):
+        if activity != (kind in ACTIVITY_KINDS):
+            version = ACTIVITY_VERSION if activity else VERSION
             raise self._drop(
                 "version",
-                f"Dropped a {kind!r} message whose first frame is {_describe(version)}; "
+                f"Dropped a {kind!r} message that starts with {_describe(version)}; "
                 f"{', '.join(sorted(ACTIVITY_KINDS))} start with {ACTIVITY_VERSION.decode()}, "
                 f"every other kind with {VERSION.decode()}.",
             )
@@ -945,7 +959,7 @@ def fuzz_one(codec: Codec, frames: Sequence[bytes]) -> str:
 
     Any other exception escaping is a bug; fuzz tests and soaks call this in a loop.
 
-    >>> fuzz_one(Codec(new_key(), role="client"), [VERSION, b"", b""])
+    >>> fuzz_one(Codec(new_key(), role="client"), [VERSION + b"\\0"])
     'unsigned'
     """
     try:

@@ -434,18 +434,20 @@ def test_bad_requests_are_dropped_counted_and_harmless(
     good = probe.codec.encode("status", {})
 
     def signed(payload: bytes, version: bytes = VERSION) -> list[bytes]:
-        return [version, payload, signer.sign(version, payload)]
+        return [signer.seal(version, payload)]
+
+    payload = good[0][len(VERSION) + 1 : -32]
 
     envelope = {"k": "status", "s": b"s" * 16, "n": 1, "b": {"unexpected": 1}}
     attacks = {
         "forged": Codec(new_key(), role="client").encode("status", {}),
-        "unsigned": [good[0], good[1], b""],
+        "unsigned": [VERSION + b"\0"],
         "malformed": signed(b"\xc1 not msgpack"),
         "oversized": signed(b"x" * (MAX_PAYLOAD + 1)),
-        "version": signed(good[1], version=b"relmod/0"),
+        "version": signed(payload, version=b"relmod/0"),
         "path": signer.encode("edges", {"edges": [["/etc/passwd", str(project / "leaf.py")]]}),
         "schema": signed(msgpack.packb(envelope, use_bin_type=True)),
-        "frames": [VERSION, good[1]],
+        "frames": [VERSION, payload],
     }
     for frames in attacks.values():
         probe.dealer.send_multipart(frames)

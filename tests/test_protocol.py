@@ -22,6 +22,7 @@ from relmod.protocol import (
     ACTIVITY_VERSION,
     FEED_TOPIC,
     HEARTBEAT_INTERVAL,
+    MAC_BYTES,
     MAX_FILE_ID,
     MAX_ITEMS,
     MAX_PAYLOAD,
@@ -163,8 +164,20 @@ def pack(kind: Any, body: Any, *, sender: bytes = b"S" * 16, counter: int = 1) -
 
 
 def signed(codec: Codec, payload: bytes, version: bytes = VERSION) -> list[bytes]:
-    """Frames with a valid signature around any payload: they reach the checks after the MAC."""
-    return [version, payload, codec.sign(version, payload)]
+    """A frame with a valid signature around any payload: it reaches the checks after the MAC."""
+    return [codec.seal(version, payload)]
+
+
+def wire(version: bytes, payload: bytes, mac: bytes) -> list[bytes]:
+    """The one frame of a message made of these parts, as they are (a bad mac stays bad)."""
+    return [version + b"\0" + payload + mac]
+
+
+def parts(frames: list[bytes]) -> tuple[bytes, bytes, bytes]:
+    """A message's frame taken apart: (version, payload, mac)."""
+    [frame] = frames
+    version, _, rest = frame.partition(b"\0")
+    return version, rest[:-MAC_BYTES], rest[-MAC_BYTES:]
 
 
 def rejected(codec: Codec, frames: list[bytes]) -> str:
@@ -206,23 +219,23 @@ def test_frames_have_the_documented_layout() -> None:
 
     frames = make("broker").encode("bye", {"epoch": "e1"})
 
-    assert len(frames) == 3 and frames[0] == VERSION == b"relmod/3"
-    payload = msgpack.unpackb(frames[1])
+    [frame] = frames  # one frame: version, 0x00, payload, mac
+    assert frame.startswith(b"relmod/3\0") and VERSION == b"relmod/3"
+    payload = msgpack.unpackb(frame[len(VERSION) + 1 : -32])
     assert payload["k"] == "bye" and payload["n"] == 1 and payload["b"] == {"epoch": "e1"}
     assert isinstance(payload["s"], bytes) and len(payload["s"]) == 16
-    signed_bytes = b"".join(len(f).to_bytes(8, "big") + f for f in frames[:2])
-    assert frames[2] == hashlib.blake2b(signed_bytes, key=KEY, digest_size=32).digest()
+    assert frame[-32:] == hashlib.blake2b(frame[:-32], key=KEY, digest_size=32).digest()
 
 
 def test_activity_has_its_own_first_frame_and_no_other_kind_may_borrow_it() -> None:
     broker, client = make("broker"), make("client")
     activity = broker.encode("activity", SAMPLES["publish"]["activity"])
     heartbeat = broker.encode("heartbeat", SAMPLES["publish"]["heartbeat"])
-    assert activity[0] == ACTIVITY_VERSION and heartbeat[0] == VERSION
+    assert parts(activity)[0] == ACTIVITY_VERSION and parts(heartbeat)[0] == VERSION
     assert heartbeat[0].startswith(FEED_TOPIC) and not activity[0].startswith(FEED_TOPIC)
     assert client.decode(activity).kind == "activity"
-    # Signed, but under the other first frame: dropped, so a feed never reads activity.
-    swapped_activity = signed(broker, activity[1], version=VERSION)
+    # Signed, but under the other version: dropped, so a feed never reads activity.
+    swapped_activity = signed(broker, parts(activity)[1], version=VERSION)
     assert rejected(client, swapped_activity) == "version"
     payload = pack("heartbeat", SAMPLES["publish"]["heartbeat"], counter=99)
     assert rejected(client, signed(broker, payload, version=ACTIVITY_VERSION)) == "version"
@@ -338,8 +351,9 @@ def test_codec_refuses_a_short_or_long_key_and_a_bad_role() -> None:
 # --- decode drops bad messages with the right reason ------------------------------------------
 
 
-def _heartbeat() -> list[bytes]:
-    return make("broker").encode("heartbeat", SAMPLES["publish"]["heartbeat"])
+def _heartbeat() -> tuple[bytes, bytes, bytes]:
+    """A good heartbeat, as its parts (version, payload, mac)."""
+    return parts(make("broker").encode("heartbeat", SAMPLES["publish"]["heartbeat"]))
 
 
 def _flip(data: bytes, index: int) -> bytes:
@@ -368,17 +382,19 @@ Build = Callable[[Codec], list[bytes]]
 DROPS: dict[str, tuple[Build, str]] = {
     # wrong frame counts
     "no frames": (lambda c: [], "frames"),
-    "two frames": (lambda c: _heartbeat()[:2], "frames"),
-    "four frames": (lambda c: [b"id", *_heartbeat()], "frames"),
-    "not bytes": (lambda c: [VERSION, 12, b""], "frames"),  # type: ignore[list-item]
+    "two frames": (lambda c: [*wire(*_heartbeat()), b"x"], "frames"),
+    "three frames, as relmod/2 sent": (lambda c: list(_heartbeat()), "frames"),
+    "with an identity frame": (lambda c: [b"id", *wire(*_heartbeat())], "frames"),
+    "not bytes": (lambda c: [12], "frames"),  # type: ignore[list-item]
     # version
-    "other version": (lambda c: [b"relmod/1", *_heartbeat()[1:]], "version"),
+    "other version": (lambda c: wire(b"relmod/1", *_heartbeat()[1:]), "version"),
+    "no version end": (lambda c: [b"relmod/3"], "version"),
     "other version, signed": (
         lambda c: signed(c, _heartbeat()[1], version=b"relmod/1"),
         "version",
     ),
     # signature
-    "unsigned": (lambda c: [*_heartbeat()[:2], b""], "unsigned"),
+    "unsigned": (lambda c: [VERSION + b"\0" + b"\x80" * MAC_BYTES], "unsigned"),
     "other key": (
         lambda c: make("broker", key=new_key()).encode(
             "heartbeat", SAMPLES["publish"]["heartbeat"]
@@ -386,16 +402,16 @@ DROPS: dict[str, tuple[Build, str]] = {
         "forged",
     ),
     "flipped payload bit": (
-        lambda c: [VERSION, _flip(_heartbeat()[1], 5), _heartbeat()[2]],
+        lambda c: wire(VERSION, _flip(_heartbeat()[1], 5), _heartbeat()[2]),
         "forged",
     ),
-    "flipped mac bit": (lambda c: [*_heartbeat()[:2], _flip(_heartbeat()[2], 0)], "forged"),
-    "short mac": (lambda c: [*_heartbeat()[:2], _heartbeat()[2][:31]], "forged"),
-    "cut payload": (lambda c: [VERSION, _heartbeat()[1][:-3], _heartbeat()[2]], "forged"),
+    "flipped mac bit": (lambda c: wire(*_heartbeat()[:2], _flip(_heartbeat()[2], 0)), "forged"),
+    "short mac": (lambda c: wire(*_heartbeat()[:2], _heartbeat()[2][:31]), "forged"),
+    "cut payload": (lambda c: wire(VERSION, _heartbeat()[1][:-3], _heartbeat()[2]), "forged"),
     # msgpack
     "cut payload, signed": (lambda c: signed(c, _heartbeat()[1][:-3]), "malformed"),
     "garbage": (lambda c: signed(c, b"\xc1\xc1\xc1"), "malformed"),
-    "empty payload": (lambda c: signed(c, b""), "malformed"),
+    "empty payload": (lambda c: signed(c, b""), "unsigned"),  # nothing but the mac
     "trailing bytes": (lambda c: signed(c, _heartbeat()[1] + b"\x00"), "malformed"),
     "bad utf-8": (lambda c: signed(c, b"\x81\xa1k\xa2\xff\xfe"), "malformed"),
     "int map key": (lambda c: signed(c, msgpack.packb({1: 2})), "malformed"),
@@ -664,14 +680,14 @@ def test_oversized_is_checked_before_the_signature() -> None:
     frames = make("broker").encode("error", {"message": "m" * 200, "request": "x"})
 
     assert rejected(client, frames) == "oversized"
-    assert rejected(client, [frames[0], frames[1], b"not a mac"]) == "oversized"
+    assert rejected(client, wire(*parts(frames)[:2], b"not a mac")) == "oversized"
     assert client.dropped == Counter({"oversized": 2})
 
 
 def test_drops_are_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     client = make("client")
     with caplog.at_level(logging.DEBUG, logger="relmod.protocol"):
-        fuzz_one(client, [*_heartbeat()[:2], b""])
+        fuzz_one(client, [VERSION + b"\0"])
 
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert "unsigned" in caplog.records[0].getMessage()
@@ -744,7 +760,8 @@ def test_fuzz_random_signed_payloads(payload: bytes) -> None:
 def test_fuzz_mutated_valid_frames(
     frames: list[bytes], edits: list[tuple[int, int, str]], resign: bool, target: int
 ) -> None:
-    mutated = [bytearray(frame) for frame in frames]
+    """Edits to one part of a valid message (version, payload or mac), re-signed or not."""
+    mutated = [bytearray(part) for part in parts(frames)]
     data = mutated[target]
     for position, value, operation in edits:
         index = position % (len(data) + 1)
@@ -754,9 +771,8 @@ def test_fuzz_mutated_valid_frames(
             data.insert(index, value)
         elif index < len(data):
             del data[index]
-    out = [bytes(frame) for frame in mutated]
-    if resign:
-        out[2] = FUZZ_CODEC.sign(out[0], out[1])
+    version, payload, mac = (bytes(part) for part in mutated)
+    out = signed(FUZZ_CODEC, payload, version) if resign else wire(version, payload, mac)
 
     assert fuzz_one(FUZZ_CODEC, out) in OUTCOMES
 
@@ -929,7 +945,7 @@ def test_a_change_affecting_5000_modules_is_a_small_invalidation() -> None:
         "names": [],
     }
     frames = broker.encode("invalidate", body)
-    assert len(frames[1]) < 11_000  # 2 bytes an id, and the rest
+    assert len(frames[0]) < 11_000  # 2 bytes an id, and the rest
     message = client.decode(frames)
     assert unpack_ids(message.body["affected"]).tolist() == list(range(3000, 8000))
 

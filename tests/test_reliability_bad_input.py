@@ -25,7 +25,15 @@ from reliability.fakes import FakeBroker
 from support import Broker, Worker, child_env, wait_for
 
 from relmod.connfile import ConnectionInfo, connection_path, read_connection_file
-from relmod.protocol import MAX_PAYLOAD, VERSION, Codec, configure_socket, new_key, pack_ids
+from relmod.protocol import (
+    MAC_BYTES,
+    MAX_PAYLOAD,
+    VERSION,
+    Codec,
+    configure_socket,
+    new_key,
+    pack_ids,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,11 +57,22 @@ def project(tmp_path: Path) -> Path:
 def signed_payload(
     codec: Codec, kind: str, body: Any, *, counter: int = 1, version: bytes = VERSION
 ) -> list[bytes]:
-    """Frames signed with the codec's key around a hand-made envelope (any body at all)."""
+    """A frame signed with the codec's key around a hand-made envelope (any body at all)."""
     payload = msgpack.packb(
         {"k": kind, "s": os.urandom(16), "n": counter, "b": body}, use_bin_type=True
     )
-    return [version, payload, codec.sign(version, payload)]
+    return [codec.seal(version, payload)]
+
+
+def unsigned(frames: list[bytes]) -> list[bytes]:
+    """A message cut short of its mac: nothing left to check it with."""
+    return [frames[0][: len(VERSION) + 1]]
+
+
+def cut(frames: list[bytes], count: int) -> list[bytes]:
+    """A message with ``count`` payload bytes cut (its mac kept): the signature fails."""
+    frame = frames[0]
+    return [frame[: -MAC_BYTES - count] + frame[-MAC_BYTES:]]
 
 
 def relmod_status(root: Path) -> dict[str, Any]:
@@ -120,9 +139,9 @@ def test_bad_requests_at_the_broker_are_dropped_counted_and_not_acted_on(project
             "forged": [forger.encode("hello", {"client": "forged", "pid": 2, "host": "h",
                                                "argv": "x"}),
                        forger.encode("sync", {})],
-            "unsigned": [[VERSION, good_edges[1], b""]],
+            "unsigned": [unsigned(good_edges)],
             "replayed": [hello],
-            "frames": [good_edges[:2], [*good_edges, b"extra"]],  # truncated, one too many
+            "frames": [[VERSION, b"\x80"], [*good_edges, b"extra"]],  # two parts each
             "oversized": [signed_payload(dealer.codec, "status", {"x": "y" * MAX_PAYLOAD})],
             "version": [signed_payload(dealer.codec, "status", {}, version=b"relmod/0"),
                         signed_payload(dealer.codec, "status", {}, version=b"relmod/1")],
@@ -134,7 +153,7 @@ def test_bad_requests_at_the_broker_are_dropped_counted_and_not_acted_on(project
                        signed_payload(dealer.codec, "edges", {"edges": [[leaf]]})],
         }  # fmt: skip
         # Cut payloads fail the signature: they count as forged.
-        attacks["forged"].append([VERSION, good_edges[1][:-4], good_edges[2]])
+        attacks["forged"].append(cut(good_edges, 4))
         for frames_list in attacks.values():
             for frames in frames_list:
                 dealer.send(frames)
@@ -182,7 +201,7 @@ def test_a_flood_of_garbage_does_not_stop_the_broker(project: Path) -> None:
         rss_before = _rss_kb(broker.pid)
         sent = 0
         for index in range(20_000):
-            dealer.send([VERSION, os.urandom(index % 200), os.urandom(32)])
+            dealer.send([VERSION + b"\0" + os.urandom(index % 200) + os.urandom(32)])
             sent += 1
         status = wait_for(lambda: (s := relmod_status(project))["dropped"]["total"] >= sent and s,
                           30, "the broker to read the flood")  # fmt: skip
@@ -255,9 +274,9 @@ def test_bad_publications_from_a_broker_are_dropped_counted_and_not_acted_on(
     attacks = [
         forger.encode("invalidate", body([leaf, mid])),  # forged
         forger.encode("bye", {"epoch": fake.epoch}),  # a forged goodbye must not disconnect
-        [VERSION, good[1], b""],  # unsigned
-        [VERSION, good[1][:-3], good[2]],  # truncated payload: the signature fails
-        good[:2],  # truncated: the mac frame is missing
+        unsigned(good),
+        cut(good, 3),  # truncated payload: the signature fails
+        [*good, b""],  # a frame too many
         signed_payload(key_holder, "invalidate", body([leaf]), version=b"relmod/1"),
         signed_payload(key_holder, "invalidate", {**body([leaf]), "pad": "x" * MAX_PAYLOAD}),
         signed_payload(key_holder, "invalidate", body([f"{fake.root}/../outside.py"])),
@@ -308,7 +327,7 @@ def test_bad_replies_from_a_broker_are_dropped_and_sync_still_returns(
     ack = fake.run(lambda: fake.codec.encode("ack", {}))
     fake.before_synced = [
         forger.encode("synced", synced),  # forged
-        [VERSION, ack[1], b""],  # unsigned
+        unsigned(ack),
         signed_payload(fake.codec, "synced", {"epoch": fake.epoch, "seq": "0"}),  # schema
         signed_payload(fake.codec, "synced", synced, version=b"relmod/0"),  # version
     ]

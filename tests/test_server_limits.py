@@ -76,7 +76,7 @@ def test_a_graph_of_100000_edges_comes_in_pages(
             frames = probe.codec.encode("graph", {"after": after})
             probe.dealer.send_multipart(frames)
             raw = probe.dealer.recv_multipart()
-            sizes.append(len(raw[1]))
+            sizes.append(len(raw[0]))
             body = probe.codec.decode(raw).body
             edges += body["edges"]
             after = body["next"]

@@ -1,6 +1,6 @@
 """Fuzzing the message decoder and its schema check (``relmod.protocol``), driven by hypothesis.
 
-Hypothesis draws structured messages of five families:
+Hypothesis draws structured messages of six families:
 
 - ``raw``: any list of up to five byte strings (most fail on frames, version or signature);
 - ``signed``: random payload bytes with a valid signature (they reach the msgpack decoder);
@@ -9,18 +9,21 @@ Hypothesis draws structured messages of five families:
   replaced by any value, or with a path replaced by a traversal;
 - ``path``: a signed, well-formed message of a kind that carries paths, with one path replaced
   by a traversal (``/proj/../etc/passwd``, ``//``, a NUL, a relative path, a 5,000-character
-  one, ``/projx/...``) or by the root followed by any text.
+  one, ``/projx/...``) or by the root followed by any text;
+- ``ids``: a signed, valid invalidation whose ids the client's table may not know, or that names
+  a known id with another path.
 
 Each drawn message is decoded as it is, then :data:`MUTATIONS_PER_EXAMPLE` times mutated by a
-random generator that hypothesis seeds: bytes flipped, inserted or cut (re-signed or not), frames
-dropped or added, the version or signature replaced, the whole message replayed, the payload
-swapped for a nesting or expansion bomb, or padded past a small codec's ``max_payload``. Every
-input goes through :func:`relmod.protocol.fuzz_one` on the codec of the side that receives it
-(the broker's, with a ROUTER identity frame), or for a client through its codec and then, for a
-message that carries file ids, its id table (:meth:`relmod.client.fileids.FileTable.apply`, as
-the feed applies them): the only allowed outcomes are ``"ok"``, a drop reason of
-:data:`relmod.protocol.REASONS`, and :data:`FILE_IDS` (the table refused the ids). Any other
-exception escaping is recorded with its input. Memory is the process's RSS, sampled as the run goes.
+random generator that hypothesis seeds: bytes flipped, inserted or cut (re-signed or not), a
+frame added or the message split into three (as relmod/2 sent it), the version or signature
+replaced, the whole message replayed, the payload swapped for a nesting or expansion bomb, or
+padded past a small codec's ``max_payload``. Every input goes through
+:func:`relmod.protocol.fuzz_one` on the codec of the side that receives it (the broker's, with a
+ROUTER identity frame), or for a client through its codec and then, for a message that carries
+file ids, its id table (:meth:`relmod.client.fileids.FileTable.apply`, as the feed applies
+them): the only allowed outcomes are ``"ok"``, a drop reason of :data:`relmod.protocol.REASONS`,
+and :data:`FILE_IDS` (the table refused the ids). Any other exception escaping is recorded with
+its input. Memory is the process's RSS, sampled as the run goes.
 
 Example:
     >>> report = run_fuzz(300, seed=1)
@@ -47,6 +50,7 @@ from hypothesis import strategies as st
 from relmod.client.fileids import FileTable
 from relmod.errors import ProtocolError
 from relmod.protocol import (
+    MAC_BYTES,
     REASONS,
     REPLAY_SENDERS,
     SCHEMAS,
@@ -229,6 +233,22 @@ def path_attack(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 @st.composite
+def id_attack(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A valid, well-signed invalidation whose ids the client's table may not know, or that
+    names a known id with another path; (receiver, payload)."""
+    ids = draw(st.lists(st.integers(0, 70_000), min_size=1, max_size=20))
+    names = draw(st.lists(st.tuples(st.integers(0, 70_000), st.sampled_from([A, B])), max_size=3))
+    body = {
+        **SAMPLES["publish"]["invalidate"],
+        "affected": pack_ids(ids),
+        "names": [list(name) for name in names],
+    }
+    envelope = {"k": "invalidate", "s": draw(st.binary(min_size=16, max_size=16)),
+                "n": draw(st.integers(1, 2**63 - 1)), "b": body}  # fmt: skip
+    return "client", _pack(envelope)
+
+
+@st.composite
 def random_envelope(draw: st.DrawFn) -> tuple[str, bytes]:
     kinds = sorted({*SCHEMAS["publish"], *SCHEMAS["reply"], *SCHEMAS["request"], "x", ""})
     envelope: Any = {
@@ -280,7 +300,7 @@ class _Targets:
             "client": Codec(KEY, role="client", root=ROOT),
             "small": Codec(KEY, role="client", root=ROOT, max_payload=SMALL_PAYLOAD),
         }
-        self.signer = Codec(KEY, role="client")  # only its sign() is used
+        self.signer = Codec(KEY, role="client")  # only its sign() and seal() are used
         # The client's id table, as a feed holds it after a full answer: ids 0 and 1 known, and
         # a loaded module at A (so invalidations reach it).
         self.start_table = [(0, A), (1, B)]
@@ -290,7 +310,12 @@ class _Targets:
         self.other = Codec(OTHER_KEY, role="client")
 
     def sign(self, version: bytes, payload: bytes) -> bytes:
-        return self.signer.sign(version, payload)
+        """The mac of a message of these parts."""
+        return self.signer.sign(version + b"\0" + payload)
+
+    def seal(self, version: bytes, payload: bytes) -> list[bytes]:
+        """The frames (one) of a well-signed message of these parts."""
+        return [self.signer.seal(version, payload)]
 
     def feed(self, receiver: str, frames: list[bytes]) -> None:
         codec = self.codecs[receiver]
@@ -353,7 +378,14 @@ def fuzz_one_routed(codec: Codec, frames: list[bytes]) -> str:
     return "ok"
 
 
+def wire(version: bytes, payload: bytes, mac: bytes) -> list[bytes]:
+    """The frames (one) of a message made of these parts, as they are."""
+    return [version + b"\0" + payload + mac]
+
+
 def _mutate(rng: random.Random, frames: list[bytes], t: _Targets) -> list[bytes]:
+    """A message's parts (version, payload, mac), changed in one of many ways; returns the
+    frames to send."""
     version, payload, mac = (frames + [b"", b"", b""])[:3]
     choice = rng.randrange(16)
     data = bytearray(payload)
@@ -371,18 +403,18 @@ def _mutate(rng: random.Random, frames: list[bytes], t: _Targets) -> list[bytes]
             data[rng.randrange(len(data))] ^= 1 + rng.randrange(255)
         resign = False
     elif choice == 4:
-        return [version, payload]  # a frame short
+        return [version, payload, mac]  # three frames, as relmod/2 sent them
     elif choice == 5:
-        return [version, payload, mac, rng.randbytes(rng.randint(0, 8))]  # a frame too many
+        return [*wire(version, payload, mac), rng.randbytes(rng.randint(0, 8))]  # one too many
     elif choice == 6:
-        other = rng.choice([b"relmod/1", b"relmod/3", b"", b"RELMOD/2", rng.randbytes(8)])
-        return [other, payload, t.sign(other, payload)]  # wrong version, signed
+        other = rng.choice([b"relmod/1", b"relmod/2", b"", b"RELMOD/3", rng.randbytes(8)])
+        return t.seal(other, payload)  # wrong version, signed
     elif choice == 7:
-        return [version, payload, b""]  # unsigned
+        return [version + b"\0" + payload[: rng.randrange(MAC_BYTES + 1)]]  # unsigned
     elif choice == 8:
-        return [version, payload, t.other.sign(version, payload)]  # another key
+        return [t.other.seal(version, payload)]  # another key
     elif choice == 9:
-        return [version, payload, mac[: rng.randrange(len(mac) + 1)]]  # a cut mac
+        return wire(version, payload, mac[: rng.randrange(len(mac) + 1)])  # a cut mac
     elif choice == 10:  # nesting bomb: msgpack's stack limit
         data = bytearray(b"\x91" * rng.randint(100, 5000) + b"\xc0")
     elif choice == 11:  # expansion bomb: a map whose body is tens of thousands of empty arrays
@@ -410,7 +442,7 @@ def _mutate(rng: random.Random, frames: list[bytes], t: _Targets) -> list[bytes]
         resign = rng.random() < 0.5  # swap the payload with random bytes
         data = bytearray(rng.randbytes(rng.randint(0, 64)))
     payload = bytes(data)
-    return [version, payload, t.sign(version, payload) if resign else mac]
+    return t.seal(version, payload) if resign else wire(version, payload, mac)
 
 
 def run_fuzz(count: int, *, seed: int = 0, mutations: int = MUTATIONS_PER_EXAMPLE) -> FuzzReport:
@@ -425,22 +457,24 @@ def run_fuzz(count: int, *, seed: int = 0, mutations: int = MUTATIONS_PER_EXAMPL
     targets = _Targets(report)
     began = time.monotonic()
 
-    def one(family: str, receiver: str, frames: list[bytes], mutation_seed: int) -> None:
+    def one(
+        family: str, receiver: str, first: list[bytes], frames: list[bytes], mutation_seed: int
+    ) -> None:
+        """Feed ``first`` (frames), then mutations of ``frames`` (a message's parts)."""
         report.examples += 1
         report.families[family] += 1
-        targets.feed(receiver, frames)
+        targets.feed(receiver, first)
         rng = random.Random(mutation_seed)
-        replay = frames
         for _ in range(mutations):
             if rng.random() < 0.1:
-                targets.feed(receiver, replay)  # the same frames again: a replay
+                targets.feed(receiver, first)  # the same frames again: a replay
+                continue
+            payload = (frames + [b"", b""])[1]
+            if len(payload) <= SMALL_PAYLOAD and rng.random() < 0.05:
+                padded = payload + b"\x00" * (SMALL_PAYLOAD + 1 - len(payload))
+                targets.feed("small", targets.seal(VERSION, padded))  # oversized for "small"
                 continue
             mutated = _mutate(rng, frames, targets)
-            if len(mutated) > 1 and len(mutated[1]) <= SMALL_PAYLOAD and rng.random() < 0.05:
-                padded = mutated[1] + b"\x00" * (SMALL_PAYLOAD + 1 - len(mutated[1]))
-                mutated = [mutated[0], padded, targets.sign(mutated[0], padded)]
-                targets.feed("small", mutated)  # oversized for the small codec
-                continue
             targets.feed(receiver if rng.random() < 0.8 else rng.choice(["broker", "client"]),
                          mutated)  # fmt: skip
 
@@ -452,19 +486,21 @@ def run_fuzz(count: int, *, seed: int = 0, mutations: int = MUTATIONS_PER_EXAMPL
         st.tuples(st.just("envelope"), st.just(""), random_envelope().map(lambda e: ("env", e))),
         st.tuples(st.just("near"), st.just(""), near_valid().map(lambda e: ("env", e))),
         st.tuples(st.just("path"), st.just(""), path_attack().map(lambda e: ("env", e))),
+        st.tuples(st.just("ids"), st.just(""), id_attack().map(lambda e: ("env", e))),
     )  # fmt: skip
 
     def inner(drawn: tuple[str, str, tuple[str, Any]], mutation_seed: int) -> None:
         family, receiver, (shape, value) = drawn
         if shape == "raw":
             frames = list(value)
-        elif shape == "signed":
+            one(family, receiver, frames, frames, mutation_seed)
+            return
+        if shape == "signed":
             payload = value[0]
-            frames = [VERSION, payload, targets.sign(VERSION, payload)]
         else:
             receiver, payload = value
-            frames = [VERSION, payload, targets.sign(VERSION, payload)]
-        one(family, receiver, frames, mutation_seed)
+        parts = [VERSION, payload, targets.sign(VERSION, payload)]
+        one(family, receiver, wire(*parts), parts, mutation_seed)
 
     per_example = mutations + 1
     batch = 0
