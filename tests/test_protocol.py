@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relmod.errors import ProtocolError
-from relmod.protocol import (
+from relmod.protocol import (  # the feed's one-function checks, held to the general one
+    _CHECKS,
+    _FAST_CHECKS,
     ACTIVITY_VERSION,
     FEED_TOPIC,
     HEARTBEAT_INTERVAL,
@@ -34,6 +36,8 @@ from relmod.protocol import (
     VERSION,
     Codec,
     Message,
+    _invalidate_ok,
+    _Rejected,
     configure_socket,
     count_ids,
     fuzz_one,
@@ -955,3 +959,51 @@ def test_a_codec_refuses_to_send_a_malformed_id_set() -> None:
     body = {**SAMPLES["publish"]["invalidate"], "affected": b"\x02\x00"}
     with pytest.raises(ValueError, match="packed id set"):
         broker.encode("invalidate", body)
+
+
+# --- the feed's one-function checks agree with the general checker -----------------------------
+
+
+def _general_verdict(kind: str, body: Any) -> bool:
+    try:
+        _CHECKS["publish"][kind](body, ROOT, MAX_PAYLOAD)
+    except _Rejected:
+        return False
+    return True
+
+
+@st.composite
+def near_publications(draw: st.DrawFn) -> tuple[str, Any]:
+    """A heartbeat or invalidation body, valid or with fields and items changed at random."""
+    kind = draw(st.sampled_from(sorted(_FAST_CHECKS)))
+    body: Any = copy.deepcopy(SAMPLES["publish"][kind])
+    for _ in range(draw(st.integers(0, 3))):
+        field = draw(st.sampled_from(sorted(body)))
+        choice = draw(st.integers(0, 3))
+        if choice == 0:
+            body[field] = draw(msgpack_values)
+        elif choice == 1 and isinstance(body[field], list):  # an entry changed or added
+            entry = draw(st.lists(msgpack_values | st.sampled_from([0, 1, 2**32]), max_size=4))
+            body[field] = [*body[field], entry]
+        elif choice == 2:
+            del body[field]
+        else:
+            body[draw(st.text(max_size=6))] = 1
+    return kind, body
+
+
+@FUZZ
+@given(near_publications())
+def test_a_fast_check_says_valid_only_when_the_general_one_does(drawn: tuple[str, Any]) -> None:
+    kind, body = drawn
+    if _FAST_CHECKS[kind](body, ROOT, MAX_PAYLOAD):
+        assert _general_verdict(kind, body)
+
+
+def test_the_fast_checks_pass_the_samples_and_a_codec_drops_what_they_doubt() -> None:
+    for kind, check in _FAST_CHECKS.items():
+        assert check(SAMPLES["publish"][kind], ROOT, MAX_PAYLOAD)
+    broken = {**SAMPLES["publish"]["invalidate"], "names": [[1, "/etc/passwd"]]}
+    assert not _invalidate_ok(broken, ROOT, MAX_PAYLOAD)
+    frames = signed(FUZZ_CODEC, pack("invalidate", broken))
+    assert rejected(make("client"), frames) == "path"  # the general checker said why
