@@ -1034,12 +1034,12 @@ class Codec:
     def _check_envelope(self, envelope: Any) -> tuple[str, bytes, int, dict[str, Any], str]:
         """Check the payload map and the body; returns (kind, sender, counter, body, direction)."""
         if _envelope_ok(envelope):  # the feed's common case first: see _FAST_CHECKS
-            kind = envelope["k"]
-            fast = _FAST_CHECKS.get(kind)
+            common: str = envelope["k"]
+            fast = _FAST_CHECKS.get(common)
             if fast is not None and fast(envelope["b"], self.root, self.max_payload):
-                direction = self._receive_directions.get(kind)
-                if direction is not None:
-                    return kind, envelope["s"], envelope["n"], envelope["b"], direction
+                known = self._receive_directions.get(common)
+                if known is not None:
+                    return common, envelope["s"], envelope["n"], envelope["b"], known
         try:
             try:
                 _CHECK_ENVELOPE(envelope, None, SENDER_BYTES)
