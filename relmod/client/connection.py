@@ -887,30 +887,36 @@ class BrokerFeed:
         state: tuple[Any, ...] = ()
         dirty = False  # something moved since the last report
         dirty_at = 0.0
+        applied_at = 0.0  # when the last publication was applied (0: none since the chores)
+        chores_at = 0.0  # when the bookkeeping below is due next (0: at once)
         while not self._stop.is_set():
-            timeout = self.silence / 3
-            due = self._news_due
-            if due is not None:
-                timeout = max(0.0, min(timeout, due - time.monotonic()))
-            if dirty:
-                report_at = max(last_report + self.report_after, dirty_at + self.report_delay)
-                timeout = max(0.0, min(timeout, report_at - time.monotonic()))
-            events = dict(poller.poll(int(timeout * 1000 + 0.999)))
-            now = time.monotonic()
-            if sub in events and self._drain_sub(codec, sub, apply=True):
-                self._resync(codec, dealer)
+            wait = max(0.0, chores_at - time.monotonic())
+            events = dict(poller.poll(int(wait * 1000 + 0.999)))
+            if sub in events:
+                seq = self.seq
+                if self._drain_sub(codec, sub, apply=True):
+                    self._resync(codec, dealer)
+                if self.seq != seq and not applied_at:
+                    applied_at = time.monotonic()
+                    # The report of what moved goes report_delay after it, with the rest of
+                    # the bookkeeping: none of it runs on the way from a save to a stale mark.
+                    chores_at = min(chores_at, applied_at + self.report_delay)
             if dealer in events:
                 self._drain_replies(codec, dealer)
             if self._wake_r in events:
                 self._drain_commands(codec, dealer)
+            now = time.monotonic()
+            if now < chores_at:
+                continue
             if now - self._heard_at > self.silence:
                 raise _Lost(f"nothing heard from the broker for {self.silence:.0f}s")
             registry = self.host.registry
             marks = (self.seq, registry.generation, registry.reloads + registry.errors_logged)
             if marks != counted:
                 if not dirty:
-                    dirty_at = now
+                    dirty_at = applied_at or now
                 counted, dirty = marks, True
+            applied_at = 0.0
             keep_alive = now - last_report > self.report_every
             ready = now - last_report >= self.report_after and now - dirty_at >= self.report_delay
             if (dirty and ready) or keep_alive:
@@ -926,6 +932,14 @@ class BrokerFeed:
             if due is not None and now >= due:
                 self._send_news(codec, dealer)
             self._send_edges(codec, dealer)
+            chores_at = now + self.silence / 3
+            due = self._news_due
+            if due is not None:
+                chores_at = min(chores_at, due)
+            if dirty:
+                chores_at = min(
+                    chores_at, max(last_report + self.report_after, dirty_at + self.report_delay)
+                )
 
     def _drain_sub(self, codec: Codec, sub: zmq.Socket[Any], *, apply: bool) -> bool:
         """Handle every queued publication; True when a resync is needed."""
