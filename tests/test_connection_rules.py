@@ -321,7 +321,8 @@ def test_reloads_and_failures_reach_the_broker_as_a_delta_of_what_runs(
     module = tmp_path / "mod.py"
     module.write_text("X = 1\n")
     feed = BrokerFeed(host, tmp_path / "conn.json")
-    host.registry.listeners.add(feed._on_event)
+    host.registry.listeners.add(feed._on_event, stale=False)
+    host.registry.add_invalidate_listener(feed._on_marked)
     key = new_key()
     client, broker = Codec(key, role="client", root=root), Codec(key, role="broker", root=root)
     dealer = SentFrames()

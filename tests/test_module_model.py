@@ -410,6 +410,21 @@ def test_add_listener_sees_stale_reloaded_and_failed_in_order(project: Path) -> 
     assert all(isinstance(e.time, float) and e.time <= time.time() for e in events)
 
 
+def test_a_listener_may_leave_out_stale_marks_and_marking_then_makes_no_events() -> None:
+    from relmod.machinery.events import Event, Listeners
+
+    listeners, everything, some = Listeners(), [], []
+    listeners.add(everything.append)
+    listeners.add(some.append, stale=False)  # as a feed's: it hears marks in batches
+    for kind in ("stale", "reloaded", "failed"):
+        listeners.emit(Event(kind, "/p/a.py", "a", 0.0))  # type: ignore[arg-type]
+    assert [e.kind for e in everything] == ["stale", "reloaded", "failed"]
+    assert [e.kind for e in some] == ["reloaded", "failed"]
+    assert listeners.hear_stale
+    listeners.remove(everything.append)
+    assert listeners and not listeners.hear_stale  # the registry then builds no stale event
+
+
 def test_a_package_that_loses_its_init_becomes_a_folder_namespace(tmp_path: Path) -> None:
     write(tmp_path / "pkg" / "__init__.py", "X = 1\n")
     write(tmp_path / "pkg" / "sub.py", "Y = 2\n")

@@ -416,7 +416,8 @@ class BrokerFeed:
     def start(self) -> None:
         if self._thread is None:
             self.host.registry.add_load_listener(self._on_load)
-            self.host.registry.listeners.add(self._on_event)
+            self.host.registry.listeners.add(self._on_event, stale=False)
+            self.host.registry.add_invalidate_listener(self._on_marked)
             self._thread = threading.Thread(target=self._run, name="relmod-broker", daemon=True)
             self._thread.start()
 
@@ -463,6 +464,7 @@ class BrokerFeed:
             return  # a forked child never touches its parent's sockets
         self.host.registry.remove_load_listener(self._on_load)
         self.host.registry.listeners.remove(self._on_event)
+        self.host.registry.remove_invalidate_listener(self._on_marked)
         self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -906,6 +908,9 @@ class BrokerFeed:
             if self._wake_r in events:
                 self._drain_commands(codec, dealer)
             now = time.monotonic()
+            due = self._news_due  # set by any thread (a reload's news: wakes this one)
+            if due is not None and due < chores_at:
+                chores_at = due
             if now < chores_at:
                 continue
             if now - self._heard_at > self.silence:
@@ -1089,27 +1094,35 @@ class BrokerFeed:
     # -- what this process runs, for the broker's per-file view ---------------------------
 
     def _on_event(self, event: Event) -> None:
-        """A module went stale, reloaded or failed (any thread): note it for the next report.
-
-        A stale mark counts only for a file whose state the broker has not heard yet (then it
-        learns which version runs here, older than the newest): a save must not wake every
-        client again a moment later to report what did not change.
+        """A module reloaded or failed (any thread): note it for the next report.
 
         Cheap on purpose: a set, a deque and, for the first news since the last report, one
         byte on the wake pipe; the feed thread sends the report :data:`NEWS_DELAY` later.
         """
-        stale = event.kind == "stale"
-        if stale and event.path in self._news_told:
-            return  # a mark changes nothing the broker has heard: the version in use is kept
         if os.getpid() != self._pid:
             return  # a forked child's feed has a listener of its own
         with self._news_lock:
             self._news_dirty.add(event.path)
-            if not stale:
-                if len(self._news_events) < NEWS_EVENTS_KEPT:
-                    self._news_events.append(event)
-                else:
-                    self._news_lost += 1
+            if len(self._news_events) < NEWS_EVENTS_KEPT:
+                self._news_events.append(event)
+            else:
+                self._news_lost += 1
+            first = self._news_due is None
+            if first:
+                self._news_due = time.monotonic() + NEWS_DELAY
+        if first and threading.current_thread() is not self._thread:
+            self._wake()
+
+    def _on_marked(self, keys: set[str]) -> None:
+        """Modules were marked stale (any thread, mostly this feed's): the broker hears which
+        version runs here of each file it has not heard of yet (an older one than the newest),
+        and nothing for the others, whose state a mark does not change; so a save does not wake
+        every client again a moment later to report nothing new."""
+        untold = keys - self._news_told
+        if not untold or os.getpid() != self._pid:
+            return
+        with self._news_lock:
+            self._news_dirty.update(untold)
             first = self._news_due is None
             if first:
                 self._news_due = time.monotonic() + NEWS_DELAY

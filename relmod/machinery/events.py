@@ -51,25 +51,39 @@ class Listeners:
 
     def __init__(self) -> None:
         self._listeners: tuple[Listener, ...] = ()
+        self._stale: tuple[Listener, ...] = ()  # those that also hear 'stale' events
         self._complained: set[int] = set()
         self._lock = threading.Lock()
 
-    def add(self, listener: Listener) -> None:
-        """Call ``listener(event)`` for every event from now on."""
+    def add(self, listener: Listener, *, stale: bool = True) -> None:
+        """Call ``listener(event)`` for every event from now on; with ``stale=False``, for
+        every event but ``'stale'`` ones (a feed hears of marks in batches instead)."""
         with self._lock:
             self._listeners = (*self._listeners, listener)
+            if stale:
+                self._stale = (*self._stale, listener)
 
     def remove(self, listener: Listener) -> None:
-        """Stop calling a listener (no error when it was not added)."""
+        """Stop calling a listener (no error when it was not added).
+
+        Listeners are compared with ``==``: ``obj.method`` makes a new bound method each time,
+        equal to the one added, never the same object.
+        """
         with self._lock:
-            self._listeners = tuple(x for x in self._listeners if x is not listener)
+            self._listeners = tuple(x for x in self._listeners if x != listener)
+            self._stale = tuple(x for x in self._stale if x != listener)
 
     def __bool__(self) -> bool:
         return bool(self._listeners)
 
+    @property
+    def hear_stale(self) -> bool:
+        """Whether a listener hears ``'stale'`` events (else marking makes none)."""
+        return bool(self._stale)
+
     def emit(self, event: Event) -> None:
         """Call every listener; one that raises is logged once and the others still run."""
-        for listener in self._listeners:
+        for listener in self._stale if event.kind == "stale" else self._listeners:
             try:
                 listener(event)
             except Exception:

@@ -499,8 +499,14 @@ class Registry:
             self._load_listeners.remove(listener)
 
     def add_invalidate_listener(self, listener: Callable[[set[str]], None]) -> None:
-        """Call ``listener(keys)`` on the feed's thread after modules are marked stale."""
+        """Call ``listener(keys)`` after modules are marked stale, on the thread that marked
+        them (the feed's, mostly), with the keys marked; keep it quick."""
         self._invalidate_listeners.append(listener)
+
+    def remove_invalidate_listener(self, listener: Callable[[set[str]], None]) -> None:
+        """Stop calling a listener added with :meth:`add_invalidate_listener`."""
+        if listener in self._invalidate_listeners:
+            self._invalidate_listeners.remove(listener)
 
     def record_of(self, module: object) -> Record | None:
         """The record of a reloading module, or None for any other object."""
@@ -764,7 +770,7 @@ class Registry:
                         )
             if marked:
                 self.generation += 1
-        if self.listeners:
+        if self.listeners.hear_stale:
             now = time.time()
             emit = self.listeners.emit
             for key in marked:
