@@ -889,30 +889,29 @@ class BrokerFeed:
         state: tuple[Any, ...] = ()
         dirty = False  # something moved since the last report
         dirty_at = 0.0
-        applied_at = 0.0  # when the last publication was applied (0: none since the chores)
-        chores_at = 0.0  # when the bookkeeping below is due next (0: at once)
+        applied_at = 0.0  # when a publication was applied first since the chores (0: none)
+        chores_at = 0.0  # when the bookkeeping below is due at the latest
         while not self._stop.is_set():
             wait = max(0.0, chores_at - time.monotonic())
             events = dict(poller.poll(int(wait * 1000 + 0.999)))
+            applied = False
             if sub in events:
                 seq = self.seq
                 if self._drain_sub(codec, sub, apply=True):
                     self._resync(codec, dealer)
-                if self.seq != seq and not applied_at:
-                    applied_at = time.monotonic()
+                if self.seq != seq:
                     # The report of what moved goes report_delay after it, with the rest of
                     # the bookkeeping: none of it runs on the way from a save to a stale mark.
+                    applied = True
+                    applied_at = applied_at or time.monotonic()
                     chores_at = min(chores_at, applied_at + self.report_delay)
             if dealer in events:
                 self._drain_replies(codec, dealer)
             if self._wake_r in events:
                 self._drain_commands(codec, dealer)
             now = time.monotonic()
-            due = self._news_due  # set by any thread (a reload's news: wakes this one)
-            if due is not None and due < chores_at:
-                chores_at = due
-            if now < chores_at:
-                continue
+            if applied and now < chores_at:
+                continue  # any other wake (a heartbeat, a reply, a command) does the chores
             if now - self._heard_at > self.silence:
                 raise _Lost(f"nothing heard from the broker for {self.silence:.0f}s")
             registry = self.host.registry
