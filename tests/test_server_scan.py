@@ -233,3 +233,33 @@ def test_files_broken_from_the_start_are_found_by_the_compile_pass(tmp_path: Pat
     # As before the fast reader: a file that never compiled has no edges.
     assert project.graph.dependencies_of(str(root / "broken.py")) == frozenset()
     assert project.graph.dependencies_of(str(root / "good.py")) == {str(root / "util.py")}
+
+
+def test_a_change_is_published_before_its_imports_are_found_and_they_follow(
+    tmp_path: Path,
+) -> None:
+    """apply(scan_later=True) gives what a save affects (its dependents) without reading its
+    imports; scan_edits then finds them, unless the file was saved again meanwhile."""
+    root = (tmp_path / "proj").resolve()
+    write(root / "util.py", "X = 1\n")
+    write(root / "other.py", "Y = 1\n")
+    write(root / "app.py", "import util\n")
+    project = Project(str(root), ImportRoots((str(root),)))
+    project.load_all(processes=1)
+    app, util, other = (str(root / name) for name in ("app.py", "util.py", "other.py"))
+
+    write(root / "app.py", "import util\nimport other\n")
+    update = project.apply([app], scan_later=True)
+    assert update.changed == [app] and update.affected == [app]
+    assert project.graph.dependencies_of(app) == {util}  # the edges of the version before
+    project.scan_edits()
+    assert project.graph.dependencies_of(app) == {util, other}
+
+    # Saved again before its scan: left to the batch of that save, which reads it anew.
+    write(root / "app.py", "import util\n")
+    project.apply([app], scan_later=True)
+    write(root / "app.py", "import other\n")
+    project.scan_edits()
+    assert project.graph.dependencies_of(app) == {util, other}
+    update = project.apply([app])  # the next batch: scans left over go first, then this one
+    assert project.graph.dependencies_of(app) == {other} and update.changed == [app]

@@ -62,7 +62,7 @@ from relmod.protocol import Codec, heartbeat_interval, new_epoch, new_key, pack_
 from relmod.server.clients import ClientTable
 from relmod.server.history import History
 from relmod.server.pending import PendingChanges
-from relmod.server.project import Project
+from relmod.server.project import Project, Update
 from relmod.server.requests import AFTER_SYNC, AfterWalk, Outcome, Reply, RequestHandlers
 from relmod.server.roots import find_import_roots
 from relmod.server.scancache import ScanCache, cache_path
@@ -496,12 +496,23 @@ class Broker:
     # -- publishing ---------------------------------------------------------------------------
 
     def _publish_changes(self, paths: set[str], rescan: bool) -> None:
+        project = self.state.project
         try:
-            update = self.state.project.apply(paths, rescan=rescan)
+            update = project.apply(paths, rescan=rescan, scan_later=True)
         except Exception:  # a bug of ours; the loop must keep serving
             self.state.batch_errors += 1
             logger.exception("Failed to process a batch of %d paths; skipped it.", len(paths))
             return
+        try:
+            self._publish_update(update)
+        finally:
+            try:  # the changed files' imports, found once their change is out
+                project.scan_edits()
+            except Exception:
+                self.state.batch_errors += 1
+                logger.exception("Failed to find the imports of %d changed files.", len(paths))
+
+    def _publish_update(self, update: Update) -> None:
         ids = self.state.project.ids
         for broken in update.broken:
             self.state.seq += 1

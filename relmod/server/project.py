@@ -40,6 +40,7 @@ from relmod.graph import STATIC, DependencyGraph
 from relmod.ignore import is_ignored
 from relmod.server.edges import RuntimeEdges
 from relmod.server.fileids import FileIds
+from relmod.server.imports import find_statements
 from relmod.server.resolve import ImportResolver
 from relmod.server.roots import ImportRoots
 from relmod.server.scan import iter_python_files
@@ -134,6 +135,9 @@ class Project:
         self._links: dict[str, set[str]] = {}
         # Files the first scan found but has not delivered yet (None: no scan under way).
         self._unscanned: set[str] | None = None
+        # Files apply(scan_later=True) accepted, with the hash read, whose imports are found
+        # by scan_edits (after the broker published the change).
+        self._edits_to_scan: list[tuple[str, str]] = []
         self._scan_began = time.time()
         # The broker watches from about now: a file the first scan finds modified since then was
         # edited while clients may have run its older content, so it is published as a change.
@@ -392,7 +396,9 @@ class Project:
 
     # -- changes --------------------------------------------------------------------------------
 
-    def apply(self, paths: Iterable[str], *, rescan: bool = False) -> Update:
+    def apply(
+        self, paths: Iterable[str], *, rescan: bool = False, scan_later: bool = False
+    ) -> Update:
         """Decide what a batch of reported paths means.
 
         Only ``.py`` files and folders matter; a folder stands for every file below it (a
@@ -405,14 +411,19 @@ class Project:
         Args:
             paths: absolute paths a watcher reported.
             rescan: events may have been lost; re-check every file of the project.
+            scan_later: leave finding a changed file's imports to :meth:`scan_edits`. What a
+                change affects is its file's dependents, which its own imports do not change;
+                so the broker publishes first, then scans (finding and resolving imports took
+                0.2 of the broker's 1 ms from a save to its publication).
         """
+        self.scan_edits()  # the graph is whole before anything reads it
         files, folders = self._expand(paths, rescan)
         update = Update(checked=len(files))
         content_changed: set[str] = set()
         unbroken: set[str] = set()
         resolver = self.resolver()
         for path in sorted(files):
-            self._check(path, update, content_changed, unbroken, resolver)
+            self._check(path, update, content_changed, unbroken, resolver, scan=not scan_later)
         if not content_changed and not unbroken:
             return update
         start = content_changed | {f for f in folders if f in self.graph}
@@ -484,12 +495,15 @@ class Project:
         changed: set[str],
         unbroken: set[str],
         resolver: ImportResolver,
+        *,
+        scan: bool = True,
     ) -> None:
-        """Re-read one file and record what it means in ``update`` and the two sets."""
+        """Re-read one file and record what it means in ``update`` and the two sets (its
+        imports too, unless ``scan`` is off: see :meth:`apply`)."""
         path = sys.intern(path)
         if self._unscanned is not None:
             self._unscanned.discard(path)  # read now: the scan's record of it is older
-        record = read_record(path, self.root, resolver=resolver)
+        record = read_record(path, self.root, resolver=resolver, scan=scan)
         self._remember(record)
         old = self._hashes.get(path)
         was_broken = self._broken.get(path)
@@ -537,8 +551,35 @@ class Project:
                 unbroken.add(path)
                 return
         self._set_hash(path, record.hash)
-        self._set_static(path, record.dependencies)
+        if scan:
+            self._set_static(path, record.dependencies)
+        else:
+            self._edits_to_scan.append((path, record.hash))
         changed.add(path)
+
+    def scan_edits(self) -> None:
+        """Find the imports of the files :meth:`apply` accepted with ``scan_later``.
+
+        A file saved again since is left alone: its new content is read with the batch its
+        save makes, and its edges stay those of the version before until then.
+        """
+        todo, self._edits_to_scan = self._edits_to_scan, []
+        if not todo:
+            return
+        resolver = self.resolver()
+        for path, digest in todo:
+            if self._hashes.get(path) != digest:
+                continue  # changed again (or gone) since: checked anew
+            try:
+                data = read_source(path)
+            except OSError:
+                continue
+            if content_hash(data) != digest:
+                continue
+            statements = tuple(find_statements(data, path) or ())
+            self.cache.remember_imports(digest, statements)
+            found = resolver.resolve(path, statements)
+            self._set_static(path, frozenset(dep for dep in found if inside(dep, self.root)))
 
     def _remember(self, record: FileRecord) -> None:
         """Keep what a read learned in the scan cache, for the next start."""

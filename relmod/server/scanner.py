@@ -119,7 +119,12 @@ class FileRecord:
 
 
 def read_record(
-    path: str, root: str, *, resolver: ImportResolver | None = None, check: bool = True
+    path: str,
+    root: str,
+    *,
+    resolver: ImportResolver | None = None,
+    check: bool = True,
+    scan: bool = True,
 ) -> FileRecord:
     """Read, hash, compile-check and scan one file.
 
@@ -131,6 +136,8 @@ def read_record(
         root: the project root; only dependencies inside it count.
         resolver: resolves imports (default: one searching ``root`` alone).
         check: compile-check the source (a broken file gets no dependencies).
+        scan: find and resolve its imports; without, ``statements`` is None and
+            ``dependencies`` empty (:meth:`Project.scan_edits` finds them later).
     """
     signature = stat_signature(path)
     read_at = time.time()
@@ -146,6 +153,8 @@ def read_record(
             # The source does not parse, so a scan would find nothing; the caller keeps the
             # edges of the last good version, which is the code clients keep running.
             return FileRecord(path, digest, signature, broken, frozenset(), read_at=read_at)
+    if not scan:
+        return FileRecord(path, digest, signature, None, frozenset(), check, read_at=read_at)
     statements = tuple(find_statements(data, path) or ())
     found = (resolver or ImportResolver([root])).resolve(path, statements)
     dependencies = frozenset(dep for dep in found if inside(dep, root))
