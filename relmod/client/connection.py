@@ -831,7 +831,8 @@ class BrokerFeed:
         """Apply an invalidation (or a ``since`` delta): learn the ids it names, mark the
         modules of this process among its ids. False, with the message dropped (counted and
         logged), when it names an id the table does not know or contradicts it."""
-        self._take_loads()
+        if self._loads:
+            self._take_loads()
         paths, problem = self.files.apply(changed, affected, names)
         if problem is not None:
             self.dropped += 1
@@ -1058,6 +1059,8 @@ class BrokerFeed:
             self.plugin.send_requests(send)
 
     def _check_syncs(self) -> None:
+        if not self._waiting_syncs:
+            return
         for entry in list(self._waiting_syncs):
             target, command = entry
             if target <= self.seq:

@@ -161,7 +161,7 @@ class Client:
         ``changed``, the files whose content changed, are read again on reload; the other
         affected files only when their stat signature moved (by default: all of them).
         """
-        return self.registry.invalidate(list(affected), changed=changed)
+        return self.registry.invalidate(affected, changed=changed)
 
     # -- user-thread operations -------------------------------------------------------
 

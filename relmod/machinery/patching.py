@@ -841,7 +841,7 @@ def _kind(code: types.CodeType) -> str | None:
 
 def _makes_functions(code: types.CodeType) -> bool:
     """Whether a module's code defines a function, class, lambda or comprehension."""
-    return any(type(const) is types.CodeType for const in code.co_consts)
+    return types.CodeType in map(type, code.co_consts)  # no Python frame per constant
 
 
 def nothing_to_arm(module_name: str, code: types.CodeType | None) -> bool:
