@@ -243,6 +243,7 @@ class Broker:
             elif event == "done":
                 self._walk_done()
                 self._scan_done()
+                self._scan_edits_at = time.monotonic()  # settle: the folder list, once
 
     def _walk_done(self) -> None:
         """The scan has listed the files: answer the requests that waited for the list."""
@@ -401,7 +402,7 @@ class Broker:
         if self._scan_edits_at is not None and now >= self._scan_edits_at:
             self._scan_edits_at = None
             try:
-                self.state.project.scan_edits()
+                self.state.project.settle()
             except Exception:  # a bug of ours; the loop must keep serving
                 self.state.batch_errors += 1
                 logger.exception("Failed to find the imports of the files just published.")
@@ -518,9 +519,9 @@ class Broker:
         try:
             self._publish_update(update)
         finally:
-            # The changed files' imports are found a moment after their change is out: the
-            # clients it wakes have the two cores to themselves meanwhile (apply() finds them
-            # first anyway, should the next batch come sooner).
+            # The changed files' imports are found a moment after their change is out
+            # (Project.settle): the clients it wakes have the two cores to themselves
+            # meanwhile (apply() finds them first anyway, should the next batch come sooner).
             self._scan_edits_at = time.monotonic() + SCAN_EDITS_AFTER
 
     def _publish_update(self, update: Update) -> None:

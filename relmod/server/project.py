@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 import sys
 import time
@@ -421,7 +422,7 @@ class Project:
         update = Update(checked=len(files))
         content_changed: set[str] = set()
         unbroken: set[str] = set()
-        resolver = self.resolver()
+        resolver = None if scan_later else self.resolver()
         for path in sorted(files):
             self._check(path, update, content_changed, unbroken, resolver, scan=not scan_later)
         if not content_changed and not unbroken:
@@ -444,16 +445,26 @@ class Project:
             path = os.path.normpath(raw)
             if not inside(path, self.root):
                 continue
-            if os.path.isdir(path):
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                mode = 0  # gone
+            link = stat.S_ISLNK(mode)
+            if os.path.isdir(path) if link else stat.S_ISDIR(mode):
                 folders.add(path)
                 if path in self.known():
                     files.add(path)  # a tracked module replaced by a folder: say so when read
             elif path.endswith(".py"):
-                real = os.path.realpath(path)
+                parent = os.path.dirname(path)
+                walked = self._folder_cache  # not rebuilt here: that walks every tracked file
+                if not link and (parent == self.root or (walked and parent in walked)):
+                    real = path  # no link on the way: the folders of tracked files are real
+                else:
+                    real = os.path.realpath(path)
                 if real != path and path in self.known():
                     files.add(path)  # a tracked file replaced by a link: checked by its own name
                     self._links.setdefault(real, set()).add(path)
-                if inside(real, self.root) and not is_ignored(os.path.relpath(real, self.root)):
+                if inside(real, self.root) and not is_ignored(_relative(real, self.root)):
                     files.add(real)
             elif path in self._folders():
                 folders.add(path)  # a folder that held files and is gone (deleted, renamed)
@@ -494,7 +505,7 @@ class Project:
         update: Update,
         changed: set[str],
         unbroken: set[str],
-        resolver: ImportResolver,
+        resolver: ImportResolver | None,
         *,
         scan: bool = True,
     ) -> None:
@@ -556,6 +567,12 @@ class Project:
         else:
             self._edits_to_scan.append((path, record.hash))
         changed.add(path)
+
+    def settle(self) -> None:
+        """The work a batch leaves for after its publication: the changed files' imports
+        (:meth:`scan_edits`), and the folder list the next batch looks paths up in."""
+        self.scan_edits()
+        self._folders()
 
     def scan_edits(self) -> None:
         """Find the imports of the files :meth:`apply` accepted with ``scan_later``.
@@ -633,6 +650,15 @@ class Project:
             holders.discard(path)
             if len(holders) == 1:
                 self._by_hash[digest] = holders.pop()
+
+
+def _relative(path: str, root: str) -> str:
+    """``os.path.relpath(path, root)`` for a normalised path below a normalised root.
+
+    >>> _relative('/p/pkg/a.py', '/p'), _relative('/a.py', '/')
+    ('pkg/a.py', 'a.py')
+    """
+    return path[len(root) :].lstrip("/")
 
 
 _SIGNATURE = struct.Struct("<QQQQ")
