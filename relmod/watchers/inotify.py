@@ -82,6 +82,10 @@ class _Burst:
     ``step`` passes without another, or ``max_delay`` after the first of them (a long storm).
     A created file that is not closed yet (``pending``) waits for its IN_CLOSE_WRITE, or for
     ``step`` of quiet, so a half-written file is not reported before it is complete.
+    Paths that do not name Python source (:func:`_counts`: an editor's temporary file, a swap
+    file, a folder) neither start nor extend a burst: alone, they wait ``step`` or go with the
+    next change, so the rename that ends an atomic save (temporary file closed, then renamed
+    over the module) is the lone save, not the second change of a burst held for ``step``.
     Time comes in as an argument, so the policy is tested without a clock.
     """
 
@@ -95,6 +99,7 @@ class _Burst:
         self._opened_at = math.inf  # when the oldest held ready path arrived
         self._pending_quiet_at = -math.inf
         self._pending_opened_at = math.inf
+        self._aside_until = -math.inf  # held paths that do not count go out by then
 
     def add(
         self, now: float, ready: set[str], pending: set[str], rescan: bool
@@ -108,6 +113,11 @@ class _Burst:
             self._pending_quiet_at = now + self.step
             self._pending_opened_at = min(self._pending_opened_at, now)
         if not ready and not rescan:
+            return None
+        if not rescan and not any(map(_counts, ready)):
+            self.ready |= ready  # out with the next change, or on their own after step
+            self._opened_at = min(self._opened_at, now)
+            self._aside_until = max(self._aside_until, now + self.step)
             return None
         was_quiet = now >= self._quiet_at
         self._quiet_at = now + self.step
@@ -124,7 +134,7 @@ class _Burst:
             now >= self._pending_quiet_at or now >= self._pending_opened_at + self.max_delay
         )
         ready_due = (bool(self.ready) or self.rescan) and (
-            now >= self._quiet_at or now >= self._opened_at + self.max_delay
+            now >= max(self._quiet_at, self._aside_until) or now >= self._opened_at + self.max_delay
         )
         if ready_due or pending_due:
             return self._take(with_pending=pending_due)
@@ -134,7 +144,9 @@ class _Burst:
         """Seconds until :meth:`due` may return a batch; None when nothing is held."""
         deadlines = []
         if self.ready or self.rescan:
-            deadlines.append(min(self._quiet_at, self._opened_at + self.max_delay))
+            deadlines.append(
+                min(max(self._quiet_at, self._aside_until), self._opened_at + self.max_delay)
+            )
         if self.pending:
             deadlines.append(min(self._pending_quiet_at, self._pending_opened_at + self.max_delay))
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -145,10 +157,16 @@ class _Burst:
         self.ready = set()
         self.rescan = False
         self._opened_at = math.inf
+        self._aside_until = -math.inf
         if with_pending:
             self.pending = set()
             self._pending_opened_at = math.inf
         return batch
+
+
+def _counts(path: str) -> bool:
+    """Whether a change to ``path`` counts for the burst policy (see :class:`_Burst`)."""
+    return path.endswith(".py")
 
 
 class _Descriptors:
