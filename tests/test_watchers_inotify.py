@@ -167,7 +167,6 @@ def test_a_storm_goes_out_at_least_every_max_delay() -> None:
     assert all(b - a <= 0.055 for (a, _), (b, _) in zip(sent, sent[1:], strict=False))
 
 
-
 def test_an_editors_temporary_file_does_not_hold_back_the_save_that_renames_it() -> None:
     burst = _Burst(step=0.010, max_delay=1.0)
     # Written and closed first (one drain), renamed over the module a moment later (the next).
@@ -180,6 +179,7 @@ def test_an_editors_temporary_file_does_not_hold_back_the_save_that_renames_it()
     assert burst.timeout(1.0) == pytest.approx(0.010) and burst.due(1.005) is None
     assert burst.due(1.010) == (frozenset({"/p/notes.txt"}), False)
     assert burst.add(1.011, {"/p/b.py"}, set(), False) == (frozenset({"/p/b.py"}), False)
+
 
 def test_a_created_file_waits_for_its_close_but_not_forever() -> None:
     burst = _Burst(step=0.010, max_delay=1.0)
