@@ -487,17 +487,25 @@ def _check_path(value: Any, root: str | None, max_bytes: int) -> None:
     """
     if not isinstance(value, str) or len(value) > MAX_STR:
         raise _Rejected("schema", f"expected a path str of at most {MAX_STR} characters")
-    if value != "/" and (
-        not value.startswith("/")
-        or value.endswith(("/", "/.", "/.."))
-        or "//" in value
-        or "/./" in value
-        or "/../" in value
-        or "\x00" in value
-    ):
+    if not _normalised(value):
         raise _Rejected("path", f"{value!r:.200} is not an absolute, normalised path")
     if root is not None and not _is_inside(value, root):
         raise _Rejected("path", f"{value!r:.200} lies outside the project {root}")
+
+
+def _normalised(path: str) -> bool:
+    """Whether ``path`` is absolute and as ``os.path.normpath`` leaves it, ``"//x"`` refused
+    (see :func:`_check_path`)."""
+    return path == "/" or (
+        path.startswith("/")
+        and not (
+            path.endswith(("/", "/.", "/.."))
+            or "//" in path
+            or "/./" in path
+            or "/../" in path
+            or "\x00" in path
+        )
+    )
 
 
 def _check_ids(value: Any, root: str | None, max_bytes: int) -> None:
@@ -622,17 +630,7 @@ def _path_ok(value: Any, root: str | None) -> bool:
     return (
         type(value) is str
         and len(value) <= MAX_STR
-        and value.startswith("/")
-        and (
-            value == "/"
-            or not (
-                value.endswith(("/", "/.", "/.."))
-                or "//" in value
-                or "/./" in value
-                or "/../" in value
-                or "\x00" in value
-            )
-        )
+        and _normalised(value)
         and (root is None or _is_inside(value, root))
     )
 
