@@ -1103,17 +1103,7 @@ class BrokerFeed:
         """
         if os.getpid() != self._pid:
             return  # a forked child's feed has a listener of its own
-        with self._news_lock:
-            self._news_dirty.add(event.path)
-            if len(self._news_events) < NEWS_EVENTS_KEPT:
-                self._news_events.append(event)
-            else:
-                self._news_lost += 1
-            first = self._news_due is None
-            if first:
-                self._news_due = time.monotonic() + NEWS_DELAY
-        if first and threading.current_thread() is not self._thread:
-            self._wake()
+        self._note_news((event.path,), event)
 
     def _on_marked(self, keys: set[str]) -> None:
         """Modules were marked stale (any thread, mostly this feed's): the broker hears which
@@ -1123,8 +1113,18 @@ class BrokerFeed:
         untold = keys - self._news_told
         if not untold or os.getpid() != self._pid:
             return
+        self._note_news(untold)
+
+    def _note_news(self, paths: Iterable[str], event: Event | None = None) -> None:
+        """Files whose state the next report says (and an event it carries), due
+        :data:`NEWS_DELAY` after the first news since the last one; any thread."""
         with self._news_lock:
-            self._news_dirty.update(untold)
+            self._news_dirty.update(paths)
+            if event is not None:
+                if len(self._news_events) < NEWS_EVENTS_KEPT:
+                    self._news_events.append(event)
+                else:
+                    self._news_lost += 1
             first = self._news_due is None
             if first:
                 self._news_due = time.monotonic() + NEWS_DELAY
