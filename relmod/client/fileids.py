@@ -139,13 +139,8 @@ class FileTable:
             problem = self.check(ids)
         if problem is not None:
             return [], problem
-        to_local, watch = self._to_local, self._watch
-        paths = [to_local(entry[1]) for entry in changed]
-        if len(ids) <= len(watch):  # the usual case, as reaching() does, without the call
-            paths += [watch[i] for i in ids if i in watch]
-        else:
-            paths += self.reaching(ids)
-        return paths, None
+        to_local = self._to_local
+        return [to_local(entry[1]) for entry in changed] + self.reaching(ids), None
 
     def reaching(self, ids: Collection[int]) -> list[str]:
         """The local paths, among the ids, whose invalidation reaches a module of this process:

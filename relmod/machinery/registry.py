@@ -721,8 +721,7 @@ class Registry:
         keys |= named  # a changed file is affected too, whatever part of a split message said
         if not keys:
             return set()
-        graph = self._graph if not self._unnoted else self.graph
-        return self._mark(graph.affected_by(keys), named)
+        return self._mark(self.graph.affected_by(keys), named)
 
     def _keys_of(self, paths: Iterable[str]) -> set[str]:
         """The modules that reported paths stand for (a folder: every module under it)."""
