@@ -81,6 +81,17 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def broker_status(root: Path) -> dict[str, Any]:
+    """``relmod status ROOT --json`` in its own process, as a user would ask the broker."""
+    out = subprocess.run(
+        [sys.executable, "-m", "relmod", "status", str(root), "--json"],
+        capture_output=True, text=True, env=child_env(), timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
 class Broker:
     """A real ``relmod-broker`` process serving ``root``."""
 

@@ -11,10 +11,9 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import Broker, Worker, child_env, wait_for
+from support import Broker, Worker, broker_status, child_env, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -338,20 +337,10 @@ def test_a_change_affecting_3000_modules_reaches_a_client_by_file_ids(tmp_path: 
         assert after["invalidations"] == before["invalidations"] + 1  # one message did it
         assert after["drop_reasons"] == {} and after["dropped"] == before["dropped"]
         assert after["resyncs"] == before["resyncs"]  # nothing was missed or refused
-        published = status(root)["recent"][0]
+        published = broker_status(root)["recent"][0]
         assert published["changed"] == [str(root / "core.py")]
         assert published["affected"] == count + 3  # the modules, core, every and late
     finally:
         early.close()
         joiner.close()
         broker.stop()
-
-
-def status(root: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "relmod", "status", str(root), "--json"],
-        capture_output=True, text=True, env=child_env(), timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result

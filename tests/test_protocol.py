@@ -16,6 +16,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reliability.fuzz import wire  # a message's frame from its parts, a bad mac kept bad
 
 from relmod.errors import ProtocolError
 from relmod.protocol import (  # the feed's one-function checks, held to the general one
@@ -170,11 +171,6 @@ def pack(kind: Any, body: Any, *, sender: bytes = b"S" * 16, counter: int = 1) -
 def signed(codec: Codec, payload: bytes, version: bytes = VERSION) -> list[bytes]:
     """A frame with a valid signature around any payload: it reaches the checks after the MAC."""
     return [codec.seal(version, payload)]
-
-
-def wire(version: bytes, payload: bytes, mac: bytes) -> list[bytes]:
-    """The one frame of a message made of these parts, as they are (a bad mac stays bad)."""
-    return [version + b"\0" + payload + mac]
 
 
 def parts(frames: list[bytes]) -> tuple[bytes, bytes, bytes]:

@@ -9,10 +9,7 @@ Each test also sends one good message, which does act, so that the test can fail
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
 from reliability.fakes import FakeBroker
-from support import Broker, Worker, child_env, wait_for
+from support import Broker, Worker, broker_status, wait_for
 
 from relmod.connfile import ConnectionInfo, connection_path, read_connection_file
 from relmod.protocol import (
@@ -75,16 +72,6 @@ def cut(frames: list[bytes], count: int) -> list[bytes]:
     return [frame[: -MAC_BYTES - count] + frame[-MAC_BYTES:]]
 
 
-def relmod_status(root: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "relmod", "status", str(root), "--json"],
-        capture_output=True, text=True, env=child_env(), timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    status: dict[str, Any] = json.loads(out.stdout)
-    return status
-
-
 # -- at the real broker -----------------------------------------------------------------------
 
 
@@ -124,7 +111,7 @@ def test_bad_requests_at_the_broker_are_dropped_counted_and_not_acted_on(project
         dealer = Dealer(read_connection_file(connection_path(str(project))))
         leaf, mid, other = (str(project / name) for name in ("leaf.py", "mid.py", "other.py"))
         # The client reports the edge mid -> leaf it saw run; wait for it before counting.
-        before = wait_for(lambda: (s := relmod_status(project))["graph"]["runtime_edges"] and s,
+        before = wait_for(lambda: (s := broker_status(project))["graph"]["runtime_edges"] and s,
                           10, "the client's runtime edge")  # fmt: skip
         assert before["dropped"]["total"] == 0
         # A good hello, then goodbye: its replay must not bring the client back.
@@ -159,7 +146,7 @@ def test_bad_requests_at_the_broker_are_dropped_counted_and_not_acted_on(project
                 dealer.send(frames)
         assert dealer.replies(1.0) == [], "a bad request was answered"
 
-        after = relmod_status(project)
+        after = broker_status(project)
         dropped = after["dropped"]
         for reason, frames_list in attacks.items():
             assert dropped[reason] == len(frames_list), (reason, dropped)
@@ -179,7 +166,7 @@ def test_bad_requests_at_the_broker_are_dropped_counted_and_not_acted_on(project
                                                   "argv": "x"}))  # fmt: skip
         dealer.send(dealer.codec.encode("edges", {"edges": [[other, leaf]]}))
         assert dealer.replies(5) == ["welcome", "ack"]
-        edges = relmod_status(project)["graph"]["runtime_edges"]
+        edges = broker_status(project)["graph"]["runtime_edges"]
         assert edges == before["graph"]["runtime_edges"] + 1
         save(project / "leaf.py", "VALUE = 5\n")
         assert worker.call("wait_value", name="mid", attr="DOUBLE", value=10, timeout=10) == 10
@@ -203,7 +190,7 @@ def test_a_flood_of_garbage_does_not_stop_the_broker(project: Path) -> None:
         for index in range(20_000):
             dealer.send([VERSION + b"\0" + os.urandom(index % 200) + os.urandom(32)])
             sent += 1
-        status = wait_for(lambda: (s := relmod_status(project))["dropped"]["total"] >= sent and s,
+        status = wait_for(lambda: (s := broker_status(project))["dropped"]["total"] >= sent and s,
                           30, "the broker to read the flood")  # fmt: skip
         assert status["dropped"]["forged"] + status["dropped"]["unsigned"] == sent
         save(project / "leaf.py", "VALUE = 6\n")

@@ -13,17 +13,13 @@
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import Broker, FileView, Worker, child_env, wait_for
+from support import Broker, FileView, Worker, broker_status, wait_for
 
 from relmod.cli import ask
 from relmod.connfile import connection_path, read_connection_file
@@ -39,19 +35,10 @@ def save(path: Path, data: str | bytes) -> None:
     os.replace(temp, path)
 
 
-def status(root: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "relmod", "status", str(root), "--json"],
-        capture_output=True, text=True, env=child_env(), timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
-
-
 def known(root: Path, count: int) -> None:
     """Wait until the broker tracks ``count`` files (sync() does not wait for new files)."""
-    wait_for(lambda: status(root)["files"] >= count, 10, f"the broker to track {count} files")
+    tracked = f"the broker to track {count} files"
+    wait_for(lambda: broker_status(root)["files"] >= count, 10, tracked)
 
 
 @pytest.fixture
@@ -128,7 +115,7 @@ def _overflow(project: Path, broker: Broker, worker: Worker, modules: list[Path]
     assert worker.call("wait_value", name="m0", attr="VALUE", value=100, timeout=10) == 100
     assert worker.call("wait_value", name="m1", attr="VALUE", value=101, timeout=10) == 101
     assert worker.call("stale", name="m2") is True
-    assert status(project)["batch_errors"] == 0
+    assert broker_status(project)["batch_errors"] == 0
 
 
 def test_a_burst_far_beyond_one_batch_is_published_whole(project: Path, broker: Broker) -> None:
@@ -189,7 +176,7 @@ def test_an_unreadable_file_mid_save_keeps_the_broker_going(
     assert worker.call("wait_value", name="mid", attr="DOUBLE", value=42, timeout=10) == 42
     worker.call("sync")
     assert worker.call("get", name="mid", attr="DOUBLE") == 42
-    now = status(project)
+    now = broker_status(project)
     assert now["batch_errors"] == 0 and now["request_errors"] == 0 and now["broken"] == []
 
 
