@@ -40,6 +40,19 @@ IGNORED_SUFFIXES: tuple[str, ...] = (".swp", ".swo", ".swx", "~", ".tmp", ".bak"
 IGNORED_PREFIXES: tuple[str, ...] = (".#", "#", ".~")
 
 
+def ignored_name(name: str, *, folder: bool) -> bool:
+    """Whether a walk skips this entry, judged by its own name (its folders were judged already).
+
+    >>> ignored_name('.git', folder=True), ignored_name('x.egg-info', folder=True)
+    (True, True)
+    >>> ignored_name('a.py', folder=False), ignored_name('a.py.swp', folder=False)
+    (False, True)
+    """
+    if name in IGNORED_DIRS or (folder and name.endswith(".egg-info")):
+        return True
+    return name.endswith(IGNORED_SUFFIXES) or name.startswith(IGNORED_PREFIXES)
+
+
 def is_ignored(path: str) -> bool:
     """Whether a path lies in an ignored folder or is an editor's temporary file.
 

@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 EDGES_PER_MESSAGE = 5000
 """Runtime edges per ``edges`` request, so that none outgrows the protocol's payload limit."""
+SINCE_TIMEOUT = 30.0
+"""Seconds a client waits for the answer to ``since``: a broker answers it once its first scan
+has listed the project's files (0.3 s for 80,000 files here), later at once."""
 NEWS_DELAY = 0.05
 """Seconds between the first stale mark, reload or failure and the ``running`` report that
 tells the broker: whatever happens meanwhile goes in the same report."""
@@ -749,8 +752,15 @@ class BrokerFeed:
 
     def _resync(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:
         epoch = "" if self._need_table else self.epoch or ""  # "": the whole table, please
+        # A broker answers once its scan has listed the project's files: a fraction of a second,
+        # longer on a slow disk; connect(timeout=...) bounds what the caller waits.
         reply = self._request(
-            codec, dealer, "since", {"epoch": epoch, "seq": self.seq}, expect="changes"
+            codec,
+            dealer,
+            "since",
+            {"epoch": epoch, "seq": self.seq},
+            expect="changes",
+            timeout=SINCE_TIMEOUT,
         )
         body = reply.body
         if body["full"]:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relmod.graph import STATIC, DependencyGraph
-from relmod.ignore import is_ignored
+from relmod.ignore import ignored_name, is_ignored
 from relmod.server.edges import RuntimeEdges
 from relmod.server.fileids import FileIds
 from relmod.server.imports import find_statements
@@ -366,15 +366,15 @@ class Project:
             except OSError:
                 continue
             for entry in entries:
-                rel = os.path.relpath(entry.path, self.root)
-                if is_ignored(rel):
-                    continue
+                # The folder holds tracked files, so only the entry's own name can be ignored,
+                # and an entry that is no link has the folder's real path plus its name.
                 try:
                     if entry.is_dir():
-                        if entry.path not in folders:
+                        if entry.path not in folders and not ignored_name(entry.name, folder=True):
                             found.update(iter_python_files(entry.path))
-                    elif entry.name.endswith(".py"):
-                        found.add(os.path.realpath(entry.path))
+                    elif entry.name.endswith(".py") and not ignored_name(entry.name, folder=False):
+                        link = entry.is_symlink()
+                        found.add(os.path.realpath(entry.path) if link else entry.path)
                 except OSError:
                     continue
         return {

@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-from relmod.ignore import is_ignored
+from relmod.ignore import ignored_name
 from relmod.server.imports import find_statements, statements_from_ast
 from relmod.server.resolve import ImportResolver
 
@@ -92,9 +92,11 @@ def iter_python_files(root: str) -> Iterator[str]:
         return
     walked = {(st.st_dev, st.st_ino)}
     yielded: set[str] = set()
-    todo = [(top, "")]  # (folder, its path below root)
+    # (folder, its real path): an entry that is no link has its folder's real path plus its name,
+    # so only links pay for realpath (a lstat per path component).
+    todo = [(top, real_top)]
     while todo:
-        folder, below = todo.pop()
+        folder, real_folder = todo.pop()
         try:
             with os.scandir(folder) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
@@ -103,23 +105,28 @@ def iter_python_files(root: str) -> Iterator[str]:
             continue
         subfolders: list[tuple[str, str]] = []
         for entry in entries:
-            rel = os.path.join(below, entry.name) if below else entry.name
-            if is_ignored(rel):
-                continue
+            name = entry.name
             try:
                 if entry.is_dir():
+                    if ignored_name(name, folder=True):
+                        continue
                     if entry.is_symlink():
                         real = os.path.realpath(entry.path)
                         if _within(real, real_top) or _within(real_top, real):
                             log.debug("not following %s: it links back into %s", entry.path, top)
                             continue
+                    else:
+                        real = os.path.join(real_folder, name)
                     info = entry.stat()
                     if (info.st_dev, info.st_ino) in walked:
                         continue
                     walked.add((info.st_dev, info.st_ino))
-                    subfolders.append((entry.path, rel))
-                elif entry.name.endswith(".py") and entry.is_file():
-                    real = os.path.realpath(entry.path)
+                    subfolders.append((entry.path, real))
+                elif name.endswith(".py") and not ignored_name(name, folder=False) and entry.is_file():
+                    if entry.is_symlink():
+                        real = os.path.realpath(entry.path)
+                    else:
+                        real = os.path.join(real_folder, name)
                     if real not in yielded:
                         yielded.add(real)
                         yield real
