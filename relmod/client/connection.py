@@ -1028,7 +1028,7 @@ class BrokerFeed:
             raise _Lost(f"the broker was replaced by pid {info['pid']} (a new connection file)")
 
     def _on_reply(self, msg: Message) -> None:
-        """Replies nobody waits for synchronously: acks, the plug-in's, and sync's answer."""
+        """Replies nobody waits for synchronously: the plug-in's, sync's answer, refusals."""
         if self.plugin is not None and self.plugin.take_reply(msg):
             return
         if msg.kind == "error":

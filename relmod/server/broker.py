@@ -63,7 +63,14 @@ from relmod.server.clients import ClientTable
 from relmod.server.history import History
 from relmod.server.pending import PendingChanges
 from relmod.server.project import Project, Update
-from relmod.server.requests import AFTER_SYNC, AfterWalk, Outcome, Reply, RequestHandlers
+from relmod.server.requests import (
+    AFTER_SYNC,
+    NO_REPLY,
+    AfterWalk,
+    Outcome,
+    Reply,
+    RequestHandlers,
+)
 from relmod.server.roots import find_import_roots
 from relmod.server.scancache import ScanCache, cache_path
 from relmod.server.scanner import ProjectScan
@@ -470,7 +477,10 @@ class Broker:
             self._act(identity, self.handlers.answer(identity, message))
 
     def _act(self, identity: bytes, outcome: Outcome) -> None:
-        """Do what a handler's answer asks: reply now, or when the file list or a sync is due."""
+        """Do what a handler's answer asks: reply now, later (once the file list or a sync is
+        due), or not at all."""
+        if outcome is NO_REPLY:
+            return
         if isinstance(outcome, AfterWalk):
             if self.state.walked:
                 self._act(identity, outcome.answer())

@@ -2,7 +2,9 @@
 
 Every request arrives already verified and checked against its schema by the broker's
 :class:`~relmod.protocol.Codec` (role ``"broker"``, rooted at the project, so a path outside the
-project never gets here). Each gets exactly one reply:
+project never gets here). A request gets one reply, except a client's notes (``edges``,
+``report``, ``running``), which get none unless they are refused: a client sends them after
+saves, and an answer would only wake it, and the broker, once more for nothing:
 
 ==========  ==========================================  ===========================================
 request     body                                        reply
@@ -12,12 +14,12 @@ since       epoch, seq                                  changes {epoch, seq, ful
                                                         affected, names, broken, next}
 hashes      after (a file id)                           hashes {files, names, next}: the next
                                                         page of a full answer
-edges       edges [[dependent, dependency], ...]        ack (recorded as "runtime" edges of the
+edges       edges [[dependent, dependency], ...]        none (recorded as "runtime" edges of the
                                                         client, between tracked files only)
 paths       paths (the client's sys.path)               ack (folders inside the project become
                                                         import roots)
-report      client, seq, stale, error                   ack
-running     client, files (what it runs of each file    ack (kept for status; the events are
+report      client, seq, stale, error                   none (kept for status)
+running     client, files (what it runs of each file    none (kept for status; the events are
             whose state changed), events, lost          republished as "activity")
 status      {}                                          status {status: {...}}
 list        what ("clients" or "broken"), after         list {items, next, total}: the rows
@@ -63,7 +65,7 @@ from relmod.server.state import BrokerState
 from relmod.server.status import broken_rows, broker_status, client_rows
 from relmod.sources import content_hash, read_source
 
-__all__ = ["AFTER_SYNC", "AfterWalk", "Outcome", "Reply", "RequestHandlers"]
+__all__ = ["AFTER_SYNC", "NO_REPLY", "AfterWalk", "Outcome", "Reply", "RequestHandlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +80,20 @@ class AfterWalk:
     answer: Callable[[], Reply]
 
 
-class _AfterSync:
+class _Later:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
     def __repr__(self) -> str:
-        return "AFTER_SYNC"
+        return self._name
 
 
-AFTER_SYNC: Final = _AfterSync()
+AFTER_SYNC: Final = _Later("AFTER_SYNC")
 """Answer "synced" once every save made before the request is published."""
+NO_REPLY: Final = _Later("NO_REPLY")
+"""Answer nothing: a client's note (edges, report, running) was taken."""
 
-Outcome = Reply | AfterWalk | _AfterSync
+Outcome = Reply | AfterWalk | _Later
 """What a handler returns: a reply now, or when to answer later."""
 _Handler = Callable[[bytes, dict[str, Any]], Outcome]
 
@@ -259,7 +266,7 @@ class RequestHandlers:
             file_id += 1
         return files, names, None
 
-    def edges(self, identity: bytes, body: dict[str, Any]) -> Reply:
+    def edges(self, identity: bytes, body: dict[str, Any]) -> Outcome:
         """Record the import edges a client saw at run time, owned by that client."""
         name = self._state.clients.name_of(identity)
         if name is None:
@@ -267,7 +274,7 @@ class RequestHandlers:
                 "edges_unknown_client", "The broker takes edges only from a client that said hello."
             )
         self._state.project.runtime.add(name, ((a, b) for a, b in body["edges"]))
-        return "ack", {}
+        return NO_REPLY
 
     def paths(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Take folders of the client's sys.path that lie inside the project as import roots."""
@@ -280,12 +287,12 @@ class RequestHandlers:
         self._state.project.add_import_roots(folders)
         return "ack", {}
 
-    def report(self, identity: bytes, body: dict[str, Any]) -> Reply:
+    def report(self, identity: bytes, body: dict[str, Any]) -> Outcome:
         """Note a client's progress: last seq applied, stale modules, last reload error."""
         self._state.clients.report(identity, body, time.monotonic())
-        return "ack", {}
+        return NO_REPLY
 
-    def running(self, identity: bytes, body: dict[str, Any]) -> Reply:
+    def running(self, identity: bytes, body: dict[str, Any]) -> Outcome:
         """Keep what a client runs of the files it reported; queue its events to republish."""
         state = self._state
         name = state.clients.name_of(identity)
@@ -295,7 +302,7 @@ class RequestHandlers:
                 "The broker takes 'running' reports only from a client that said hello.",
             )
         state.fleet.update(name, body["files"], body["events"], body["lost"])
-        return "ack", {}
+        return NO_REPLY
 
     def status(self, identity: bytes, body: dict[str, Any]) -> Reply:
         """Everything ``relmod status`` shows (long lists cut: see ``list``)."""

@@ -213,7 +213,9 @@ class FakeBroker:
                     router.send_multipart([identity, *early])
                 self.before_synced = []
                 reply = ("synced", {"epoch": self.epoch, "seq": self.seq})
-            elif kind in ("report", "edges", "goodbye", "paths"):
+            elif kind in ("report", "edges", "running"):
+                continue  # a client's note: no reply, as the real broker
+            elif kind in ("goodbye", "paths"):
                 reply = ("ack", {})
             else:
                 reply = (
