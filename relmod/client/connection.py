@@ -925,6 +925,8 @@ class BrokerFeed:
                 continue  # any other wake (a heartbeat, a reply, a command) does the chores
             if now - self._heard_at > self.silence:
                 raise _Lost(f"nothing heard from the broker for {self.silence:.0f}s")
+            if self._loads:
+                self._take_loads()  # here, not on the next save's way to its stale marks
             registry = self.host.registry
             marks = (self.seq, registry.generation, registry.reloads + registry.errors_logged)
             if marks != counted:
@@ -1164,8 +1166,10 @@ class BrokerFeed:
         root = codec.root
         files: list[dict[str, Any]] = []
         if dirty:
-            for rec in self.host.registry.records():
-                if rec.key not in dirty or rec.kind == "folder":
+            registry = self.host.registry
+            for key in sorted(dirty):  # the files that moved, not every module of the process
+                rec = registry.record_at(key)
+                if rec is None or rec.kind == "folder":
                     continue
                 self._news_told.add(rec.key)
                 path = self.path_map.to_broker(rec.key)

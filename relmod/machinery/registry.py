@@ -516,6 +516,10 @@ class Registry:
         """The record whose module owns this globals dict."""
         return self._by_namespace.get(id(namespace))
 
+    def record_at(self, key: str) -> Record | None:
+        """The record of the module whose key (its file or folder path) this is."""
+        return self._records.get(key)
+
     def record_of_name(self, name: str) -> Record | None:
         """The record of the module called ``name`` in ``sys.modules``."""
         return self._by_name.get(name)
