@@ -11,6 +11,10 @@ Two systems carry one save to N processes, each measured at 1 client and at N (d
   watch of the folder (ctypes, :mod:`relmod.watchers.inotify_kernel`) and, on the save's event,
   sends one ZeroMQ PUB message; N processes sleep in a blocking SUB ``recv`` and keep
   ``time.time()`` when it arrives.
+- **signed floor**, for reference: the floor, with the least an authenticated Python
+  subscriber does. The publisher packs an invalidation shaped like relmod's with msgpack and
+  signs it (keyed BLAKE2b, as relmod); each subscriber checks the MAC, unpacks it and looks the
+  changed file's id up before it keeps the time. What relmod does beyond this is its own cost.
 
 The driver saves ``leaf.py`` atomically (temporary file + ``os.replace``, as editors do), noting
 ``time.time()`` just before the replace, E times, 1.2 s apart (the broker's burst pacing never
@@ -100,6 +104,61 @@ while True:
     if sub in events:
         sub.recv()
         last = time.time()
+    if sys.stdin.fileno() in events:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if line.strip() == 'ask':
+            print('stale', last, flush=True)
+"""
+
+SIGNED_PUBLISHER = r"""
+import select, sys, zmq, msgpack
+from hashlib import blake2b
+from relmod.watchers.inotify_kernel import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
+folder, endpoint = sys.argv[1], sys.argv[2]
+pub = zmq.Context().socket(zmq.PUB)
+pub.bind(endpoint)
+inotify = Inotify()
+inotify.add_watch(folder, IN_CLOSE_WRITE | IN_MOVED_TO)
+poller = select.poll()
+poller.register(inotify.fd, select.POLLIN)
+print('ready', flush=True)
+seq = 0
+while True:
+    poller.poll()
+    if any(event.name == 'leaf.py' for event in inotify.read()):
+        seq += 1
+        body = {'epoch': 'e' * 30, 'seq': seq, 'changed': [[3, folder + '/leaf.py', 'h' * 32]],
+                'affected': bytes([2, 3, 0, 4, 0]), 'names': []}
+        payload = msgpack.packb({'k': 'invalidate', 's': b's' * 16, 'n': seq, 'b': body})
+        frame = b'signed/1\0' + payload
+        pub.send(frame + blake2b(frame, key=b'k' * 32, digest_size=32).digest())
+"""
+
+SIGNED_SUBSCRIBER = r"""
+import hmac, sys, time, zmq, msgpack
+from hashlib import blake2b
+sub = zmq.Context().socket(zmq.SUB)
+sub.setsockopt(zmq.SUBSCRIBE, b'')
+sub.connect(sys.argv[1])
+poller = zmq.Poller()
+poller.register(sub, zmq.POLLIN)
+poller.register(sys.stdin.fileno(), zmq.POLLIN)
+watched = {3: 'leaf'}
+last = 0.0
+print('ready', flush=True)
+while True:
+    events = dict(poller.poll())
+    if sub in events:
+        frame = sub.recv()
+        end = len(frame) - 32
+        view = memoryview(frame)
+        mac = blake2b(view[:end], key=b'k' * 32, digest_size=32).digest()
+        if hmac.compare_digest(frame[end:], mac):
+            message = msgpack.unpackb(view[9:end], raw=False)
+            if message['b']['changed'][0][0] in watched:
+                last = time.time()
     if sys.stdin.fileno() in events:
         line = sys.stdin.readline()
         if not line:
@@ -259,20 +318,25 @@ def _wait_quiet(pid: int, timeout: float = 120.0) -> None:
     raise SystemExit(f"process {pid} did not settle within {timeout:.0f} s")
 
 
-def start_floor(work: Path, clients: int, extra: list[subprocess.Popen[str]]) -> Fleet:
-    folder = work / f"floor-{clients}"
+def start_floor(
+    work: Path, clients: int, extra: list[subprocess.Popen[str]], *, signed: bool = False
+) -> Fleet:
+    kind = "signed" if signed else "floor"
+    folder = work / f"{kind}-{clients}"
     folder.mkdir()
     (folder / "leaf.py").write_text("VALUE = 0\n")
-    endpoint = f"ipc://{work}/floor-{clients}.sock"
-    publisher = _start([sys.executable, "-c", FLOOR_PUBLISHER, str(folder), endpoint])
+    endpoint = f"ipc://{work}/{kind}-{clients}.sock"
+    publisher_code = SIGNED_PUBLISHER if signed else FLOOR_PUBLISHER
+    publisher = _start([sys.executable, "-c", publisher_code, str(folder), endpoint])
     extra.append(publisher)
     _wait_ready([publisher], "floor publisher")
+    subscriber_code = SIGNED_SUBSCRIBER if signed else FLOOR_SUBSCRIBER
     procs = [
-        _start([sys.executable, "-c", FLOOR_SUBSCRIBER, endpoint], stdin=True)
+        _start([sys.executable, "-c", subscriber_code, endpoint], stdin=True)
         for _ in range(clients)
     ]
     _wait_ready(procs, "floor subscriber")
-    fleet = Fleet(f"floor, {clients}", folder, procs)
+    fleet = Fleet(f"{kind}, {clients}", folder, procs)
     # ZeroMQ's slow joiner: saves until every subscriber hears one.
     deadline = time.monotonic() + 30
     while not fleet.save(0, record=False):
@@ -306,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             fleets["relmod", n] = start_relmod(work, n, brokers, args.files if n > 1 else 0)
             fleets["floor", n] = start_floor(work, n, others)
+            fleets["signed", n] = start_floor(work, n, others, signed=True)
         for fleet in fleets.values():  # one unrecorded save each: first-use costs out of the way
             fleet.save(0, record=False)
         time.sleep(SAVE_PAUSE_S)
@@ -382,6 +447,24 @@ def main(argv: list[str] | None = None) -> int:
             else f"| growth per added client (ms) | {growth['relmod']:.3f} | | "
             f"{growth['floor']:.3f} | | | | <= 2x |"
         )
+    signed = {n: ms("signed", n) for n in sizes}
+    if all(signed.values()) and len(medians) == 4:
+        print(
+            "\nFor reference, the signed floor (MAC checked, msgpack unpacked, one id looked up; "
+            "no more):\n"
+        )
+        print("| save -> last process has it | signed floor median | p99 | / floor |")
+        print("| --- | ---: | ---: | ---: |")
+        for n in sizes:
+            median = statistics.median(signed[n])
+            print(
+                f"| {n} client{'s' if n > 1 else ''} (ms) | {median:.2f} | "
+                f"{percentile(signed[n], 0.99):.2f} | {median / medians['floor', n]:.2f}x |"
+            )
+        grown = (statistics.median(signed[big]) - statistics.median(signed[1])) / (big - 1)
+        floor_growth = (medians["floor", big] - medians["floor", 1]) / (big - 1)
+        ratio = f"{grown / floor_growth:.2f}x" if floor_growth > 0 else ""
+        print(f"| growth per added client (ms) | {grown:.3f} | | {ratio} |")
     print()
     print("| idle, relmod | median | p99 | max | target |")
     print("| --- | ---: | ---: | ---: | --- |")

@@ -122,7 +122,9 @@ def iter_python_files(root: str) -> Iterator[str]:
                         continue
                     walked.add((info.st_dev, info.st_ino))
                     subfolders.append((entry.path, real))
-                elif name.endswith(".py") and not ignored_name(name, folder=False) and entry.is_file():
+                elif name.endswith(".py") and entry.is_file():
+                    if ignored_name(name, folder=False):
+                        continue
                     if entry.is_symlink():
                         real = os.path.realpath(entry.path)
                     else:
