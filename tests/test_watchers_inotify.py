@@ -453,6 +453,54 @@ def test_stop_is_prompt_and_leaves_no_thread_and_no_descriptor(
     assert set(os.listdir("/proc/self/fd")) <= before
 
 
+def test_a_watcher_run_by_its_callers_loop_reports_on_that_thread_and_gathers_bursts(
+    tmp_path: Path,
+) -> None:
+    """The broker's way: no thread of the watcher's own; the caller polls the descriptor,
+    waits at most due_in(), calls step(), and on_change runs on the caller's thread."""
+    import select
+
+    before = set(os.listdir("/proc/self/fd"))
+    batches: list[tuple[ChangeBatch, int]] = []
+    watcher = InotifyWatcher(
+        [str(tmp_path)], lambda b: batches.append((b, threading.get_ident())), step_ms=50
+    )
+    fd = watcher.start_in_caller()
+    assert watcher.wait_ready(0) and not watcher.running  # live at once, and no thread
+    with pytest.raises(RuntimeError, match="already"):
+        watcher.start()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+
+    def run_until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while not done():
+            assert time.monotonic() < deadline, batches
+            wait = watcher.due_in()
+            left = deadline - time.monotonic()
+            poller.poll(max(1, int(1000 * (left if wait is None else min(wait, left)))))
+            watcher.step()
+
+    assert watcher.due_in() is None  # idle: nothing due, the caller may sleep until an event
+    (tmp_path / "a.py").write_text("A = 1\n")
+    run_until(lambda: len(batches) == 1)
+    assert batches[0][0].paths == {str(tmp_path / "a.py")}
+    assert batches[0][1] == threading.get_ident()
+
+    # A burst: the files after the first wait for a quiet step, which due_in() tells the loop.
+    for name in ("b.py", "c.py", "d.py"):
+        (tmp_path / name).write_text("B = 1\n")
+    run_until(
+        lambda: (
+            set().union(*(b.paths for b, _ in batches))
+            >= {str(tmp_path / n) for n in ("a.py", "b.py", "c.py", "d.py")}
+        )
+    )
+    assert len(batches) <= 3 and watcher.due_in() is None
+    watcher.stop()  # no thread to join: it closes the descriptors
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
 def test_a_used_up_watch_limit_falls_back_to_polling_and_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

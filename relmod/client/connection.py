@@ -62,8 +62,9 @@ log = logging.getLogger(__name__)
 EDGES_PER_MESSAGE = 5000
 """Runtime edges per ``edges`` request, so that none outgrows the protocol's payload limit."""
 SINCE_TIMEOUT = 30.0
-"""Seconds a client waits for the answer to ``since``: a broker answers it once its first scan
-has listed the project's files (0.3 s for 80,000 files here), later at once."""
+"""Seconds a client waits for the answer to ``since`` and each page of ``hashes``: a broker
+answers ``since`` once its first scan has listed the project's files (0.3 s for 80,000 files
+here), and during that scan reads the files a page names that the scan has not reached."""
 NEWS_DELAY = 0.05
 """Seconds between the first stale mark, reload or failure and the ``running`` report that
 tells the broker: whatever happens meanwhile goes in the same report."""
@@ -768,7 +769,9 @@ class BrokerFeed:
             files, names = list(body["files"]), list(body["names"])
             after = body["next"]
             while after is not None:
-                page = self._request(codec, dealer, "hashes", {"after": after}, expect="hashes")
+                page = self._request(
+                    codec, dealer, "hashes", {"after": after}, expect="hashes", timeout=SINCE_TIMEOUT
+                )
                 files += page.body["files"]
                 names += page.body["names"]
                 after = page.body["next"]

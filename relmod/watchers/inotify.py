@@ -255,11 +255,17 @@ class InotifyWatcher(_ThreadedWatcher):
         self._folders: dict[int, str] = {}  # watch descriptor -> folder
         self._wds: dict[str, int] = {}  # folder -> watch descriptor
         self._roots: frozenset[str] = frozenset()
-        self._primed_generation: int | None = None
         self._refresh_due = False
         self._rewalk_due = False
         self._walked: set[str] = set()  # roots whose subfolders were walked and watched
         self._limit_logged = False
+        # The loop's state, whichever thread runs it (the watcher's, or a caller's).
+        self._burst = _Burst(self._step_ms / 1000, self._debounce_ms / 1000)
+        self._live_generation: int | None = None
+        self._next_recheck = time.monotonic() + _RECHECK_SECONDS
+        self._backoff = _BACKOFF_FIRST
+        self._resume_at = 0.0  # after a failure: no step before then
+        self._in_caller = False
 
     def _roots_of(self, scope: _Scope) -> tuple[str, ...]:
         # Every watched folder is its own root (a nested one may sit under an ignored folder),
@@ -290,7 +296,7 @@ class InotifyWatcher(_ThreadedWatcher):
             self._wds.clear()
             fds.close()
             raise
-        self._primed_generation = generation
+        self._live_generation = generation
         # Not at exit: relmod's atexit hook stops the thread first; closing the fds under a thread
         # blocked in poll() would leave it there until stop()'s join times out (2 s per exit).
         weakref.finalize(self, fds.close).atexit = False  # a watcher dropped without stop()
@@ -302,6 +308,8 @@ class InotifyWatcher(_ThreadedWatcher):
             RuntimeError: the watcher was started before.
             OSError: inotify cannot be set up here (see :meth:`prime`).
         """
+        if self._in_caller:
+            raise RuntimeError("This inotify watcher runs in its caller's loop already.")
         if self._thread is None:
             self.prime()
         super().start()
@@ -359,57 +367,108 @@ class InotifyWatcher(_ThreadedWatcher):
             fds.close()
 
     def _loop(self, fds: _Descriptors) -> None:
-        burst = _Burst(self._step_ms / 1000, self._debounce_ms / 1000)
         poller = select.poll()
         poller.register(fds.inotify.fd, select.POLLIN)
         poller.register(fds.wake_fd, select.POLLIN)
-        live_generation = self._primed_generation
-        next_recheck = time.monotonic() + _RECHECK_SECONDS
-        backoff = _BACKOFF_FIRST
         while not self._stop_requested.is_set():
-            try:
-                scope, generation = self._current()
-                if generation != live_generation:
-                    self._reconfigure.clear()
-                    self._sync(scope)
-                    if live_generation is not None:
-                        # Edits in the new roots before their watch existed cannot be named.
-                        self._send(burst.add(time.monotonic(), set(), set(), True))
-                    live_generation = generation
-                self._mark_live(generation)
-                timeout = burst.timeout(time.monotonic())
-                if scope.missing:
-                    wait = max(0.0, next_recheck - time.monotonic())
-                    timeout = wait if timeout is None else min(timeout, wait)
-                ms = None if timeout is None else math.ceil(timeout * 1000)
-                for fd, _ in poller.poll(ms):
-                    if fd == fds.wake_fd:
-                        fds.clear_wake()
-                events = fds.inotify.read()
-                now = time.monotonic()
-                if events:
-                    self._send(burst.add(now, *self._absorb(events, fds.inotify)))
-                    if self._rewalk_due:  # after an overflow: folders made meanwhile lack watches
-                        self._rewalk_due = False
-                        with self._lock:  # not while watch_now adds a folder
-                            self._sync(self._scope, rewalk=True)
-                self._send(burst.due(time.monotonic()))
-                if self._refresh_due or (scope.missing and now >= next_recheck):
-                    self._refresh_due = False
-                    next_recheck = now + _RECHECK_SECONDS
-                    self._refresh_scope()
-                backoff = _BACKOFF_FIRST
-            except Exception as err:  # a bug of ours, or the kernel refusing a watch: keep on
-                self.backend_errors += 1
-                logger.error(
-                    "The inotify watcher failed (%s: %s); continuing and asking for a rescan.",
-                    type(err).__name__,
-                    err,
-                    exc_info=True,
-                )
-                burst.rescan = True
-                self._stop_requested.wait(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+            timeout = self.due_in()
+            ms = None if timeout is None else math.ceil(timeout * 1000)
+            for fd, _ in poller.poll(ms):
+                if fd == fds.wake_fd:
+                    fds.clear_wake()
+            self.step()
+            if self._resume_at:
+                self._stop_requested.wait(max(0.0, self._resume_at - time.monotonic()))
+
+    # -- run by a caller's loop instead of the thread ---------------------------------------------
+
+    def start_in_caller(self) -> int:
+        """Add the watches now and leave the waiting to the caller's loop, on the caller's thread
+        (no thread of the watcher's own, so a save reaches the caller without a hop between
+        threads): returns the descriptor to poll for reading. Each turn, the caller waits at
+        most :meth:`due_in` seconds, then calls :meth:`step`; ``on_change`` runs inside it.
+
+        Raises:
+            RuntimeError: the watcher was started before.
+            OSError: inotify cannot be set up here (see :meth:`prime`).
+        """
+        if self._thread is not None or self._in_caller:
+            raise RuntimeError("This inotify watcher was already started; create a new one.")
+        self.prime()
+        assert self._fds is not None
+        self._in_caller = True
+        self.due_in()  # the watch is live: wait_ready() says so from now on
+        fd: int = self._fds.inotify.fd
+        return fd
+
+    @property
+    def paused(self) -> bool:
+        """Whether the watcher backs off after a failure (its caller need not poll it now)."""
+        return bool(self._resume_at)
+
+    def due_in(self) -> float | None:
+        """Rebuild the watch if its roots changed, then the seconds until :meth:`step` is due
+        without an event (a burst's quiet step, a missing root's recheck), or None."""
+        now = time.monotonic()
+        if self._resume_at:
+            if now < self._resume_at:
+                return self._resume_at - now  # backing off after a failure
+            self._resume_at = 0.0
+        try:
+            scope, generation = self._current()
+            if generation != self._live_generation:
+                self._reconfigure.clear()
+                self._sync(scope)
+                if self._live_generation is not None:
+                    # Edits in the new roots before their watch existed cannot be named.
+                    self._send(self._burst.add(time.monotonic(), set(), set(), True))
+                self._live_generation = generation
+            self._mark_live(generation)
+        except Exception as err:
+            self._failed(err)
+            return self.due_in()
+        timeout = self._burst.timeout(time.monotonic())
+        if scope.missing:
+            wait = max(0.0, self._next_recheck - time.monotonic())
+            timeout = wait if timeout is None else min(timeout, wait)
+        return timeout
+
+    def step(self) -> None:
+        """Read what the kernel has (never blocks) and deliver the batches that are due."""
+        fds = self._fds
+        if fds is None or self._resume_at:
+            return
+        burst = self._burst
+        try:
+            events = fds.inotify.read()
+            now = time.monotonic()
+            if events:
+                self._send(burst.add(now, *self._absorb(events, fds.inotify)))
+                if self._rewalk_due:  # after an overflow: folders made meanwhile lack watches
+                    self._rewalk_due = False
+                    with self._lock:  # not while watch_now adds a folder
+                        self._sync(self._scope, rewalk=True)
+            self._send(burst.due(time.monotonic()))
+            if self._refresh_due or (self._scope.missing and now >= self._next_recheck):
+                self._refresh_due = False
+                self._next_recheck = now + _RECHECK_SECONDS
+                self._refresh_scope()
+            self._backoff = _BACKOFF_FIRST
+        except Exception as err:
+            self._failed(err)
+
+    def _failed(self, err: Exception) -> None:
+        """A bug of ours, or the kernel refusing a watch: log, ask for a rescan, back off."""
+        self.backend_errors += 1
+        logger.error(
+            "The inotify watcher failed (%s: %s); continuing and asking for a rescan.",
+            type(err).__name__,
+            err,
+            exc_info=True,
+        )
+        self._burst.rescan = True
+        self._resume_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
 
     def _send(self, batch: tuple[frozenset[str], bool] | None) -> None:
         if batch is not None:
