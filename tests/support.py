@@ -161,8 +161,12 @@ class Worker:
             bufsize=1,
         )
 
-    def call(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
+    def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+        """Run one command in the worker; ``timeout`` is the command's own (connect, sync,
+        wait_value), passed on when given."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        if timeout is not None:
+            args["timeout"] = timeout
         self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()

@@ -65,6 +65,9 @@ SINCE_TIMEOUT = 30.0
 """Seconds a client waits for the answer to ``since`` and each page of ``hashes``: a broker
 answers ``since`` once its first scan has listed the project's files (0.3 s for 80,000 files
 here), and during that scan reads the files a page names that the scan has not reached."""
+PAGE_PATIENCE = 3.0
+"""Seconds past connect()'s timeout that a client keeps waiting after the last page of the
+broker's file table arrived: a broker paging through a big table is answering."""
 NEWS_DELAY = 0.05
 """Seconds between the first stale mark, reload or failure and the ``running`` report that
 tells the broker: whatever happens meanwhile goes in the same report."""
@@ -371,6 +374,7 @@ class BrokerFeed:
         self.epoch: str | None = None
         self.seq = 0
         self.connected = threading.Event()
+        self._paged_at = 0.0  # when the last page of the broker's file table arrived
         self.refused = threading.Event()  # CURVE said no: retrying will not help by itself
         self.broken: dict[str, tuple[int | None, str]] = {}
         self.dropped = 0
@@ -431,10 +435,17 @@ class BrokerFeed:
                 feed.follow()
 
     def wait_connected(self, timeout: float) -> bool:
-        """Wait for the first session; False after ``timeout``, or at once when refused."""
+        """Wait for the first session; False after ``timeout``, or at once when refused.
+
+        A broker still sending its file table answers: the wait goes on while its pages keep
+        coming (a big project during the broker's first scan: 80,000 files take 8-14 s here).
+        """
         deadline = time.monotonic() + timeout
         while not self.connected.wait(min(0.02, max(0.0, deadline - time.monotonic()))):
-            if self.refused.is_set() or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if self.refused.is_set():
+                return False
+            if now >= deadline and now - self._paged_at > PAGE_PATIENCE:
                 return False
         return True
 
@@ -770,8 +781,14 @@ class BrokerFeed:
             after = body["next"]
             while after is not None:
                 page = self._request(
-                    codec, dealer, "hashes", {"after": after}, expect="hashes", timeout=SINCE_TIMEOUT
+                    codec,
+                    dealer,
+                    "hashes",
+                    {"after": after},
+                    expect="hashes",
+                    timeout=SINCE_TIMEOUT,
                 )
+                self._paged_at = time.monotonic()
                 files += page.body["files"]
                 names += page.body["names"]
                 after = page.body["next"]
