@@ -62,7 +62,4 @@ def is_ignored(path: str) -> bool:
     parts = path.replace(os.sep, "/").split("/")
     if any(part in IGNORED_DIRS or part.endswith(".egg-info") for part in parts[:-1]):
         return True
-    name = parts[-1]
-    if name in IGNORED_DIRS:
-        return True
-    return name.endswith(IGNORED_SUFFIXES) or name.startswith(IGNORED_PREFIXES)
+    return ignored_name(parts[-1], folder=False)
