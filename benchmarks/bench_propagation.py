@@ -72,9 +72,12 @@ for line in sys.stdin:
         top.VALUE   # reload now, as a worker's next call would
 """
 
-FLOOR_PUBLISHER = r"""
-import os, select, sys, zmq
+# One publisher and one subscriber for both floors; {setup}, {send} and {receive} are what the
+# signed floor adds (the templates hold no other braces).
+PUBLISHER = r"""
+import select, sys, zmq
 from relmod.watchers.inotify_kernel import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
+{setup}
 folder, endpoint = sys.argv[1], sys.argv[2]
 pub = zmq.Context().socket(zmq.PUB)
 pub.bind(endpoint)
@@ -86,11 +89,12 @@ print('ready', flush=True)
 while True:
     poller.poll()
     if any(event.name == 'leaf.py' for event in inotify.read()):
-        pub.send(b'x')
+{send}
 """
 
-FLOOR_SUBSCRIBER = r"""
+SUBSCRIBER = r"""
 import sys, time, zmq
+{setup}
 sub = zmq.Context().socket(zmq.SUB)
 sub.setsockopt(zmq.SUBSCRIBE, b'')
 sub.connect(sys.argv[1])
@@ -102,8 +106,7 @@ print('ready', flush=True)
 while True:
     events = dict(poller.poll())
     if sub in events:
-        sub.recv()
-        last = time.time()
+{receive}
     if sys.stdin.fileno() in events:
         line = sys.stdin.readline()
         if not line:
@@ -112,45 +115,35 @@ while True:
             print('stale', last, flush=True)
 """
 
-SIGNED_PUBLISHER = r"""
-import select, sys, zmq, msgpack
+FLOOR_PUBLISHER = PUBLISHER.format(setup="", send="        pub.send(b'x')")
+
+FLOOR_SUBSCRIBER = SUBSCRIBER.format(
+    setup="",
+    receive="""\
+        sub.recv()
+        last = time.time()""",
+)
+
+SIGNED_PUBLISHER = PUBLISHER.format(
+    setup="""\
+import msgpack
 from hashlib import blake2b
-from relmod.watchers.inotify_kernel import IN_CLOSE_WRITE, IN_MOVED_TO, Inotify
-folder, endpoint = sys.argv[1], sys.argv[2]
-pub = zmq.Context().socket(zmq.PUB)
-pub.bind(endpoint)
-inotify = Inotify()
-inotify.add_watch(folder, IN_CLOSE_WRITE | IN_MOVED_TO)
-poller = select.poll()
-poller.register(inotify.fd, select.POLLIN)
-print('ready', flush=True)
-seq = 0
-while True:
-    poller.poll()
-    if any(event.name == 'leaf.py' for event in inotify.read()):
+seq = 0""",
+    send="""\
         seq += 1
         body = {'epoch': 'e' * 30, 'seq': seq, 'changed': [[3, folder + '/leaf.py', 'h' * 32]],
                 'affected': bytes([2, 3, 0, 4, 0]), 'names': []}
         payload = msgpack.packb({'k': 'invalidate', 's': b's' * 16, 'n': seq, 'b': body})
-        frame = b'signed/1\0' + payload
-        pub.send(frame + blake2b(frame, key=b'k' * 32, digest_size=32).digest())
-"""
+        frame = b'signed/1\\0' + payload
+        pub.send(frame + blake2b(frame, key=b'k' * 32, digest_size=32).digest())""",
+)
 
-SIGNED_SUBSCRIBER = r"""
-import hmac, sys, time, zmq, msgpack
+SIGNED_SUBSCRIBER = SUBSCRIBER.format(
+    setup="""\
+import hmac, msgpack
 from hashlib import blake2b
-sub = zmq.Context().socket(zmq.SUB)
-sub.setsockopt(zmq.SUBSCRIBE, b'')
-sub.connect(sys.argv[1])
-poller = zmq.Poller()
-poller.register(sub, zmq.POLLIN)
-poller.register(sys.stdin.fileno(), zmq.POLLIN)
-watched = {3: 'leaf'}
-last = 0.0
-print('ready', flush=True)
-while True:
-    events = dict(poller.poll())
-    if sub in events:
+watched = {3: 'leaf'}""",
+    receive="""\
         frame = sub.recv()
         end = len(frame) - 32
         view = memoryview(frame)
@@ -158,14 +151,8 @@ while True:
         if hmac.compare_digest(frame[end:], mac):
             message = msgpack.unpackb(view[9:end], raw=False)
             if message['b']['changed'][0][0] in watched:
-                last = time.time()
-    if sys.stdin.fileno() in events:
-        line = sys.stdin.readline()
-        if not line:
-            break
-        if line.strip() == 'ask':
-            print('stale', last, flush=True)
-"""
+                last = time.time()""",
+)
 
 SAVE_PAUSE_S = 1.2
 WAIT_S = 5.0
