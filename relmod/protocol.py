@@ -42,10 +42,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import math
 import os
+import re
 import secrets
 import sys
 import threading
@@ -288,6 +290,10 @@ class Message(NamedTuple):
     counter: int
 
 
+_new_message = functools.partial(tuple.__new__, Message)
+"""``Message`` from a tuple of its fields, with no Python frame (the decoder's hot path)."""
+
+
 class _Rejected(Exception):
     """A value broke its schema; ``reason`` is "schema" or "path".
 
@@ -479,33 +485,15 @@ def _check_array(value: Any, length: int | None) -> None:
 
 
 def _check_path(value: Any, root: str | None, max_bytes: int) -> None:
-    """A path is an absolute, normalised str; with a root it must also lie inside the root.
-
-    Normalised as ``os.path.normpath`` leaves it, said with substring tests: no empty, "." or
-    ".." part, no trailing "/". ``"//x"``, which normpath keeps on POSIX but which names the
-    same file as ``"/x"``, is refused as an alias.
-    """
+    """A path is an absolute, normalised str; with a root it must also lie inside the root
+    (:func:`_path_ok` says whether; this says why not)."""
+    if _path_ok(value, root):
+        return
     if not isinstance(value, str) or len(value) > MAX_STR:
         raise _Rejected("schema", f"expected a path str of at most {MAX_STR} characters")
-    if not _normalised(value):
-        raise _Rejected("path", f"{value!r:.200} is not an absolute, normalised path")
-    if root is not None and not _is_inside(value, root):
+    if root is not None and _path_ok(value, None):
         raise _Rejected("path", f"{value!r:.200} lies outside the project {root}")
-
-
-def _normalised(path: str) -> bool:
-    """Whether ``path`` is absolute and as ``os.path.normpath`` leaves it, ``"//x"`` refused
-    (see :func:`_check_path`)."""
-    return path == "/" or (
-        path.startswith("/")
-        and not (
-            path.endswith(("/", "/.", "/.."))
-            or "//" in path
-            or "/./" in path
-            or "/../" in path
-            or "\x00" in path
-        )
-    )
+    raise _Rejected("path", f"{value!r:.200} is not an absolute, normalised path")
 
 
 def _check_ids(value: Any, root: str | None, max_bytes: int) -> None:
@@ -557,10 +545,6 @@ def count_ids(data: bytes) -> int:
     10
     """
     return (len(data) - 1) // data[0]
-
-
-def _is_inside(path: str, root: str) -> bool:
-    return root == "/" or path == root or path.startswith(root + "/")
 
 
 def _check_freeform(value: Any, root: str | None, max_bytes: int) -> None:
@@ -625,30 +609,34 @@ _CHECK_ENVELOPE: Final = _compile_fields(_ENVELOPE)
 # it with generated bodies).
 
 
+_PART = r"(?!\.\.?(?:/|\Z))[^/\x00]+"  # a path's part: not empty, ".", "..", nor holding a NUL
+
+
+@functools.lru_cache(maxsize=8)
+def _path_pattern(root: str | None) -> re.Pattern[str]:
+    """What a good path matches: absolute, normalised, and (with a root) the root or below it.
+
+    Normalised as ``os.path.normpath`` leaves it: no empty, "." or ".." part, no trailing "/".
+    ``"//x"``, which normpath keeps on POSIX but which names the same file as ``"/x"``, is
+    refused as an alias. A pattern, so that checking a path is one call into C (the feed's hot
+    path checks every path of every publication).
+
+    >>> bool(_path_pattern("/p").fullmatch("/p/a.py")), bool(_path_pattern("/p").fullmatch("/pa"))
+    (True, False)
+    """
+    below = f"(?:/{_PART})*"
+    if root is None or root == "/":
+        return re.compile(f"/(?:{_PART}{below})?")
+    return re.compile(re.escape(root) + below)
+
+
 def _path_ok(value: Any, root: str | None) -> bool:
-    """:func:`_check_path` as a yes or no (see there)."""
+    """Whether ``value`` is a path str, absolute, normalised and (with a root) inside the root
+    (see :func:`_path_pattern`)."""
     return (
         type(value) is str
         and len(value) <= MAX_STR
-        and _normalised(value)
-        and (root is None or _is_inside(value, root))
-    )
-
-
-def _file_ok(entry: Any, root: str | None) -> bool:
-    """Whether ``entry`` is an ``[id, path, hash or None]`` (:data:`_FILE`) or an ``[id, path]``
-    (:data:`_NAME`); the caller checks which length it wants."""
-    return (
-        type(entry) is list
-        and 2 <= len(entry) <= 3
-        and type(entry[0]) is int
-        and 0 <= entry[0] <= MAX_FILE_ID
-        and _path_ok(entry[1], root)
-        and (
-            len(entry) == 2
-            or entry[2] is None
-            or (type(entry[2]) is str and len(entry[2]) <= MAX_STR)
-        )
+        and _path_pattern(root).fullmatch(value) is not None
     )
 
 
@@ -658,7 +646,8 @@ _ENVELOPE_FIELDS: Final = frozenset(_ENVELOPE)
 
 
 def _invalidate_ok(body: Any, root: str | None, max_bytes: int) -> bool:
-    """Whether an ``invalidate`` body is valid (the general checker's verdict, in one go)."""
+    """Whether an ``invalidate`` body is valid (the general checker's verdict, in one go: no
+    Python call per entry)."""
     if type(body) is not dict or body.keys() != _INVALIDATE_FIELDS:
         return False
     epoch, seq, changed, affected, names = (
@@ -679,10 +668,27 @@ def _invalidate_ok(body: Any, root: str | None, max_bytes: int) -> bool:
         and len(names) <= MAX_ITEMS
     ):
         return False
-    for entry in changed:
-        if not (_file_ok(entry, root) and len(entry) == 3):
-            return False
-    return all(_file_ok(entry, root) and len(entry) == 2 for entry in names)
+    path_ok = _path_pattern(root).fullmatch
+    # Each entry is an [id, path, hash or None] (_FILE) in "changed", an [id, path] (_NAME) in
+    # "names".
+    for size, entries in ((3, changed), (2, names)):
+        for entry in entries:
+            if not (
+                type(entry) is list
+                and len(entry) == size
+                and type(entry[0]) is int
+                and 0 <= entry[0] <= MAX_FILE_ID
+                and type(entry[1]) is str
+                and len(entry[1]) <= MAX_STR
+                and path_ok(entry[1]) is not None
+                and (
+                    size == 2
+                    or entry[2] is None
+                    or (type(entry[2]) is str and len(entry[2]) <= MAX_STR)
+                )
+            ):
+                return False
+    return True
 
 
 def _heartbeat_ok(body: Any, root: str | None, max_bytes: int) -> bool:
@@ -708,22 +714,6 @@ _FAST_CHECKS: Final[dict[str, Callable[[Any, str | None, int], bool]]] = {
 """Publications with a one-function check (see above); the others take the general one."""
 
 
-def _envelope_ok(envelope: Any) -> bool:
-    """Whether a payload map is a valid envelope (the general checker's verdict, in one go)."""
-    if type(envelope) is not dict or envelope.keys() != _ENVELOPE_FIELDS:
-        return False
-    kind, sender, counter = envelope["k"], envelope["s"], envelope["n"]
-    return (
-        type(kind) is str
-        and len(kind) <= MAX_STR
-        and type(sender) is bytes
-        and len(sender) == SENDER_BYTES
-        and type(counter) is int
-        and 1 <= counter <= MAX_COUNTER
-        and type(envelope["b"]) is dict
-    )
-
-
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack ext type {code} is not part of the relmod protocol")
 
@@ -746,7 +736,8 @@ class Codec:
         mac       32 bytes: keyed BLAKE2b-256(key, version + 0x00 + payload)
 
     A ROUTER socket receives ``[identity, frame]`` and sends ``[identity, *codec.encode(...)]``;
-    :meth:`decode_routed` splits the identity off.
+    :meth:`decode_routed` splits the identity off. A client's feed reads its subscription frame
+    by frame, so a publication of several frames comes apart there, each dropped on its own.
 
     The body's fields per kind are in :data:`SCHEMAS`. The bodies that name files use file ids
     (see the module docstring)::
@@ -979,7 +970,8 @@ class Codec:
                 "unsigned", "Dropped an unsigned message (too short to carry a payload and a mac)."
             )
         view = memoryview(frame)
-        if not hmac.compare_digest(frame[end:], self.sign(view[:end])):
+        mac = blake2b(view[:end], key=self._key, digest_size=MAC_BYTES).digest()  # self.sign
+        if not hmac.compare_digest(frame[end:], mac):
             raise self._drop(
                 "forged",
                 "Dropped a message whose signature does not match: it was signed with another "
@@ -1027,17 +1019,26 @@ class Codec:
             self._last_seen.move_to_end(key)
             while len(self._last_seen) > REPLAY_SENDERS:
                 self._last_seen.popitem(last=False)
-        return Message(kind=kind, body=body, sender=sender, counter=counter)
+        return _new_message((kind, body, sender, counter))
 
     def _check_envelope(self, envelope: Any) -> tuple[str, bytes, int, dict[str, Any], str]:
         """Check the payload map and the body; returns (kind, sender, counter, body, direction)."""
-        if _envelope_ok(envelope):  # the feed's common case first: see _FAST_CHECKS
-            common: str = envelope["k"]
-            fast = _FAST_CHECKS.get(common)
-            if fast is not None and fast(envelope["b"], self.root, self.max_payload):
+        # The feed's common case first, in this one frame (see _FAST_CHECKS): the general
+        # checker's verdict on the envelope, then the kind's fast check.
+        if type(envelope) is dict and envelope.keys() == _ENVELOPE_FIELDS:
+            common, sender, counter = envelope["k"], envelope["s"], envelope["n"]
+            fast = _FAST_CHECKS.get(common) if type(common) is str else None
+            if (
+                fast is not None
+                and type(sender) is bytes
+                and len(sender) == SENDER_BYTES
+                and type(counter) is int
+                and 1 <= counter <= MAX_COUNTER
+                and fast(envelope["b"], self.root, self.max_payload)
+            ):
                 known = self._receive_directions.get(common)
                 if known is not None:
-                    return common, envelope["s"], envelope["n"], envelope["b"], known
+                    return common, sender, counter, envelope["b"], known
         try:
             try:
                 _CHECK_ENVELOPE(envelope, None, SENDER_BYTES)

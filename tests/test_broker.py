@@ -692,7 +692,7 @@ def test_a_split_invalidation_names_each_new_id_in_the_part_that_uses_it(
     broker.state.walked = True
     published: list[dict[str, Any]] = []
     monkeypatch.setattr(broker, "publish", lambda kind, body: published.append(body))
-    table = FileTable(lambda p: p, lambda p: p)
+    table = FileTable()
     reply = broker.handlers.answer(b"c", Message("since", {"epoch": "", "seq": 0}, b"s", 1))
     assert isinstance(reply, tuple) and reply[1]["full"] and reply[1]["next"] is None
     table.replace([(i, p) for i, p, _ in reply[1]["files"]] + reply[1]["names"])
@@ -707,9 +707,9 @@ def test_a_split_invalidation_names_each_new_id_in_the_part_that_uses_it(
     assert len(published) >= 5  # 31 changed files, 7 a part
     marked: set[str] = set()
     for body in published:
-        paths, problem = table.apply(body["changed"], body["affected"], body["names"])
+        changed, reached, problem = table.apply(body["changed"], body["affected"], body["names"])
         assert problem is None, problem
-        marked.update(paths)
+        marked.update(changed, reached)
     assert {str(project / "top.py"), str(project / "leaf.py")} <= marked
     assert {str(p) for p in new} <= marked  # changed files are always named
 
@@ -726,7 +726,7 @@ def test_a_split_invalidation_names_each_new_id_in_the_part_that_uses_it(
     named: dict[int, str] = {}
     for body in published:
         named.update(body["names"])
-        paths, problem = table.apply(body["changed"], body["affected"], body["names"])
+        *_, problem = table.apply(body["changed"], body["affected"], body["names"])
         assert problem is None, problem
     # Named: the folder, and new files a part uses before (or without) the part that changes
     # them; never an id the client's table held.

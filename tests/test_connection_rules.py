@@ -234,7 +234,7 @@ def test_ids_the_table_refuses_drop_the_message_and_ask_for_the_table(
 def test_a_table_with_holes_still_tells_known_ids_from_unknown_ones() -> None:
     from relmod.client.fileids import FileTable
 
-    table = FileTable(lambda p: p, lambda p: p)
+    table = FileTable()
     table.replace([(0, "/p/a.py"), (1, "/p/b.py")])
     assert table.learn([(5, "/p/f.py")]) is None  # ids 2-4 were given, never published
     assert table.check([0, 1, 5]) is None

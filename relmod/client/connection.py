@@ -393,7 +393,10 @@ class BrokerFeed:
         self._sync_requests: deque[_Command] = deque()  # sent, awaiting "synced"
         self._waiting_syncs: list[tuple[int, _Command]] = []  # synced at seq, awaiting that seq
         self._pid = os.getpid()
-        self.files = FileTable(self.path_map.to_local, self.path_map.to_broker)
+        mapped = bool(self.path_map.mapping)
+        self.files = FileTable(
+            self.path_map.to_local if mapped else None, self.path_map.to_broker if mapped else None
+        )
         self._loads: deque[str] = deque()  # modules loaded since the table last heard of it
         self._need_table = False  # the next since asks for the whole table
         self._edges_sent = 0
@@ -748,7 +751,8 @@ class BrokerFeed:
         # The subscription is live once anything arrives on it (a heartbeat within a second).
         if not sub.poll(int(self.silence * 1000)):
             raise _Lost("no heartbeat from the broker")
-        self._drain_sub(codec, sub, apply=False)
+        while sub.poll(0):
+            self._on_sub(codec, sub, apply=False)
         self._send_paths(codec, dealer, info)
         self._edges_sent = -1  # a new session: the broker has none of our edges
         self._edges_known.clear()
@@ -863,7 +867,7 @@ class BrokerFeed:
         logged), when it names an id the table does not know or contradicts it."""
         if self._loads:
             self._take_loads()
-        paths, problem = self.files.apply(changed, affected, names)
+        changed_paths, reached, problem = self.files.apply(changed, affected, names)
         if problem is not None:
             self.dropped += 1
             self.drop_reasons["file ids"] += 1
@@ -880,10 +884,9 @@ class BrokerFeed:
             self.plugin.hashes_arrived(
                 {entry[1]: entry[2] for entry in changed}, full=False, root=None
             )
-        if paths:
-            to_local = self.path_map.to_local
+        if changed_paths or reached:
             self.host.apply_invalidation(
-                paths, [to_local(e[1]) for e in changed] if msg.kind == "invalidate" else None
+                changed_paths + reached, changed_paths if msg.kind == "invalidate" else None
             )
             self.invalidations += 1
         if self.broken:
@@ -906,10 +909,9 @@ class BrokerFeed:
         self.files.loaded((n for key in keys for n in registry.invalidation_names(key)), root=root)
 
     def _loop(self, codec: Codec, sub: zmq.Socket[Any], dealer: zmq.Socket[Any]) -> None:
-        poller = zmq.Poller()
-        poller.register(sub, zmq.POLLIN)
-        poller.register(dealer, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        # zmq_poll itself, not a Poller: the loop wakes once per save in every client, and each
+        # Python call on that way costs a few microseconds after a quiet second (see _on_sub).
+        items: list[tuple[Any, int]] = [(sub, _POLLIN), (dealer, _POLLIN), (self._wake_r, _POLLIN)]
         # Only a message that passed every check counts as hearing from the broker: a broker
         # restarted on the same ipc paths keeps our sockets busy with messages signed with its
         # new key, which we drop, and must not keep this session alive.
@@ -922,13 +924,15 @@ class BrokerFeed:
         dirty_at = 0.0
         applied_at = 0.0  # when a publication was applied first since the chores (0: none)
         chores_at = 0.0  # when the bookkeeping below is due at the latest
-        while not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        while True:  # until stop(), which sets its flag and then wakes us (looked at below)
             wait = max(0.0, chores_at - time.monotonic())
-            events = dict(poller.poll(int(wait * 1000 + 0.999)))
+            events = dict(zmq.zmq_poll(items, int(wait * 1000 + 0.999)))
             applied = False
             if sub in events:
                 seq = self.seq
-                if self._drain_sub(codec, sub, apply=True):
+                if self._on_sub(codec, sub):
                     self._resync(codec, dealer)
                 if self.seq != seq:
                     # The report of what moved goes report_delay after it, with the rest of
@@ -939,7 +943,9 @@ class BrokerFeed:
             if dealer in events:
                 self._drain_replies(codec, dealer)
             if self._wake_r in events:
-                self._drain_commands(codec, dealer)
+                self._drain_commands(codec, dealer)  # reads the pipe, then the flag is looked at
+                if self._stop.is_set():
+                    return
             now = time.monotonic()
             if applied and now < chores_at:
                 continue  # any other wake (a heartbeat, a reply, a command) does the chores
@@ -978,32 +984,38 @@ class BrokerFeed:
                     chores_at, max(last_report + self.report_after, dirty_at + self.report_delay)
                 )
 
-    def _drain_sub(self, codec: Codec, sub: zmq.Socket[Any], *, apply: bool) -> bool:
-        """Handle every queued publication; True when a resync is needed."""
-        need_resync = False
-        while True:  # the poll said a message waits: no need to ask the socket first
-            try:
-                frames = sub.recv_multipart(_NOBLOCK)
-            except zmq.Again:
-                return need_resync
-            try:
-                msg = codec.decode(frames)
-            except ProtocolError as err:
-                self.dropped += 1
-                log.debug("dropped a publication: %s", err)
-                if err.reason == "forged":
-                    self._check_replaced()
-            else:
-                self._heard_at = time.monotonic()
-                if apply:  # (else the handshake's resync that follows covers these)
-                    need_resync |= self._on_publication(msg)
-            if not _readable(sub):
-                return need_resync
+    def _on_sub(self, codec: Codec, sub: zmq.Socket[Any], *, apply: bool = True) -> bool:
+        """Handle the one publication the poll said waits; True when a resync is needed.
+
+        One message per wake, so a lone save asks the socket nothing more (a queue costs one
+        poll per message instead). This is every client's hot path, once per save, and mostly
+        after a quiet second with cold caches, where each Python call on it costs a few
+        microseconds: what it calls is kept few. A message of several frames comes apart into
+        frames, each dropped by the codec on its own.
+        """
+        try:
+            frame = sub.recv(_NOBLOCK)
+        except zmq.Again:  # a subscription's queue emptied by a reconnection meanwhile
+            return False
+        try:
+            msg = codec.decode((frame,))
+        except ProtocolError as err:
+            self.dropped += 1
+            log.debug("dropped a publication: %s", err)
+            if err.reason == "forged":
+                self._check_replaced()
+            return False
+        self._heard_at = time.monotonic()
+        # (Unapplied during the handshake: the resync that follows covers these.)
+        return apply and self._on_publication(msg)
 
     def _on_publication(self, msg: Message) -> bool:
         """Apply one publication by the sequence rules; True when a resync is needed."""
         body = msg.body
-        verdict = sequence_verdict(msg.kind, body, self.epoch, self.seq)
+        if msg.kind == "invalidate" and body["seq"] == self.seq + 1 and body["epoch"] == self.epoch:
+            verdict: Verdict = "apply"  # the usual case, decided without a call
+        else:
+            verdict = sequence_verdict(msg.kind, body, self.epoch, self.seq)
         if verdict == "bye":
             raise _Lost("the broker shut down")
         if verdict != "apply":
@@ -1017,7 +1029,8 @@ class BrokerFeed:
             if local in self.host.registry:
                 log.warning("%s", Broken(local, body["lineno"], body["message"]).describe())
         self.seq = body["seq"]
-        self._check_syncs()
+        if self._waiting_syncs:
+            self._check_syncs()
         return False
 
     def _drain_replies(self, codec: Codec, dealer: zmq.Socket[Any]) -> None:

@@ -9,7 +9,7 @@ ids with those, so its cost follows what this process loaded, not the size of th
 
 Example:
     >>> from relmod.protocol import pack_ids
-    >>> table = FileTable(lambda path: path, lambda path: path)
+    >>> table = FileTable()
     >>> table.replace([(0, '/p/a.py'), (1, '/p/b.py'), (2, '/p/c.py')])
     >>> table.loaded(['/p/a.py', '/p/c.py'], root='/p')
     >>> table.check([0, 1, 2]) is None, table.check([0, 7])
@@ -17,15 +17,16 @@ Example:
     >>> sorted(table.reaching([1, 2]))
     ['/p/c.py']
     >>> table.apply([[1, '/p/b.py', 'h1']], pack_ids([1, 2]), [])  # b changed, c depends on it
-    (['/p/b.py', '/p/c.py'], None)
+    (['/p/b.py'], ['/p/c.py'], None)
     >>> table.apply([], pack_ids([9]), [])
-    ([], 'unknown id 9')
+    ([], [], 'unknown id 9')
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from relmod.protocol import unpack_ids
@@ -39,13 +40,19 @@ class FileTable:
     Used by the feed's thread only.
 
     Args:
-        to_local: a broker path as this process names it (the feed's path map).
+        to_local: a broker path as this process names it (the feed's path map); None when
+            both name files alike (the usual case: then no call per path).
         to_broker: the other way round.
     """
 
-    def __init__(self, to_local: Callable[[str], str], to_broker: Callable[[str], str]) -> None:
-        self._to_local = to_local
-        self._to_broker = to_broker
+    def __init__(
+        self,
+        to_local: Callable[[str], str] | None = None,
+        to_broker: Callable[[str], str] | None = None,
+    ) -> None:
+        self._mapped = to_local is not None
+        self._to_local = to_local or _same
+        self._to_broker = to_broker or _same
         self._ids: dict[str, int] = {}  # broker path -> id
         self._paths: dict[int, str] = {}  # id -> broker path
         self._top = -1  # the largest id known: with no hole below it, a bound check suffices
@@ -118,13 +125,14 @@ class FileTable:
 
     def apply(
         self, changed: Sequence[Sequence[Any]], affected: bytes, names: Sequence[Sequence[Any]]
-    ) -> tuple[list[str], str | None]:
-        """What an invalidation (or a ``since`` delta) means in this process: the local paths
-        to mark stale (its changed files, and those of its ids that reach a loaded module), or
-        what is wrong with it (an id the table does not know, or contradicting it) and [].
+    ) -> tuple[list[str], list[str], str | None]:
+        """What an invalidation (or a ``since`` delta) means in this process: the local paths of
+        its changed files, those of its ids that reach a loaded module, and what is wrong with
+        it (an id the table does not know, or contradicting it: then no paths), or None.
 
         ``changed`` and ``names`` are the message's ``[id, path, ...]`` entries, ``affected`` its
-        packed id set, all as the codec checked them.
+        packed id set, all as the codec checked them. Every client runs this once per save,
+        mostly with cold caches: the usual case makes one Python call.
         """
         ids = unpack_ids(affected)
         known = self._paths
@@ -135,12 +143,17 @@ class FileTable:
                 break
         if problem is None and names:
             problem = self.learn([(entry[0], entry[1]) for entry in names])
-        if problem is None:
-            problem = self.check(ids)
+        if problem is None and ids and (max(ids) > self._top or self._top + 1 != len(known)):
+            problem = self.check(ids)  # (else every id is known: see check)
         if problem is not None:
-            return [], problem
-        to_local = self._to_local
-        return [to_local(entry[1]) for entry in changed] + self.reaching(ids), None
+            return [], [], problem
+        paths = list(map(_PATH, changed))
+        if self._mapped:
+            paths = list(map(self._to_local, paths))
+        watch = self._watch
+        if len(ids) <= len(watch):  # (what reaching does, in C: the paths are never empty)
+            return paths, list(filter(None, map(watch.get, ids))), None
+        return paths, self.reaching(ids), None
 
     def reaching(self, ids: Collection[int]) -> list[str]:
         """The local paths, among the ids, whose invalidation reaches a module of this process:
@@ -150,6 +163,13 @@ class FileTable:
             return [watch[i] for i in ids if i in watch]
         members = ids if isinstance(ids, (set, frozenset)) else set(ids)
         return [path for file_id, path in watch.items() if file_id in members]
+
+
+_PATH = itemgetter(1)  # an entry's path, without a Python call
+
+
+def _same(path: str) -> str:
+    return path
 
 
 def _inside(path: str, root: str) -> bool:

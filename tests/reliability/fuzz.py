@@ -304,7 +304,7 @@ class _Targets:
         # The client's id table, as a feed holds it after a full answer: ids 0 and 1 known, and
         # a loaded module at A (so invalidations reach it).
         self.start_table = [(0, A), (1, B)]
-        self.table = FileTable(lambda path: path, lambda path: path)
+        self.table = FileTable()
         self.table.replace(self.start_table)
         self.table.loaded([A], root=ROOT)
         self.other = Codec(OTHER_KEY, role="client")
@@ -351,7 +351,7 @@ class _Targets:
             problem = problem or self.table.learn((entry[0], entry[1]) for entry in body["names"])
         elif message.kind in ("invalidate", "changes"):
             changed = body["changed"] if message.kind == "invalidate" else body["files"]
-            _, problem = self.table.apply(changed, body["affected"], body["names"])
+            _, _, problem = self.table.apply(changed, body["affected"], body["names"])
         else:
             problem = None
         if problem is not None:
