@@ -174,7 +174,8 @@ class ModuleTypes:
         self.package: type[FolderModule] = type(
             "PackageModule", (PackageModule, self.folder), {"__module__": __name__}
         )
-        self._stale_of: dict[type[types.ModuleType], type[types.ModuleType]] = {}
+        self.stale_of: dict[type[types.ModuleType], type[types.ModuleType]] = {}
+        """The stale twin of each module class made so far (fresh class -> twin)."""
         self._fresh_of: dict[type[types.ModuleType], type[types.ModuleType]] = {}
         self._lock = threading.Lock()
 
@@ -187,7 +188,7 @@ class ModuleTypes:
         cls = type(module)
         if cls in self._fresh_of:
             return
-        stale = self._stale_of.get(cls) or self._make_twin(cls)
+        stale = self.stale_of.get(cls) or self._make_twin(cls)
         module.__class__ = stale
 
     def mark_fresh(self, module: types.ModuleType) -> None:
@@ -209,7 +210,7 @@ class ModuleTypes:
             return list(fresh.__dir__(self))
 
         with self._lock:
-            stale = self._stale_of.get(fresh)
+            stale = self.stale_of.get(fresh)
             if stale is None:
                 stale = type(
                     "Stale" + fresh.__name__,
@@ -220,6 +221,6 @@ class ModuleTypes:
                         "__module__": __name__,
                     },
                 )
-                self._stale_of[fresh] = stale
+                self.stale_of[fresh] = stale
                 self._fresh_of[stale] = fresh
             return stale

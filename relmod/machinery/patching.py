@@ -89,8 +89,9 @@ _HOLDERS = frozenset(
 # overwrite new code that patch_namespace assigned a moment before.
 _SWAP_LOCK = threading.RLock()
 
-# (module name, place) -> weak references to every version of the function seen there.
-_VERSIONS: dict[str, dict[str, list[weakref.ref[types.FunctionType]]]] = {}
+# module name -> place -> weak references to every version of the function seen there (read
+# elsewhere only to ask whether a module name is in it: see nothing_to_arm).
+VERSIONS: dict[str, dict[str, list[weakref.ref[types.FunctionType]]]] = {}
 _VERSIONS_LOCK = threading.Lock()
 # (module name, qualname, reason) already logged, so a long session logs each problem once.
 _LOGGED: set[tuple[str, str, str]] = set()
@@ -313,7 +314,7 @@ def _function_pairs(
     first: list[tuple[types.FunctionType, types.FunctionType, bool]] = []
     rest: list[tuple[types.FunctionType, types.FunctionType, bool]] = []
     with _VERSIONS_LOCK:
-        versions = _VERSIONS.get(module_name, {})
+        versions = VERSIONS.get(module_name, {})
         for key, (new_fn, canonical, owner) in after.functions.items():
             if owner is not None and owner not in kept_places:
                 continue  # a replaced class: its previous methods stay with its stale instances
@@ -689,7 +690,7 @@ def _remember_versions(module_name: str, after: _Found, successor: dict[int, Any
     """Keep weak references to every module-level function version, so escaped copies (a
     callback dict, a partial, a framework's route table) are patched on later runs too."""
     with _VERSIONS_LOCK:
-        versions = _VERSIONS.setdefault(module_name, {})
+        versions = VERSIONS.setdefault(module_name, {})
         for key, (fn, _canonical, owner) in after.functions.items():
             if owner is not None:
                 # A method is reached through its class; a discarded new class's methods live on
@@ -713,7 +714,7 @@ def _remember_versions(module_name: str, after: _Found, successor: dict[int, Any
 
 def _known_versions(module_name: str) -> list[types.FunctionType]:
     with _VERSIONS_LOCK:
-        places = list(_VERSIONS.get(module_name, {}).values())
+        places = list(VERSIONS.get(module_name, {}).values())
     return [fn for refs in places for ref in refs if (fn := ref()) is not None]
 
 
@@ -839,7 +840,7 @@ def _kind(code: types.CodeType) -> str | None:
     return "function"
 
 
-def _makes_functions(code: types.CodeType) -> bool:
+def makes_functions(code: types.CodeType) -> bool:
     """Whether a module's code defines a function, class, lambda or comprehension."""
     return types.CodeType in map(type, code.co_consts)  # no Python frame per constant
 
@@ -848,7 +849,7 @@ def nothing_to_arm(module_name: str, code: types.CodeType | None) -> bool:
     """Whether :meth:`CallGuard.arm` would arm nothing, known without walking the namespace:
     the module's code (finished running) makes no function or class, and no version of a
     function of the module was ever seen. Most modules of a deep chain are such."""
-    return code is not None and module_name not in _VERSIONS and not _makes_functions(code)
+    return code is not None and module_name not in VERSIONS and not makes_functions(code)
 
 
 _HOOK = "__relmod_missing__"

@@ -63,7 +63,7 @@ from relmod.machinery.code import (
     signature_of,
 )
 from relmod.machinery.events import Event, Listeners
-from relmod.machinery.patching import CallGuard, nothing_to_arm, patch_namespace
+from relmod.machinery.patching import VERSIONS, CallGuard, makes_functions, patch_namespace
 from relmod.machinery.scope import Scope
 from relmod.sources import content_hash, read_source
 
@@ -191,6 +191,7 @@ class Record:
     code: types.CodeType | None = None  # compiled, waiting to run in the current unit
     digest: str | None = None  # the hash of ``code``'s source
     ran_code: types.CodeType | None = None  # the code that last ran, and the file's stat
+    data_only: bool = False  # ran_code makes no function or class (patching.makes_functions)
     ran_signature: tuple[int, int, int, int] | None = None  # signature before it was read
     next_signature: tuple[int, int, int, int] | None = None  # of ``code``'s file, in a unit
 
@@ -746,7 +747,9 @@ class Registry:
     def _mark(self, affected: Iterable[str], named: AbstractSet[str] = frozenset()) -> set[str]:
         """Mark the loaded modules among ``affected`` stale (the others are skipped)."""
         marked = set()
+        stale: list[tuple[str, str]] = []  # (key, name) of each, for the 'stale' events
         records, mark_stale, patch = self._records, self.types.mark_stale, self.patch
+        stale_of = self.types.stale_of
         with self._mark_lock:
             for key in affected:
                 rec = records.get(key)
@@ -755,30 +758,36 @@ class Registry:
                 rec.gen += 1
                 if key in named:
                     rec.named = True
+                module = rec.module
+                twin = stale_of.get(type(module))
                 try:
-                    mark_stale(rec.module)
+                    if twin is not None:  # mark_stale's usual case, without its call
+                        module.__class__ = twin
+                    else:
+                        mark_stale(module)
                 except TypeError:  # a module class whose layout forbids the switch
                     log.warning("relmod cannot mark %s stale: its module class is unusual", key)
                     continue
                 marked.add(key)
-                if patch and rec.kind != "folder":
-                    # What made the namespace, unless a unit is re-running it right now.
-                    code = rec.ran_code if rec.code is None else None
-                    if not nothing_to_arm(rec.name, code):
-                        self.guard.arm(
-                            rec.namespace,
-                            rec.name,
-                            functools.partial(self.refresh, rec.module),
-                            code=code,
-                        )
+                stale.append((key, rec.name))
+                # Arm what patching.nothing_to_arm does not rule out, said with what the last
+                # run noted: a module of data only (most of a deep chain), whose functions
+                # were never seen and which no unit re-runs right now, has nothing to arm.
+                if (
+                    patch
+                    and rec.kind != "folder"
+                    and (rec.code is not None or not rec.data_only or rec.name in VERSIONS)
+                ):
+                    self.guard.arm(
+                        rec.namespace,
+                        rec.name,
+                        functools.partial(self.refresh, rec.module),
+                        code=rec.ran_code if rec.code is None else None,  # what made it
+                    )
             if marked:
                 self.generation += 1
         if self.listeners.hear_stale:
-            now = time.time()
-            emit = self.listeners.emit
-            for key in marked:
-                rec = records[key]
-                emit(Event("stale", key, rec.name, now))
+            self.listeners.emit_stale(stale, time.time())
         for listener in self._invalidate_listeners:
             listener(marked)
         return marked
@@ -973,6 +982,7 @@ class Registry:
         for rec, old in saved:
             rec.hash = rec.digest
             rec.ran_code, rec.ran_signature = rec.code, rec.next_signature
+            rec.data_only = rec.code is not None and not makes_functions(rec.code)
             rec.ran_young = rec.next_young
             rec.failed_hash = None
             rec.last_error = None
@@ -1076,6 +1086,7 @@ class Registry:
             raise
         rec.hash = digest
         rec.ran_code, rec.ran_signature, rec.ran_young = code, signature, young
+        rec.data_only = not makes_functions(code)
         rec.version = 1
         self._unnoted.append((rec, imports_of(code)))  # edges and versions when first asked
         linecache.checkcache(rec.key)
