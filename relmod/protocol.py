@@ -669,25 +669,31 @@ def _invalidate_ok(body: Any, root: str | None, max_bytes: int) -> bool:
     ):
         return False
     path_ok = _path_pattern(root).fullmatch
-    # Each entry is an [id, path, hash or None] (_FILE) in "changed", an [id, path] (_NAME) in
-    # "names".
-    for size, entries in ((3, changed), (2, names)):
-        for entry in entries:
-            if not (
-                type(entry) is list
-                and len(entry) == size
-                and type(entry[0]) is int
-                and 0 <= entry[0] <= MAX_FILE_ID
-                and type(entry[1]) is str
-                and len(entry[1]) <= MAX_STR
-                and path_ok(entry[1]) is not None
-                and (
-                    size == 2
-                    or entry[2] is None
-                    or (type(entry[2]) is str and len(entry[2]) <= MAX_STR)
-                )
-            ):
-                return False
+    for entry in changed:  # [id, path, hash or None] (_FILE)
+        if type(entry) is not list or len(entry) != 3:
+            return False
+        file_id, path, digest = entry
+        if not (
+            type(file_id) is int
+            and 0 <= file_id <= MAX_FILE_ID
+            and type(path) is str
+            and len(path) <= MAX_STR
+            and path_ok(path) is not None
+            and (digest is None or (type(digest) is str and len(digest) <= MAX_STR))
+        ):
+            return False
+    for entry in names:  # [id, path] (_NAME)
+        if type(entry) is not list or len(entry) != 2:
+            return False
+        file_id, path = entry
+        if not (
+            type(file_id) is int
+            and 0 <= file_id <= MAX_FILE_ID
+            and type(path) is str
+            and len(path) <= MAX_STR
+            and path_ok(path) is not None
+        ):
+            return False
     return True
 
 
@@ -820,6 +826,20 @@ class Codec:
         self.max_payload = max_payload
         self.dropped: Counter[str] = Counter()
         self._key = key
+        # msgpack's strict limits, bound once: a call with ten keywords costs the feed's hot
+        # path more than the unpacking of a small invalidation.
+        self._unpack = functools.partial(
+            msgpack.unpackb,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_refuse_ext,
+            max_str_len=4 * MAX_TEXT,  # UTF-8 takes at most 4 bytes per character
+            max_bin_len=max_payload,
+            max_array_len=MAX_ITEMS,
+            max_map_len=MAX_ITEMS,
+            max_ext_len=0,  # no ext types, and so no msgpack timestamps (ext -1) either
+        )
         self._send_directions = {
             kind: direction for direction in _SENDS[role] for kind in SCHEMAS[direction]
         }
@@ -872,8 +892,10 @@ class Codec:
                 f"it sends {', '.join(sorted(self._send_directions))}."
             )
         body = dict(body)
+        fast = _FAST_CHECKS.get(kind)  # (a publication's usual kinds: the broker's save path)
         try:
-            _CHECKS[direction][kind](body, self.root, self.max_payload)
+            if fast is None or not fast(body, self.root, self.max_payload):
+                _CHECKS[direction][kind](body, self.root, self.max_payload)
         except _Rejected as rejected:
             rejected.inside(kind)
             raise ValueError(f"Refusing to send an invalid message: {rejected.detail}.") from None
@@ -979,18 +1001,7 @@ class Codec:
             )
         payload = view[start:end]
         try:
-            envelope = msgpack.unpackb(
-                payload,
-                raw=False,
-                strict_map_key=True,
-                use_list=True,
-                ext_hook=_refuse_ext,
-                max_str_len=4 * MAX_TEXT,  # UTF-8 takes at most 4 bytes per character
-                max_bin_len=self.max_payload,
-                max_array_len=MAX_ITEMS,
-                max_map_len=MAX_ITEMS,
-                max_ext_len=0,  # no ext types, and so no msgpack timestamps (ext -1) either
-            )
+            envelope = self._unpack(payload)
         except Exception as err:  # msgpack raises many types on bad input; all mean the same
             raise self._drop(
                 "malformed",
