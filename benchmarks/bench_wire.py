@@ -156,16 +156,16 @@ def main(argv: list[str] | None = None) -> int:
 
     tables = {}
     for label, loaded in (("every affected module loaded", affected), ("50 loaded", affected[:50])):
-        table = FileTable(lambda p: p, lambda p: p)
+        table = FileTable()
         table.replace((ids.id_of(p), p) for p in paths)
         table.loaded(loaded, root=ROOT)
         tables[label] = table
 
     def decode_new(frames: list[bytes], table: FileTable) -> list[str]:
         body = client.decode(frames).body
-        marked, problem = table.apply(body["changed"], body["affected"], body["names"])
+        changed, reached, problem = table.apply(body["changed"], body["affected"], body["names"])
         assert problem is None
-        return marked
+        return changed + reached
 
     old = OldWire(key)
 
