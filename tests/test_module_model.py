@@ -410,6 +410,34 @@ def test_add_listener_sees_stale_reloaded_and_failed_in_order(project: Path) -> 
     assert all(isinstance(e.time, float) and e.time <= time.time() for e in events)
 
 
+def test_a_raising_listener_is_logged_once_and_holds_back_neither_reloads_nor_listeners(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(project / "loud.py", "X = 1\n")
+    tried: list[str] = []
+    heard: list[relmod.Event] = []
+
+    def broken(event: relmod.Event) -> None:
+        tried.append(event.kind)
+        raise RuntimeError("a bug in the listener")
+
+    relmod.add_listener(broken)
+    relmod.add_listener(heard.append)
+    relmod.enable()
+    import loud  # type: ignore[import-not-found]
+
+    for value in (2, 3):
+        write(project / "loud.py", f"X = {value}\n")
+        relmod.sync()
+        assert value == loud.X  # marked and reloaded although a listener raised each time
+    assert tried.count("reloaded") == 2 and tried.count("stale") >= 2
+    assert [e.kind for e in heard if e.kind == "reloaded"] == ["reloaded", "reloaded"]
+    assert sum(e.kind == "stale" for e in heard) == tried.count("stale")  # the next one ran
+    complaints = [r for r in caplog.records if "listener" in r.getMessage()]
+    assert len(complaints) == 1 and "raised on a 'stale' event" in complaints[0].getMessage()
+    assert "a bug in the listener" in (complaints[0].exc_text or "")
+
+
 def test_a_listener_may_leave_out_stale_marks_and_marking_then_makes_no_events() -> None:
     from relmod.machinery.events import Event, Listeners
 
