@@ -669,31 +669,24 @@ def _invalidate_ok(body: Any, root: str | None, max_bytes: int) -> bool:
     ):
         return False
     path_ok = _path_pattern(root).fullmatch
-    for entry in changed:  # [id, path, hash or None] (_FILE)
-        if type(entry) is not list or len(entry) != 3:
-            return False
-        file_id, path, digest = entry
-        if not (
-            type(file_id) is int
-            and 0 <= file_id <= MAX_FILE_ID
-            and type(path) is str
-            and len(path) <= MAX_STR
-            and path_ok(path) is not None
-            and (digest is None or (type(digest) is str and len(digest) <= MAX_STR))
-        ):
-            return False
-    for entry in names:  # [id, path] (_NAME)
-        if type(entry) is not list or len(entry) != 2:
-            return False
-        file_id, path = entry
-        if not (
-            type(file_id) is int
-            and 0 <= file_id <= MAX_FILE_ID
-            and type(path) is str
-            and len(path) <= MAX_STR
-            and path_ok(path) is not None
-        ):
-            return False
+    # "changed" holds [id, path, hash or None] (_FILE), "names" [id, path] (_NAME).
+    for size, entries in ((3, changed), (2, names)):
+        for entry in entries:
+            if type(entry) is not list or len(entry) != size:
+                return False
+            file_id, path = entry[0], entry[1]
+            if not (
+                type(file_id) is int
+                and 0 <= file_id <= MAX_FILE_ID
+                and type(path) is str
+                and len(path) <= MAX_STR
+                and path_ok(path) is not None
+            ):
+                return False
+            if size == 3 and not (
+                entry[2] is None or (type(entry[2]) is str and len(entry[2]) <= MAX_STR)
+            ):
+                return False
     return True
 
 
@@ -825,7 +818,8 @@ class Codec:
         self.root = root
         self.max_payload = max_payload
         self.dropped: Counter[str] = Counter()
-        self._key = key
+        # The MAC, keyed once (sign and decode share it; a partial is no Python call).
+        self._mac = functools.partial(blake2b, key=key, digest_size=MAC_BYTES)
         # msgpack's strict limits, bound once: a call with ten keywords costs the feed's hot
         # path more than the unpacking of a small invalidation.
         self._unpack = functools.partial(
@@ -863,7 +857,7 @@ class Codec:
         # construction around it), and CPython carries it itself: one call costs a client's
         # feed about 13 us after a quiet second, where HMAC-SHA256 through OpenSSL's lookup by
         # name cost 50-100 us.
-        return blake2b(signed, key=self._key, digest_size=MAC_BYTES).digest()
+        return self._mac(signed).digest()
 
     def seal(self, version: bytes, payload: bytes) -> bytes:
         """The signed frame of a version and a payload (see the class docstring)."""
@@ -992,8 +986,7 @@ class Codec:
                 "unsigned", "Dropped an unsigned message (too short to carry a payload and a mac)."
             )
         view = memoryview(frame)
-        mac = blake2b(view[:end], key=self._key, digest_size=MAC_BYTES).digest()  # self.sign
-        if not hmac.compare_digest(frame[end:], mac):
+        if not hmac.compare_digest(frame[end:], self._mac(view[:end]).digest()):  # self.sign
             raise self._drop(
                 "forged",
                 "Dropped a message whose signature does not match: it was signed with another "

@@ -132,7 +132,8 @@ class FileTable:
 
         ``changed`` and ``names`` are the message's ``[id, path, ...]`` entries, ``affected`` its
         packed id set, all as the codec checked them. Every client runs this once per save,
-        mostly with cold caches: the usual case makes one Python call.
+        mostly with cold caches: the usual case makes three Python calls (unpack_ids, check,
+        reaching).
         """
         ids = unpack_ids(affected)
         known = self._paths
@@ -143,24 +144,21 @@ class FileTable:
                 break
         if problem is None and names:
             problem = self.learn([(entry[0], entry[1]) for entry in names])
-        if problem is None and ids and (max(ids) > self._top or self._top + 1 != len(known)):
-            problem = self.check(ids)  # (else every id is known: see check)
+        if problem is None:
+            problem = self.check(ids)
         if problem is not None:
             return [], [], problem
         paths = list(map(_PATH, changed))
         if self._mapped:
             paths = list(map(self._to_local, paths))
-        watch = self._watch
-        if len(ids) <= len(watch):  # (what reaching does, in C: the paths are never empty)
-            return paths, list(filter(None, map(watch.get, ids))), None
         return paths, self.reaching(ids), None
 
     def reaching(self, ids: Collection[int]) -> list[str]:
         """The local paths, among the ids, whose invalidation reaches a module of this process:
         the smaller side is walked."""
         watch = self._watch
-        if len(ids) <= len(watch):
-            return [watch[i] for i in ids if i in watch]
+        if len(ids) <= len(watch):  # (in C, no Python call per id: a path is never empty)
+            return list(filter(None, map(watch.get, ids)))
         members = ids if isinstance(ids, (set, frozenset)) else set(ids)
         return [path for file_id, path in watch.items() if file_id in members]
 
