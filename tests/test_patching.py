@@ -8,6 +8,7 @@ module object the way relmod does, and checks what code that held the previous o
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import inspect
 import itertools
@@ -16,6 +17,7 @@ import sys
 import textwrap
 import threading
 import types
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -684,3 +686,96 @@ def test_arming_while_the_module_re_executes_patches_with_the_real_code(project:
     assert f(0) == (2, 0) and calls == [1]
     guard.disarm(ns)
     assert f(0) == (2, 0) and calls == [1]
+
+
+def test_a_replanned_guard_arms_what_the_edit_renamed_and_no_longer_the_deleted(
+    project: Project,
+) -> None:
+    """The namespace keeps its size (f out, g in), so only replan can tell the guard."""
+    mod = project.load(COUNTER.format(1))
+    ns, f, guard = mod.__dict__, mod.f, CallGuard()
+    assert guard.arm(ns, mod.__name__, lambda: None) == 1
+    guard.disarm(ns)
+    project.edit(mod, "def g(x):\n    return ('g', x)\n")
+    guard.replan(ns, mod.__name__)
+    g, calls = mod.g, []
+    assert guard.arm(ns, mod.__name__, lambda: calls.append(1)) == 1
+    assert g.__code__.co_filename == "<relmod call guard>"
+    assert f(0) == (1, 0) and calls == []  # deleted: not armed, runs its own code
+    assert g(0) == ("g", 0) and calls == [1]
+
+
+def test_a_forgotten_namespace_is_no_longer_kept_by_the_guard(project: Project) -> None:
+    mod = project.load(COUNTER.format(1))
+    ns, guard = mod.__dict__, CallGuard()
+    guard.arm(ns, mod.__name__, lambda: None)
+    held = weakref.ref(ns.pop("f"))
+    gc.collect()
+    kept = held() is not None  # (not in the assert: pytest would keep the object alive)
+    assert kept  # the guard's walk holds it, and it is armed
+    guard.forget(ns)
+    gc.collect()
+    released = held() is None
+    assert released
+
+
+def test_an_arm_while_the_module_re_executes_keeps_the_previous_function_armed(
+    project: Project,
+) -> None:
+    """A save arrives while the module re-runs, before the run reached ``def f``: the arm,
+    reusing the first walk, arms the previous f. Patching gives f the new code and leaves it
+    armed, so its next call brings the module up to date again."""
+    mod = project.load(COUNTER.format(1))
+    f, ns, guard, calls = mod.f, mod.__dict__, CallGuard(), []
+    guard.arm(ns, mod.__name__, lambda: None)
+    guard.disarm(ns)
+    snapshot = dict(ns)
+    assert guard.arm(ns, mod.__name__, lambda: calls.append(1)) == 1
+    exec(compile(COUNTER.format(2), "<edit>", "exec"), ns)  # the run reaches def f
+    patch_namespace(snapshot, ns, mod.__name__)
+    assert ns["f"] is f and calls == []
+    assert f(0) == (2, 0) and calls == [1]
+    guard.disarm(ns)
+    assert f(0) == (2, 0) and calls == [1]
+
+
+def test_a_call_that_entered_an_earlier_arm_leaves_a_later_one_armed(project: Project) -> None:
+    """A save arrives while a held call reloads the module: the feed arms it again. The call,
+    once its reload is done, must not disarm that later arm: it calls through it, so it runs
+    the latest version."""
+    mod = project.load(COUNTER.format(1))
+    f, ns, guard, calls = mod.f, mod.__dict__, CallGuard(), []
+
+    def second() -> None:
+        calls.append("second")
+        project.edit(mod, COUNTER.format(3))
+        guard.disarm(ns)
+
+    def first() -> None:
+        calls.append("first")
+        project.edit(mod, COUNTER.format(2))
+        guard.disarm(ns)
+        guard.arm(ns, mod.__name__, second)  # stale again, before this call goes on
+
+    guard.arm(ns, mod.__name__, first)
+    assert f(0) == (3, 0) and calls == ["first", "second"]
+    assert f.__code__.co_filename != "<relmod call guard>"
+    assert f(1) == (3, 1) and calls == ["first", "second"]
+
+
+def test_arming_again_and_again_reuses_one_trampoline_that_goes_with_the_namespace(
+    project: Project,
+) -> None:
+    mod = project.load(COUNTER.format(1))
+    f, ns, guard = mod.f, mod.__dict__, CallGuard()
+    codes = set()
+    for _ in range(20):
+        assert guard.arm(ns, mod.__name__, lambda: None) == 1
+        codes.add(f.__code__)
+        guard.disarm(ns)
+    assert len(codes) == 1  # made once: marking costs a code swap per function
+    trampoline = weakref.ref(codes.pop())
+    guard.forget(ns)
+    gc.collect()
+    released = trampoline() is None
+    assert released

@@ -171,6 +171,20 @@ def test_a_function_added_to_a_module_of_data_only_is_held_and_runs_the_next_edi
     assert limit(3) == ("v3", 30)  # the held function's call reloaded the module first
 
 
+def test_a_function_an_edit_renamed_is_held_and_runs_the_next_edit(package: Package) -> None:
+    """The edit keeps the module's size (one function out, one in): the reload's own walk of
+    the namespace, not its size, tells the next mark what to arm."""
+    package.write("core", "def old(x):\n    return ('old', x)\n")
+    assert package.module("core").old(1) == ("old", 1)
+    package.write("core", "def new(x):\n    return ('v2', x)\n")
+    relmod.sync()
+    new = package.module("core").new  # from app.core import new
+    assert new(2) == ("v2", 2)
+    package.write("core", "def new(x):\n    return ('v3', x * 10)\n")
+    relmod.sync()
+    assert new(2) == ("v3", 20)
+
+
 def test_a_decorated_function_runs_the_new_code(package: Package) -> None:
     package.write(
         "deco",

@@ -52,6 +52,7 @@ import logging
 import sys
 import threading
 import types
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -330,14 +331,26 @@ def _function_pairs(
 
 
 def _patch_function(old: types.FunctionType, new: types.FunctionType, take_over: bool) -> None:
-    armed = _ARMED.get(id(new.__code__))
-    old.__code__ = new.__code__ if armed is None else armed.original
-    if armed is not None and take_over and armed.func is new:
-        # The module was armed again while it re-executed: the function that stays in the
-        # module takes the trampoline over, so its next call still brings the module up to date.
+    armed = _armed_by(new.__code__)
+    code = new.__code__ if armed is None else armed.original
+    held = _armed_by(old.__code__)
+    if held is not None and held.func is old and not held.disarmed:
+        # The module was armed again while it re-executed, through its previous functions: the
+        # function stays armed, and its next call brings the module up to date, then runs this.
+        held.original = code
+    elif armed is not None and take_over and armed.func is new:
+        # The module was armed again while it re-executed, through the new version's functions:
+        # the function that stays in the module takes the trampoline over, so its next call
+        # still brings the module up to date.
         new.__code__ = armed.original
         armed.func = old
         old.__code__ = armed.code
+    else:
+        old.__code__ = code
+    _take_attributes(old, new)
+
+
+def _take_attributes(old: types.FunctionType, new: types.FunctionType) -> None:
     old.__defaults__ = new.__defaults__
     old.__kwdefaults__ = new.__kwdefaults__
     old.__doc__ = new.__doc__
@@ -725,17 +738,20 @@ _CO_GENERATOR = 0x20
 _CO_COROUTINE = 0x80
 _CO_ITERABLE_COROUTINE = 0x100
 _CO_ASYNC_GENERATOR = 0x200
+# The flags a trampoline takes from the function it stands in for: its kind.
+_KIND_FLAGS = _CO_GENERATOR | _CO_COROUTINE | _CO_ITERABLE_COROUTINE | _CO_ASYNC_GENERATOR
 _SENTINEL = "__relmod_call_guard__"
-# The trampoline's body per kind. Its only constant is replaced by the per-function
-# _Trampoline, so the code never looks anything up in the user's module namespace.
+_GUARD_FILE = "<relmod call guard>"  # every trampoline's co_filename: how one is recognised
+# The trampoline's body per kind. Its only constant is replaced by a weak reference to the
+# per-function _Trampoline, so the code never looks anything up in the user's module namespace.
+# Weak, because code objects are not tracked by the garbage collector: a trampoline whose code
+# held it strongly would never be freed.
 _BODIES = {
-    "function": 'return "%s".enter(__relmod_args, __relmod_kwargs)',
-    "generator": 'return (yield from "%s".enter(__relmod_args, __relmod_kwargs))',
-    "coroutine": 'return await "%s".enter(__relmod_args, __relmod_kwargs)',
+    "function": 'return "%s"().enter(__relmod_args, __relmod_kwargs)',
+    "generator": 'return (yield from "%s"().enter(__relmod_args, __relmod_kwargs))',
+    "coroutine": 'return await "%s"().enter(__relmod_args, __relmod_kwargs)',
 }
 _TEMPLATES: dict[tuple[str, tuple[str, ...]], tuple[types.CodeType, int]] = {}
-# id(trampoline code) -> its _Trampoline, for every armed function of every CallGuard.
-_ARMED: dict[int, _Trampoline] = {}
 _running = threading.local()
 
 
@@ -757,7 +773,9 @@ def _template(kind: str, freevars: tuple[str, ...]) -> tuple[types.CodeType, int
             + "    return __relmod_trampoline__\n"
         )
         scope: dict[str, Any] = {}
-        exec(compile(source, "<relmod call guard>", "exec", dont_inherit=True), scope)
+        with warnings.catch_warnings():  # calling a str constant: replaced before it runs
+            warnings.simplefilter("ignore", SyntaxWarning)
+            exec(compile(source, _GUARD_FILE, "exec", dont_inherit=True), scope)
         code = scope["__relmod_outer__"]().__code__
         if code.co_freevars != freevars:  # the compiler orders free variables as given
             raise RuntimeError(f"Trampoline free variables {code.co_freevars} != {freevars}.")
@@ -765,31 +783,71 @@ def _template(kind: str, freevars: tuple[str, ...]) -> tuple[types.CodeType, int
     return cached
 
 
+def _not_armed() -> None:
+    """A trampoline's ``on_call`` until it is first armed (never called: it is disarmed)."""
+
+
 class _Trampoline:
-    """One armed function: its original code, the trampoline code, and the call-through."""
+    """One function's stand-in code, made once and armed again on every later mark.
 
-    __slots__ = ("func", "original", "code", "on_call", "disarmed")
+    ``code`` is the trampoline (its constant is a weak reference to this object); ``original``
+    is what the function ran when it was last armed, put back by ``restore``. ``epoch`` counts
+    the armings, so a call that entered an earlier one never disarms a later one. Whoever arms
+    it keeps it alive until it is disarmed (a plan, and CallGuard's list of armed ones).
+    """
 
-    def __init__(self, func: types.FunctionType, on_call: Callable[[], None], kind: str) -> None:
+    __slots__ = ("func", "original", "code", "on_call", "disarmed", "epoch", "shape", "__weakref__")
+
+    def __init__(
+        self, func: types.FunctionType, kind: str, original: types.CodeType | None = None
+    ) -> None:
         self.func = func
-        self.original = func.__code__
-        self.on_call = on_call
-        self.disarmed = False
-        template, slot = _template(kind, self.original.co_freevars)
+        self.original = func.__code__ if original is None else original
+        self.on_call: Callable[[], None] = _not_armed
+        self.disarmed = True
+        self.epoch = 0
+        self._build(kind)
+
+    def _build(self, kind: str) -> None:
+        """Make ``code`` for the function's current code: its free variables, kind and name."""
+        original = self.original
+        template, slot = _template(kind, original.co_freevars)
         consts = list(template.co_consts)
-        consts[slot] = self
-        flags = template.co_flags | (self.original.co_flags & _CO_ITERABLE_COROUTINE)
+        consts[slot] = weakref.ref(self)
+        flags = template.co_flags | (original.co_flags & _CO_ITERABLE_COROUTINE)
         if sys.version_info >= (3, 11):  # tracebacks name the armed function
             self.code = template.replace(
                 co_consts=tuple(consts),
                 co_flags=flags,
-                co_name=self.original.co_name,
-                co_qualname=self.original.co_qualname,
+                co_name=original.co_name,
+                co_qualname=original.co_qualname,
             )
         else:
             self.code = template.replace(
-                co_consts=tuple(consts), co_flags=flags, co_name=self.original.co_name
+                co_consts=tuple(consts), co_flags=flags, co_name=original.co_name
             )
+        self.shape = (original.co_freevars, original.co_flags & _KIND_FLAGS)
+
+    def arm(self, on_call: Callable[[], None]) -> bool:
+        """Give the function this trampoline; the caller holds ``_SWAP_LOCK``.
+
+        Returns False when the function already runs a trampoline (this one or another
+        guard's), or has become an async generator function.
+        """
+        current = self.func.__code__
+        if current.co_filename == _GUARD_FILE:
+            return False
+        self.original = current
+        if (current.co_freevars, current.co_flags & _KIND_FLAGS) != self.shape:
+            kind = _kind(current)  # patched into another kind since it was last armed
+            if kind is None:
+                return False
+            self._build(kind)
+        self.on_call = on_call
+        self.disarmed = False
+        self.epoch += 1
+        self.func.__code__ = self.code
+        return True
 
     def enter(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run by the trampoline: bring the module up to date, then call the function again."""
@@ -800,24 +858,27 @@ class _Trampoline:
             # Disarmed while this call was on its way in, or called again from inside on_call
             # (the module's own re-execution): run whatever is current, never loop.
             return self._call_current(args, kwargs)
+        epoch = self.epoch
         running.add(id(self))
         try:
             self.on_call()
         except BaseException:
-            self.restore()
+            self.restore(epoch)
             raise
         finally:
             running.discard(id(self))
-        self.restore()  # a no-op when patch_namespace gave the function its new code
+        self.restore(epoch)  # a no-op when patch_namespace gave the function its new code
         return self.func(*args, **kwargs)
 
-    def restore(self) -> None:
-        """Put the original code back unless the function was patched or re-armed since."""
+    def restore(self, epoch: int | None = None) -> None:
+        """Put the original code back unless the function was patched since, or (given the
+        ``epoch`` a call entered) armed again since."""
         with _SWAP_LOCK:
+            if epoch is not None and epoch != self.epoch:
+                return
             self.disarmed = True
             if self.func.__code__ is self.code:
                 self.func.__code__ = self.original
-            _ARMED.pop(id(self.code), None)
 
     def _call_current(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         func = self.func
@@ -828,6 +889,18 @@ class _Trampoline:
         )
         original.__kwdefaults__ = func.__kwdefaults__
         return original(*args, **kwargs)
+
+
+def _armed_by(code: types.CodeType) -> _Trampoline | None:
+    """The _Trampoline whose code ``code`` is, or None for any other code."""
+    if code.co_filename != _GUARD_FILE:
+        return None
+    for const in code.co_consts:
+        if type(const) is weakref.ref:
+            trampoline = const()
+            if type(trampoline) is _Trampoline:
+                return trampoline
+    return None
 
 
 def _kind(code: types.CodeType) -> str | None:
@@ -885,6 +958,17 @@ def _unhook_missing(cls: type) -> None:
             delattr(cls, "__getattr__")
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What arming one namespace touches, found by one walk and kept for the next arms."""
+
+    ns: dict[str, Any]
+    size: int  # len(ns) when walked: a namespace that grew or shrank since is walked again
+    trampolines: list[_Trampoline]  # one per function found in the namespace
+    escaped: list[weakref.ref[types.FunctionType]]  # earlier versions held elsewhere
+    classes: list[type]  # given a missing-attribute hook when armed
+
+
 class CallGuard:
     """Makes a held function a use of its module: its next call brings the module up to date.
 
@@ -924,6 +1008,7 @@ class CallGuard:
     def __init__(self) -> None:
         self._armed: dict[int, list[_Trampoline]] = {}
         self._hooked: dict[int, list[type]] = {}  # classes given a missing-attribute hook
+        self._plans: dict[int, _Plan] = {}
         self._lock = threading.Lock()
 
     def arm(
@@ -935,6 +1020,11 @@ class CallGuard:
         code: types.CodeType | None = None,
     ) -> int:
         """Arm every function of the module; safe while other threads call them.
+
+        The first arm of a namespace walks it and keeps what it found (its plan): a trampoline
+        per function, made once. Later arms reuse the plan while the namespace keeps its size,
+        so marking a module costs a code swap per function. Call :meth:`replan` after the
+        module's code ran again (and was patched), :meth:`forget` when the module goes.
 
         Args:
             ns: The module's ``__dict__``.
@@ -950,35 +1040,85 @@ class CallGuard:
         """
         if nothing_to_arm(module_name, code):
             return 0  # a module of data only (most of a deep chain): nothing anyone can hold
-        found = _discover(list(ns.items()), module_name, ns)
-        functions = {id(fn): fn for fn, _canonical, _owner in found.functions.values()}
-        for fn in _known_versions(module_name):
-            if fn.__globals__ is ns:
-                functions.setdefault(id(fn), fn)
-        if not functions and not found.classes:
-            return 0
+        plan = self._plans.get(id(ns))
+        if plan is None or plan.ns is not ns or plan.size != len(ns):
+            plan = self._plan(ns, module_name, plan)
         armed: list[_Trampoline] = []
-        for fn in functions.values():
-            kind = _kind(fn.__code__)
-            if kind is None or id(fn.__code__) in _ARMED:
-                continue
-            try:
-                trampoline = _Trampoline(fn, on_call, kind)
-            except RuntimeError as err:  # never seen on 3.10-3.13; the function stays unarmed
-                logger.debug("Cannot arm %s.%s: %s", module_name, fn.__qualname__, err)
-                continue
-            with _SWAP_LOCK:
-                if fn.__code__ is not trampoline.original:
-                    continue  # patched or armed by someone else meanwhile
-                _ARMED[id(trampoline.code)] = trampoline
-                fn.__code__ = trampoline.code
-            armed.append(trampoline)
-        hooked = [cls for cls in found.classes.values() if _hook_missing(cls, on_call)]
+        with _SWAP_LOCK:
+            for trampoline in plan.trampolines:
+                if trampoline.arm(on_call):
+                    armed.append(trampoline)
+        for ref in plan.escaped:  # copies from earlier runs that escaped: rare, made each time
+            fn = ref()
+            kind = None if fn is None or fn.__globals__ is not ns else _kind(fn.__code__)
+            if fn is not None and kind is not None:
+                trampoline = _Trampoline(fn, kind)
+                with _SWAP_LOCK:
+                    if trampoline.arm(on_call):
+                        armed.append(trampoline)
+        hooked = [cls for cls in plan.classes if _hook_missing(cls, on_call)]
         with self._lock:
             self._armed.setdefault(id(ns), []).extend(armed)
             self._hooked.setdefault(id(ns), []).extend(hooked)
-        logger.debug("Armed %d functions of %s.", len(armed), module_name)
         return len(armed)
+
+    def replan(self, ns: dict[str, Any], module_name: str) -> None:
+        """Walk a namespace that ran again now (in the reloading thread), so that its next
+        arm, on the feed's thread, does not. Does nothing for a namespace never armed."""
+        plan = self._plans.get(id(ns))
+        if plan is not None and plan.ns is ns:
+            self._plan(ns, module_name, plan)
+
+    def forget(self, ns: dict[str, Any]) -> None:
+        """Drop what this guard keeps for a namespace (its module is no longer reloaded)."""
+        self.disarm(ns)
+        with self._lock:
+            plan = self._plans.get(id(ns))
+            if plan is not None and plan.ns is ns:
+                del self._plans[id(ns)]
+
+    def _plan(self, ns: dict[str, Any], module_name: str, previous: _Plan | None) -> _Plan:
+        """Walk the namespace; keep the trampolines of the previous plan for the same functions."""
+        found = _discover(list(ns.items()), module_name, ns)
+        made = {}
+        if previous is not None and previous.ns is ns:
+            made = {id(t.func): t for t in previous.trampolines}
+        trampolines: list[_Trampoline] = []
+        seen: set[int] = set()
+        for fn, _canonical, _owner in found.functions.values():
+            if id(fn) in seen:
+                continue
+            seen.add(id(fn))
+            trampoline = made.get(id(fn))
+            if trampoline is None or trampoline.func is not fn:
+                trampoline = self._trampoline(fn, module_name)
+            if trampoline is not None:
+                trampolines.append(trampoline)
+        escaped = [
+            weakref.ref(fn)
+            for fn in _known_versions(module_name)
+            if fn.__globals__ is ns and id(fn) not in seen
+        ]
+        plan = _Plan(ns, len(ns), trampolines, escaped, list(found.classes.values()))
+        with self._lock:
+            self._plans[id(ns)] = plan
+        logger.debug("Planned %d functions of %s.", len(trampolines), module_name)
+        return plan
+
+    @staticmethod
+    def _trampoline(fn: types.FunctionType, module_name: str) -> _Trampoline | None:
+        code = fn.__code__
+        armed = _armed_by(code)
+        if armed is not None:  # armed by another guard now: what it stands in for tells
+            code = armed.original
+        kind = _kind(code)
+        if kind is None:
+            return None
+        try:
+            return _Trampoline(fn, kind, code)
+        except RuntimeError as err:  # never seen on 3.10-3.13; the function stays unarmed
+            logger.debug("Cannot arm %s.%s: %s", module_name, fn.__qualname__, err)
+            return None
 
     def disarm(self, ns: dict[str, Any]) -> None:
         """Give every still-armed function of the namespace its original code back.

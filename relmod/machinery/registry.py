@@ -405,6 +405,7 @@ class Registry:
                 keys.discard(rec.key)
         self._by_id.pop(id(rec.module), None)
         self._by_namespace.pop(id(rec.namespace), None)
+        self.guard.forget(rec.namespace)
         if self._by_name.get(rec.name) is rec:
             del self._by_name[rec.name]
         if rec.folder is not None:
@@ -978,6 +979,8 @@ class Registry:
             self._pending_failure = None
         if self.patch:
             self._patch(saved)
+            for rec, _old in saved:  # here, so that the next mark (on the feed) need not walk
+                self.guard.replan(rec.namespace, rec.name)
         now = time.time()
         for rec, old in saved:
             rec.hash = rec.digest
