@@ -37,6 +37,10 @@ Run:
 
 With ``--files N`` the project of the N-client broker holds N more modules that no client
 imports (a 10,000-file project for the idle figures); the 1-client broker's stays small.
+
+With ``--functions K`` every version of ``leaf.py`` also defines K functions and a class with
+three methods, as real modules do: each relmod client's mark then arms them for the references
+held elsewhere (the floors' files are the same; they do not read them).
 """
 
 from __future__ import annotations
@@ -203,10 +207,13 @@ def _wait_ready(procs: list[subprocess.Popen[str]], what: str) -> None:
 class Fleet:
     """N processes that print ``stale <time>`` per save, and the folder they watch."""
 
-    def __init__(self, name: str, folder: Path, procs: list[subprocess.Popen[str]]) -> None:
+    def __init__(
+        self, name: str, folder: Path, procs: list[subprocess.Popen[str]], body: str = ""
+    ) -> None:
         self.name = name
         self.folder = folder
         self.procs = procs
+        self.body = body  # what every version of leaf.py holds besides VALUE
         self.marks: queue.Queue[tuple[int, float]] = queue.Queue()
         self.latencies: list[float] = []
         self.missing = 0
@@ -228,7 +235,7 @@ class Fleet:
         none of its reader threads, are on the path being measured).
         """
         tmp = self.folder / ".leaf.py.tmp"
-        tmp.write_text(f"VALUE = {value}\n")
+        tmp.write_text(f"VALUE = {value}\n{self.body}")
         written = time.time()
         os.replace(tmp, self.folder / "leaf.py")
         seen: dict[int, float] = {}
@@ -260,14 +267,23 @@ class Fleet:
         return True
 
 
+def functions_source(count: int) -> str:
+    """``count`` small functions and a class, the shape of an ordinary module's code."""
+    if not count:
+        return ""
+    lines = [f"def f{i}(x, y={i}):\n    return x + y * VALUE\n" for i in range(count)]
+    methods = "".join(f"    def m{i}(self):\n        return {i} + VALUE\n" for i in range(3))
+    return "\n" + "".join(lines) + "\nclass Shape:\n" + methods
+
+
 def start_relmod(
-    work: Path, clients: int, broker: list[subprocess.Popen[str]], files: int = 0
+    work: Path, clients: int, broker: list[subprocess.Popen[str]], files: int = 0, body: str = ""
 ) -> Fleet:
     from relmod.connfile import connection_path, read_connection_file
 
     root = work / f"relmod-{clients}"
     root.mkdir()
-    (root / "leaf.py").write_text("VALUE = 0\n")
+    (root / "leaf.py").write_text(f"VALUE = 0\n{body}")
     (root / "top.py").write_text("from .leaf import VALUE\n")
     for index in range(files):  # the rest of a big project, which no client imports
         folder = root / "more" / f"p{index // 100}"
@@ -291,7 +307,7 @@ def start_relmod(
     _wait_quiet(proc.pid)  # the scan of a big project is over
     procs = [_start([sys.executable, "-c", CLIENT, str(root)], stdin=True) for _ in range(clients)]
     _wait_ready(procs, "relmod client")
-    return Fleet(f"relmod, {clients}", root, procs)
+    return Fleet(f"relmod, {clients}", root, procs, body)
 
 
 def _wait_quiet(pid: int, timeout: float = 120.0) -> None:
@@ -343,11 +359,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="more files in the project of the N relmod clients (none imported), e.g. 10000",
     )
+    parser.add_argument(
+        "--functions",
+        type=int,
+        default=0,
+        help="functions (and a class) in every version of leaf.py, e.g. 30",
+    )
     parser.add_argument("--quick", action="store_true", help="8 clients, 12 edits, 3 s idle")
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.edits, args.idle = 8, 12, 3.0
     sizes = (1, args.clients)
+    body = functions_source(args.functions)
 
     work = Path(tempfile.mkdtemp(prefix="relmod-bench-prop-")).resolve()
     brokers: list[subprocess.Popen[str]] = []
@@ -355,9 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     fleets: dict[tuple[str, int], Fleet] = {}
     try:
         for n in sizes:
-            fleets["relmod", n] = start_relmod(work, n, brokers, args.files if n > 1 else 0)
+            files = args.files if n > 1 else 0
+            fleets["relmod", n] = start_relmod(work, n, brokers, files, body)
             fleets["floor", n] = start_floor(work, n, others)
             fleets["signed", n] = start_floor(work, n, others, signed=True)
+            for kind in ("floor", "signed"):
+                fleets[kind, n].body = body
         for fleet in fleets.values():  # one unrecorded save each: first-use costs out of the way
             fleet.save(0, record=False)
         time.sleep(SAVE_PAUSE_S)
@@ -395,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     big = args.clients
     command = ".venv/bin/python benchmarks/bench_propagation.py" + " --quick" * args.quick
     command += f" --files {args.files}" * bool(args.files)
+    command += f" --functions {args.functions}" * bool(args.functions)
     print(f"\n### `{command}`\n")
     print(
         f"{args.edits} saves per system and size, on {os.cpu_count()} cores; the floor is raw "
