@@ -19,10 +19,12 @@ arm of a namespace walks it itself; it is timed once, apart.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
 import timeit
+import tracemalloc
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +131,29 @@ def reload_times(functions: int, classes: int, runs: int) -> dict[str, float]:
     }
 
 
+def kept_per_arm(functions: int, arms: int) -> float:
+    """Bytes still allocated per function per arm + disarm after ``arms`` cycles (target 0:
+    a trampoline is made once per function, and freed with its namespace)."""
+    module = types.ModuleType(MODULE)
+    exec(compile(generate(functions, 0, 0), "<bench>", "exec"), module.__dict__)
+    guard, ns = CallGuard(), module.__dict__
+    for _ in range(3):  # the first arm makes the trampolines
+        guard.arm(ns, MODULE, lambda: None)
+        guard.disarm(ns)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(arms):
+            guard.arm(ns, MODULE, lambda: None)
+            guard.disarm(ns)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return max(0, after - before) / functions / arms
+
+
 def call_ns(call: Callable[[], object], number: int = 200_000) -> float:
     """Median nanoseconds per call over 7 repeats."""
     return min(timeit.repeat(call, number=number, repeat=7)) / number * 1e9
@@ -186,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, seconds in rows:
         print(f"{label:<40}{seconds * 1e3:>10.2f}{seconds / reexec:>17.1%}")
     print(f"patch_namespace vs exec alone: {t['patch'] / t['exec']:.1f}x")
+    kept = kept_per_arm(args.functions, 200)
+    print(f"memory kept per function per arm + disarm (200 cycles): {kept:.1f} bytes (target 0)")
     costs = call_costs()
     print(f"\n{'call f(1)':<40}{'ns':>10}{'vs plain':>18}")
     for label, key in (
