@@ -52,7 +52,6 @@ import logging
 import sys
 import threading
 import types
-import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -745,11 +744,12 @@ _GUARD_FILE = "<relmod call guard>"  # every trampoline's co_filename: how one i
 # The trampoline's body per kind. Its only constant is replaced by a weak reference to the
 # per-function _Trampoline, so the code never looks anything up in the user's module namespace.
 # Weak, because code objects are not tracked by the garbage collector: a trampoline whose code
-# held it strongly would never be freed.
+# held it strongly would never be freed. (``.__call__()``, because the compiler warns of a
+# constant called directly.)
 _BODIES = {
-    "function": 'return "%s"().enter(__relmod_args, __relmod_kwargs)',
-    "generator": 'return (yield from "%s"().enter(__relmod_args, __relmod_kwargs))',
-    "coroutine": 'return await "%s"().enter(__relmod_args, __relmod_kwargs)',
+    "function": 'return "%s".__call__().enter(__relmod_args, __relmod_kwargs)',
+    "generator": 'return (yield from "%s".__call__().enter(__relmod_args, __relmod_kwargs))',
+    "coroutine": 'return await "%s".__call__().enter(__relmod_args, __relmod_kwargs)',
 }
 _TEMPLATES: dict[tuple[str, tuple[str, ...]], tuple[types.CodeType, int]] = {}
 _running = threading.local()
@@ -773,9 +773,7 @@ def _template(kind: str, freevars: tuple[str, ...]) -> tuple[types.CodeType, int
             + "    return __relmod_trampoline__\n"
         )
         scope: dict[str, Any] = {}
-        with warnings.catch_warnings():  # calling a str constant: replaced before it runs
-            warnings.simplefilter("ignore", SyntaxWarning)
-            exec(compile(source, _GUARD_FILE, "exec", dont_inherit=True), scope)
+        exec(compile(source, _GUARD_FILE, "exec", dont_inherit=True), scope)
         code = scope["__relmod_outer__"]().__code__
         if code.co_freevars != freevars:  # the compiler orders free variables as given
             raise RuntimeError(f"Trampoline free variables {code.co_freevars} != {freevars}.")
