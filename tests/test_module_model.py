@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import relmod
+from relmod.client.session import default_client
 
 
 def write(path: Path, text: str) -> Path:
@@ -569,3 +570,43 @@ def test_a_module_is_the_path_named_links_and_their_targets_included(tmp_path: P
         assert n + 2 == leaf.X
         assert version == m.V
         assert relmod.at(str(root / "current" / "m.py")) is m  # one module for the path named
+
+
+def test_the_stale_count_and_the_last_error_follow_marks_reloads_and_failures(
+    project: Path,
+) -> None:
+    """What every client's report carries, kept as it happens rather than by a walk over every
+    module: the count of stale modules, and the error of the module that failed last."""
+    for name, body in {
+        "base": "X = 1\n",
+        "mid": "import base\n",
+        "top": "import mid\n",
+        "side": "Y = 1\n",
+    }.items():
+        write(project / f"{name}.py", body)
+    relmod.configure(on_error="keep")
+    relmod.enable()
+    import side  # type: ignore[import-not-found]
+    import top  # type: ignore[import-not-found]
+
+    registry = default_client().registry
+    assert registry.stale_count() == 0 and registry.last_error() is None
+    write(project / "base.py", "X = 2\n")
+    relmod.sync()
+    assert registry.stale_count() == 3  # base, mid, top; not side
+    assert top.mid.base.X == 2 and registry.stale_count() == 0
+    write(project / "base.py", "X = (\n")
+    relmod.sync()
+    assert top.mid.base.X == 2  # kept: base failed first
+    write(project / "side.py", "raise RuntimeError('side is broken')\n")
+    relmod.sync()
+    assert side.Y == 1 and top.mid.base.X == 2 and registry.stale_count() == 0
+    assert "side is broken" in (registry.last_error() or "")  # the later failure
+    write(project / "side.py", "Y = 2\n")
+    relmod.sync()
+    assert side.Y == 2
+    assert "line 1" in (registry.last_error() or "")  # base's, still failing
+    write(project / "base.py", "X = 3\n")
+    relmod.sync()
+    assert registry.stale_count() == 3
+    assert top.mid.base.X == 3 and registry.last_error() is None

@@ -966,7 +966,7 @@ class BrokerFeed:
                 # Walk the modules only now: a storm of saves costs one walk and one report
                 # per report_after, none on the path from an invalidation to the stale mark.
                 if dirty:
-                    state = (self.seq, registry.stale_count(), self._last_reload_error())
+                    state = (self.seq, registry.stale_count(), registry.last_error())
                     dirty = False
                 if state != reported or keep_alive:
                     self._report(codec, dealer, state)
@@ -1120,10 +1120,6 @@ class BrokerFeed:
             command.done.set()
         self._waiting_syncs.clear()
         self._sync_requests.clear()
-
-    def _last_reload_error(self) -> str | None:
-        errors = [r.last_error for r in self.host.registry.records() if r.last_error]
-        return errors[-1] if errors else None
 
     def _report(self, codec: Codec, dealer: zmq.Socket[Any], state: tuple[Any, ...]) -> None:
         seq, stale, error = state

@@ -259,6 +259,11 @@ class Registry:
         self.guard = CallGuard()
         self.patched = 0
         self.unpatchable = 0
+        # What a report asks, kept as it happens, so no report walks every module: the keys
+        # marked stale since a count last found them fresh (a superset of the stale ones,
+        # pruned by stale_count), and the keys whose last reload failed, oldest first.
+        self._maybe_stale: set[str] = set()
+        self._failed_keys: dict[str, None] = {}
 
     def after_fork(self) -> None:
         """In a forked child: free locks other threads held, undo a reload cut off by the fork.
@@ -276,6 +281,7 @@ class Registry:
             rec.reloading = False
             rec.hash = None  # forces the re-run
             self.types.mark_stale(rec.module)
+            self._maybe_stale.add(rec.key)
         self._in_progress = []
         self._pending = {}
         self._scheduled = set()
@@ -704,7 +710,26 @@ class Registry:
         return self.types.is_stale(module)
 
     def stale_count(self) -> int:
-        return sum(1 for r in list(self._records.values()) if self.types.is_stale(r.module))
+        """How many modules are stale now: as many as were marked and are still stale (no
+        walk over every module)."""
+        records, is_stale = self._records, self.types.is_stale
+        with self._mark_lock:  # no mark between the look and the pruning
+            fresh = [
+                key
+                for key in self._maybe_stale
+                if (rec := records.get(key)) is None or not is_stale(rec.module)
+            ]
+            self._maybe_stale.difference_update(fresh)
+            return len(self._maybe_stale)
+
+    def last_error(self) -> str | None:
+        """The error of the module whose reload failed last, unless it reloaded since."""
+        for key in reversed(list(self._failed_keys)):
+            rec = self._records.get(key)
+            if rec is not None and rec.last_error:
+                return rec.last_error
+            self._failed_keys.pop(key, None)
+        return None
 
     def __contains__(self, path: str) -> bool:
         return path in self._records or path in self._aliases
@@ -787,6 +812,7 @@ class Registry:
                     )
             if marked:
                 self.generation += 1
+                self._maybe_stale |= marked
         if self.listeners.hear_stale:
             self.listeners.emit_stale(stale, time.time())
         for listener in self._invalidate_listeners:
@@ -1111,7 +1137,10 @@ class Registry:
         self, err: ReloadError, members: list[Record], gens: dict[int, int], strict: bool
     ) -> None:
         for rec in members:
-            rec.last_error = str(err) if rec.key == err.path else rec.last_error
+            if rec.key == err.path:
+                rec.last_error = str(err)
+                self._failed_keys.pop(rec.key, None)  # now the last to fail
+                self._failed_keys[rec.key] = None
             self._unmark(rec, gens[id(rec)])
         failed = self._records.get(err.path)
         if self.listeners and failed is not None:
