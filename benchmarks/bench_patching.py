@@ -5,11 +5,17 @@ a staticmethod each), imports it, then re-executes it in its own namespace ``--r
 prints medians::
 
     .venv/bin/python benchmarks/bench_patching.py [--functions 1000] [--classes 50] [--runs 30]
+        [--saves 200]
 
 "Re-execution" is what relmod does for a changed module: compile the source, run it in the same
 module dict. ``patch_namespace`` is timed on the snapshot and the namespace right after the run;
 the target is under 20% of re-execution. The call rows compare a plain function with the same
 function after ``CallGuard.arm`` + ``disarm`` and after being patched (target 1.0x).
+
+The last memory row is a user's session in a fresh process: a package imported the ordinary
+way, a held function and an old instance, its 300-function module saved ``--saves`` times with
+``relmod.sync()`` after each (the held ones are checked every time), and the process's RSS after
+save 20 and after the last.
 
 The cycle is the registry's: arm (the feed marks the module stale), re-execute, patch, replan
 (the reloading thread walks the namespace again, so the next arm need not), disarm. The first
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import subprocess
 import sys
 import time
 import timeit
@@ -154,9 +161,69 @@ def kept_per_arm(functions: int, arms: int) -> float:
     return max(0, after - before) / functions / arms
 
 
-def call_ns(call: Callable[[], object], number: int = 200_000) -> float:
-    """Median nanoseconds per call over 7 repeats."""
-    return min(timeit.repeat(call, number=number, repeat=7)) / number * 1e9
+# A user's session in a fresh process: an ordinary package, a held function and an old
+# instance, a module of 300 functions and 10 classes saved again and again, relmod.sync().
+SESSION = r"""
+import gc, os, sys, tempfile
+from pathlib import Path
+saves = int(sys.argv[1])
+root = Path(tempfile.mkdtemp(prefix="relmod-bench-session-")).resolve()
+pkg = root / "shop"
+pkg.mkdir()
+(pkg / "__init__.py").write_text("from .pricing import total\n")
+def version(v):
+    body = "".join(f"def f{i}(x):\n    return x + {i} + V\n" for i in range(300))
+    body += "".join(f"class C{i}:\n    def m(self):\n        return {i} + V\n" for i in range(10))
+    return f"V = {v}\n" + body + "def total(x):\n    return f0(x) * 1\n"
+(pkg / "pricing.py").write_text(version(0))
+sys.path.insert(0, str(root))
+import relmod
+relmod.enable()
+import shop
+from shop.pricing import f0, C0
+old = C0()
+def rss_mb():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+at = {}
+for v in range(1, saves + 1):
+    tmp = pkg / ".pricing.py.tmp"
+    tmp.write_text(version(v))
+    os.replace(tmp, pkg / "pricing.py")
+    relmod.sync()
+    if (f0(1), old.m(), shop.total(1)) != (1 + v, v, 1 + v):
+        raise SystemExit(f"save {v}: a held reference ran old code")
+    if v in (20, saves):
+        gc.collect()
+        at[v] = rss_mb()
+print(at[20], at[saves])
+"""
+
+
+def session_growth(saves: int) -> tuple[float, float]:
+    """RSS (MB) of a fresh process after 20 and after ``saves`` saves of SESSION's module."""
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION, str(saves)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the session failed:\n{done.stdout}{done.stderr}")
+    first, last = (float(x) for x in done.stdout.split())
+    return first, last
+
+
+def call_ns(
+    calls: dict[str, Callable[[], object]], number: int = 200_000, repeat: int = 9
+) -> dict[str, float]:
+    """Nanoseconds per call of each, the best of ``repeat`` rounds; the calls take turns in
+    every round, so a host that changes speed meanwhile weighs on all of them alike."""
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeat):
+        for name, call in calls.items():
+            best[name] = min(best[name], timeit.timeit(call, number=number) / number * 1e9)
+    return best
 
 
 def call_costs() -> dict[str, float]:
@@ -176,11 +243,13 @@ def call_costs() -> dict[str, float]:
     exec(source.replace("x + y", "y + x"), patched.__dict__)
     patch_namespace(snapshot, patched.__dict__, "bench_patched")
     f_plain, f_guarded, f_patched = plain.f, guarded.f, patched.f
-    costs = {
-        "plain": call_ns(lambda: f_plain(1)),
-        "guarded": call_ns(lambda: f_guarded(1)),
-        "patched": call_ns(lambda: f_patched(1)),
-    }
+    costs = call_ns(
+        {
+            "plain": lambda: f_plain(1),
+            "guarded": lambda: f_guarded(1),
+            "patched": lambda: f_patched(1),
+        }
+    )
     del sys.modules["bench_guarded"], sys.modules["bench_patched"]
     return costs
 
@@ -190,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--functions", type=int, default=1000)
     parser.add_argument("--classes", type=int, default=50)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--saves", type=int, default=200, help="saves in the session row")
     args = parser.parse_args(argv)
     t = reload_times(args.functions, args.classes, args.runs)
     reexec = t["compile"] + t["exec"]
@@ -213,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"patch_namespace vs exec alone: {t['patch'] / t['exec']:.1f}x")
     kept = kept_per_arm(args.functions, 200)
     print(f"memory kept per function per arm + disarm (200 cycles): {kept:.1f} bytes (target 0)")
+    first, last = session_growth(args.saves)
+    print(
+        f"a session of {args.saves} saves (300 functions, 10 classes, held ones right each "
+        f"time): RSS {first:.1f} MB at save 20, {last:.1f} MB at save {args.saves} "
+        f"({last - first:+.1f} MB; target 0)"
+    )
     costs = call_costs()
     print(f"\n{'call f(1)':<40}{'ns':>10}{'vs plain':>18}")
     for label, key in (
