@@ -12,10 +12,13 @@ import gc
 import importlib.util
 import inspect
 import itertools
+import os
 import pickle
+import signal
 import sys
 import textwrap
 import threading
+import time
 import types
 import weakref
 from pathlib import Path
@@ -779,3 +782,51 @@ def test_arming_again_and_again_reuses_one_trampoline_that_goes_with_the_namespa
     gc.collect()
     released = trampoline() is None
     assert released
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_another_thread_arms_can_patch_call_and_arm(
+    project: Project,
+) -> None:
+    """A pool forks while the feed thread marks (arms) modules: the lock that thread held at the
+    fork must not stay held in the child, or its first reload or call would wait for ever."""
+    source = COUNTER + "".join(f"def g{i}():\n    return {i}\n" for i in range(40))
+    mod = project.load(source.format(1))
+    f, ns, guard, stop = mod.f, mod.__dict__, CallGuard(), threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            guard.arm(ns, mod.__name__, lambda: None)
+            guard.disarm(ns)
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    hung = None
+    try:
+        for attempt in range(20):
+            pid = os.fork()
+            if pid == 0:  # the child: only this thread exists here
+                status = 1
+                try:
+                    project.edit(mod, source.format(2))  # patching takes both locks
+                    guard.after_fork()  # as Registry.after_fork does for its guard
+                    guard.arm(ns, mod.__name__, lambda: None)
+                    guard.disarm(ns)
+                    status = 0 if f(0) == (2, 0) else 2
+                finally:
+                    os._exit(status)
+            deadline = time.monotonic() + 5
+            while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+                if time.monotonic() > deadline:
+                    hung = attempt
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+            if hung is not None:
+                break
+            assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        stop.set()
+        thread.join(10)
+    assert hung is None, f"child {hung} hung on a lock held at the fork"

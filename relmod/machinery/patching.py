@@ -49,6 +49,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import os
 import sys
 import threading
 import types
@@ -95,6 +96,18 @@ VERSIONS: dict[str, dict[str, list[weakref.ref[types.FunctionType]]]] = {}
 _VERSIONS_LOCK = threading.Lock()
 # (module name, qualname, reason) already logged, so a long session logs each problem once.
 _LOGGED: set[tuple[str, str, str]] = set()
+
+
+def _renew_locks() -> None:
+    """In a forked child: a lock another thread of the parent held at the fork would stay held
+    there for ever, and the child's next mark, call or reload would wait on it."""
+    global _SWAP_LOCK, _VERSIONS_LOCK
+    _SWAP_LOCK = threading.RLock()
+    _VERSIONS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks)
 
 
 @dataclasses.dataclass
@@ -1117,6 +1130,10 @@ class CallGuard:
         except RuntimeError as err:  # never seen on 3.10-3.13; the function stays unarmed
             logger.debug("Cannot arm %s.%s: %s", module_name, fn.__qualname__, err)
             return None
+
+    def after_fork(self) -> None:
+        """In a forked child: free the lock another thread may have held at the fork."""
+        self._lock = threading.Lock()
 
     def disarm(self, ns: dict[str, Any]) -> None:
         """Give every still-armed function of the namespace its original code back.

@@ -276,6 +276,7 @@ class Registry:
         self._create_lock = threading.RLock()
         self._local = threading.local()
         self.graph.after_fork()
+        self.guard.after_fork()
         for rec, good in self._in_progress:
             _restore(rec, good)
             rec.reloading = False
