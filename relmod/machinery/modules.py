@@ -179,6 +179,11 @@ class ModuleTypes:
         self._fresh_of: dict[type[types.ModuleType], type[types.ModuleType]] = {}
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: free the lock the feed thread may have held at the fork (while it
+        made a stale twin)."""
+        self._lock = threading.Lock()
+
     def is_stale(self, module: types.ModuleType) -> bool:
         """Whether the module waits for a reload on its next use."""
         return type(module) in self._fresh_of

@@ -277,6 +277,7 @@ class Registry:
         self._local = threading.local()
         self.graph.after_fork()
         self.guard.after_fork()
+        self.types.after_fork()
         for rec, good in self._in_progress:
             _restore(rec, good)
             rec.reloading = False
