@@ -413,7 +413,8 @@ class Registry:
                 keys.discard(rec.key)
         self._by_id.pop(id(rec.module), None)
         self._by_namespace.pop(id(rec.namespace), None)
-        self.guard.forget(rec.namespace)
+        with self._mark_lock:  # after a mark that found the record before it went, not amid
+            self.guard.forget(rec.namespace)
         if self._by_name.get(rec.name) is rec:
             del self._by_name[rec.name]
         if rec.folder is not None:
