@@ -963,8 +963,8 @@ class BrokerFeed:
             keep_alive = now - last_report > self.report_every
             ready = now - last_report >= self.report_after and now - dirty_at >= self.report_delay
             if (dirty and ready) or keep_alive:
-                # Walk the modules only now: a storm of saves costs one walk and one report
-                # per report_after, none on the path from an invalidation to the stale mark.
+                # Only now: a storm of saves costs one report per report_after, none on the
+                # path from an invalidation to the stale mark (the registry keeps the counts).
                 if dirty:
                     state = (self.seq, registry.stale_count(), registry.last_error())
                     dirty = False

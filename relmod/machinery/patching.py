@@ -1061,12 +1061,13 @@ class CallGuard:
                     armed.append(trampoline)
         for ref in plan.escaped:  # copies from earlier runs that escaped: rare, made each time
             fn = ref()
-            kind = None if fn is None or fn.__globals__ is not ns else _kind(fn.__code__)
-            if fn is not None and kind is not None:
-                trampoline = _Trampoline(fn, kind)
+            if fn is None or fn.__globals__ is not ns:
+                continue
+            made = self._trampoline(fn, module_name)
+            if made is not None:
                 with _SWAP_LOCK:
-                    if trampoline.arm(on_call):
-                        armed.append(trampoline)
+                    if made.arm(on_call):
+                        armed.append(made)
         hooked = [cls for cls in plan.classes if _hook_missing(cls, on_call)]
         with self._lock:
             self._armed.setdefault(id(ns), []).extend(armed)
