@@ -604,6 +604,27 @@ def test_project_decides_by_content_and_keeps_the_last_good_version(project: Pat
     assert state.full_hashes()[str(project / "pkg" / "a.py")] is None
 
 
+def test_a_module_replaced_by_a_link_in_two_batches_follows_the_link_s_target(
+    project: Path,
+) -> None:
+    # The watcher may report the unlink and the new link in separate batches: the module is
+    # forgotten first, and the link's name must still be taken for the module it was.
+    from relmod.server.project import Project
+
+    state = Project(str(project))
+    state.load_all(processes=1)
+    leaf, other = project / "leaf.py", project / "other.py"
+    write(other, "VALUE = 9\n")
+    state.apply([str(other)])
+    leaf.unlink()
+    assert state.apply([str(leaf)]).changed == [str(leaf)]
+    leaf.symlink_to(other)
+    assert state.apply([str(leaf)]).changed == [str(leaf)]  # back, with the target's bytes
+    write(other, "VALUE = 10\n")
+    update = state.apply([str(other)])
+    assert str(leaf) in update.changed and str(project / "mid.py") in update.affected
+
+
 def test_pending_changes_pace_bursts_but_never_a_lone_save(tmp_path: Path) -> None:
     from relmod.server.pending import MAX_GAP, PendingChanges
 

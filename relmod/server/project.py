@@ -461,8 +461,10 @@ class Project:
                     real = path  # no link on the way: the folders of tracked files are real
                 else:
                     real = os.path.realpath(path)
-                if real != path and path in self.known():
-                    files.add(path)  # a tracked file replaced by a link: checked by its own name
+                if real != path and (path in self._hashes or path in self._deleted):
+                    # A tracked file replaced by a link (its unlink may have come in a batch of
+                    # its own, so a file deleted lately counts): checked by its own name.
+                    files.add(path)
                     self._links.setdefault(real, set()).add(path)
                 if inside(real, self.root) and not is_ignored(_relative(real, self.root)):
                     files.add(real)
