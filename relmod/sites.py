@@ -307,6 +307,18 @@ _default_site: Site[types.ModuleType] | None = None
 _default_site_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # Only the forking thread exists in the child: a lock another thread held stays held.
+    global _default_site_lock
+    _default_site_lock = threading.Lock()
+    if _default_site is not None:
+        _default_site._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _load(path: str) -> types.ModuleType:
     """Load a site name's file or folder as ``relmod.at`` does (this module sits below the face)."""
     return default_client().registry.load(normalize(path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import signal
 import sys
 import textwrap
 import threading
@@ -610,3 +611,70 @@ def test_the_stale_count_and_the_last_error_follow_marks_reloads_and_failures(
     relmod.sync()
     assert registry.stale_count() == 3
     assert top.mid.base.X == 3 and registry.last_error() is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_other_threads_hold_relmod_s_locks_can_use_relmod(
+    project: Path,
+) -> None:
+    """A pool forks while another thread is inside relmod (installing the hook, adding a root
+    or a listener, loading a site name): a lock held at the fork must not stay held in the
+    child, whose only thread is the forking one."""
+    from relmod import sites
+    from relmod.client import session
+
+    write(project / "forkmod.py", "VALUE = 1\n")
+    client = default_client()
+    site = sites.default_site()
+    locks = [
+        client.hook._lock,
+        client.finder._lock,
+        client.registry.scope._lock,
+        client.registry.listeners._lock,
+        session._default_lock,
+        sites._default_site_lock,
+        site._lock,
+    ]
+    holding, release = threading.Barrier(2), threading.Event()
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        holding.wait()
+        release.wait()
+        for lock in reversed(locks):
+            lock.release()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: only this thread exists here, and it took no lock
+            status = 1
+            try:
+                signal.alarm(20)  # a hang must end the child, whatever the parent does
+                assert session.default_client() is client
+                client.hook.install()
+                client.finder.install()
+                client.registry.scope.add_root(str(project))
+                relmod.add_listener(print)
+                relmod.remove_listener(print)
+                assert sites.default_site() is site
+                with site._lock:
+                    pass
+                assert relmod.at(str(project / "forkmod.py")).VALUE == 1
+                status = 0
+            finally:
+                os._exit(status)
+    finally:
+        release.set()
+        thread.join(10)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on a lock another thread held at the fork")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(done[1]) == 0

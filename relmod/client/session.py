@@ -393,11 +393,17 @@ def _close_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The parent's feed thread and sockets do not exist in the child: abandon them untouched
-    # and start the same kind of feed anew, so the child keeps up with edits by itself.
+    # Only the forking thread exists in the child: a lock another thread held at the fork
+    # would stay held for ever, so every lock of ours is made anew. The parent's feed thread
+    # and sockets are abandoned untouched, and the same kind of feed starts anew, so the child
+    # keeps up with edits by itself.
+    global _default_lock
+    _default_lock = threading.Lock()
     client = _default
     if client is not None:
         client._feed_lock = threading.Lock()
+        client.hook.after_fork()
+        client.finder.after_fork()
         client.registry.after_fork()
         old, client.feed = client.feed, None
         if old is not None:

@@ -62,6 +62,10 @@ class Listeners:
         self._complained: set[int] = set()
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread held at the fork is free again."""
+        self._lock = threading.Lock()
+
     def add(self, listener: Listener, *, stale: bool = True) -> None:
         """Call ``listener(event)`` for every event from now on; with ``stale=False``, for
         every event but ``'stale'`` ones (a feed hears of marks in batches instead)."""

@@ -87,6 +87,10 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
                     sys.meta_path.remove(self)
                 sys.meta_path.insert(0, self)
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread held at the fork is free again."""
+        self._lock = threading.Lock()
+
     def uninstall(self) -> None:
         with self._lock:
             if self in sys.meta_path:

@@ -49,6 +49,10 @@ class ImportHook:
                 self.original = builtins.__import__
                 builtins.__import__ = self.__call__  # type: ignore[assignment]
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread held at the fork is free again."""
+        self._lock = threading.Lock()
+
     def uninstall(self) -> None:
         """Restore the ``__import__`` we replaced."""
         with self._lock:

@@ -278,6 +278,8 @@ class Registry:
         self.graph.after_fork()
         self.guard.after_fork()
         self.types.after_fork()
+        self.scope.after_fork()
+        self.listeners.after_fork()
         for rec, good in self._in_progress:
             _restore(rec, good)
             rec.reloading = False

@@ -67,6 +67,10 @@ class Scope:
         self._excluded: tuple[str, ...] = tuple(_patterns(os.environ.get("RELMOD_EXCLUDE", "")))
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread held at the fork is free again."""
+        self._lock = threading.Lock()
+
     def add_root(self, folder: str) -> None:
         """Make every module under ``folder`` reloading."""
         root = os.path.realpath(folder).rstrip(os.sep) + os.sep
