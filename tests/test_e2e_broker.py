@@ -240,6 +240,19 @@ def test_connect_without_a_broker_is_a_clear_error(tmp_path: Path) -> None:
         w.close()
 
 
+def test_connect_to_a_folder_that_does_not_exist_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import relmod
+    from relmod.errors import BrokerNotFound
+
+    monkeypatch.delenv("RELMOD_BROKER", raising=False)
+    missing = tmp_path / "typo"
+    with pytest.raises(BrokerNotFound, match="there is no such folder") as caught:
+        relmod.connect(str(missing))
+    assert str(missing) in str(caught.value)
+
+
 # -- a broker on TCP (CURVE): the same connection path as ipc ------------------------------------
 
 

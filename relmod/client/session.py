@@ -314,6 +314,12 @@ class Client:
         else:
             found = find_connection_file(where)
         if found is None:
+            if start is not None and not os.path.exists(start):
+                raise BrokerNotFound(
+                    f"No relmod broker serves {where}: there is no such folder. Name the "
+                    f"project's folder (or a folder inside it), or call connect() with no "
+                    f"argument for the current folder's project."
+                )
             raise BrokerNotFound(
                 f"No relmod broker serves {where}. Start one with `relmod-broker {where}`, or "
                 f"use relmod without connect(): it then watches files in this process."
