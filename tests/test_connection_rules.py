@@ -45,8 +45,10 @@ class FakeHost:
     def apply_invalidation(
         self, affected: Iterable[str], changed: Iterable[str] | None = None
     ) -> set[str]:
-        self.invalidated.append(list(affected))
-        self.changed.append(None if changed is None else list(changed))
+        # What the registry marks: the changed files are affected too, said once.
+        said = [] if changed is None else list(changed)
+        self.invalidated.append(said + [path for path in affected if path not in said])
+        self.changed.append(None if changed is None else said)
         self.log.append("invalidate")
         return set()
 

@@ -154,7 +154,8 @@ class FeedHost(Protocol):
         self, affected: Iterable[str], changed: Iterable[str] | None = None
     ) -> set[str]:
         """Mark stale what the broker said is affected (it compared hashes already); when
-        given, ``changed`` are the files whose content changed (by default all of them)."""
+        given, ``changed`` are the files whose content changed (by default all of them),
+        affected too whether or not ``affected`` repeats them."""
         ...
 
     def known_files(self) -> list[str]:
@@ -885,9 +886,10 @@ class BrokerFeed:
                 {entry[1]: entry[2] for entry in changed}, full=False, root=None
             )
         if changed_paths or reached:
-            self.host.apply_invalidation(
-                changed_paths + reached, changed_paths if msg.kind == "invalidate" else None
-            )
+            if msg.kind == "invalidate":  # the changed files are affected too, said once
+                self.host.apply_invalidation(reached, changed_paths)
+            else:  # a delta: any file it names may have changed
+                self.host.apply_invalidation(changed_paths + reached)
             self.invalidations += 1
         if self.broken:
             to_local = self.path_map.to_local

@@ -744,11 +744,11 @@ class Registry:
     def invalidate(self, paths: Iterable[str], *, changed: Iterable[str] | None = None) -> set[str]:
         """Mark the modules of these files, and every module depending on them, stale.
 
-        ``changed`` names the files among ``paths`` whose content changed, when the caller
-        knows (a broker sends the affected set and the changed files apart); by default every
-        path given may have changed. The reload reads again the files named as changed; a
-        dependent only marked along is not read again while its stat signature is the one of
-        the version that ran.
+        ``changed`` names the files whose content changed (affected too, whether or not
+        ``paths`` repeats them), when the caller knows (a broker sends the affected set and
+        the changed files apart); by default every path given may have changed. The reload
+        reads again the files named as changed; a dependent only marked along is not read
+        again while its stat signature is the one of the version that ran.
 
         Cheap and safe from any thread: it runs no user code. Returns the keys marked.
         """
