@@ -8,6 +8,7 @@ sequence number did not move.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -623,6 +624,22 @@ def test_a_module_replaced_by_a_link_in_two_batches_follows_the_link_s_target(
     write(other, "VALUE = 10\n")
     update = state.apply([str(other)])
     assert str(leaf) in update.changed and str(project / "mid.py") in update.affected
+
+
+def test_a_module_replaced_by_a_folder_in_two_batches_is_reported(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from relmod.server.project import Project
+
+    state = Project(str(project))
+    state.load_all(processes=1)
+    leaf = project / "leaf.py"
+    leaf.unlink()
+    assert state.apply([str(leaf)]).changed == [str(leaf)]
+    leaf.mkdir()
+    with caplog.at_level(logging.WARNING, logger="relmod.server.project"):
+        assert state.apply([str(leaf)]).empty  # told once already: nothing more to publish
+    assert f"Cannot read {leaf} (it is a folder now)" in caplog.text
 
 
 def test_pending_changes_pace_bursts_but_never_a_lone_save(tmp_path: Path) -> None:

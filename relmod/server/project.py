@@ -452,8 +452,10 @@ class Project:
             link = stat.S_ISLNK(mode)
             if os.path.isdir(path) if link else stat.S_ISDIR(mode):
                 folders.add(path)
-                if path in self.known():
-                    files.add(path)  # a tracked module replaced by a folder: say so when read
+                if path in self._hashes or path in self._deleted:
+                    # A tracked module replaced by a folder (its unlink may have come in a batch
+                    # of its own): say so when read.
+                    files.add(path)
             elif path.endswith(".py"):
                 parent = os.path.dirname(path)
                 walked = self._folder_cache  # not rebuilt here: that walks every tracked file
@@ -528,17 +530,19 @@ class Project:
                 if record.hash != EMPTY_HASH:
                     break
         if record.hash is None:  # gone
-            if old is None and was_broken is None:
-                return
-            if os.path.lexists(path):  # there, but not a file we can read: a user should know
+            known = old is not None or was_broken is not None
+            if (known or path in self._deleted) and os.path.lexists(path):
+                # There, but not a file we can read (a module deleted in a batch of its own
+                # may come back as a folder in the next): a user should know.
                 logger.warning(
                     "Cannot read %s (%s): clients that loaded it keep its last good version "
                     "until a readable module is saved there.",
                     path,
                     "it is a folder now" if os.path.isdir(path) else "unreadable",
                 )
-            self._forget(path)
-            changed.add(path)
+            if known:
+                self._forget(path)
+                changed.add(path)
             return
         if record.signature is not None:
             self._signatures[path] = _packed(record.signature)
