@@ -42,6 +42,19 @@ def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> bool:
     return bool(condition())
 
 
+def wait_child(pid: int, timeout: float) -> int | None:
+    """Wait for a forked child's exit code; None when it is still running after ``timeout``
+    seconds (it hangs: it is killed then)."""
+    deadline = time.monotonic() + timeout
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(0.01)
+    return os.waitstatus_to_exitcode(done[1])
+
+
 class Recorder:
     """A watcher's on_change callback that keeps every batch, and when it arrived."""
 

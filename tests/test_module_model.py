@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from support import wait_child
 
 import relmod
 from relmod.client.session import default_client
@@ -670,11 +671,6 @@ def test_a_child_forked_while_other_threads_hold_relmod_s_locks_can_use_relmod(
     finally:
         release.set()
         thread.join(10)
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung on a lock another thread held at the fork")
-        time.sleep(0.01)
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    code = wait_child(pid, 30)
+    assert code is not None, "the forked child hung on a lock another thread held at the fork"
+    assert code == 0

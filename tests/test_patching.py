@@ -14,17 +14,16 @@ import inspect
 import itertools
 import os
 import pickle
-import signal
 import sys
 import textwrap
 import threading
-import time
 import types
 import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_child
 
 from relmod.machinery.patching import CallGuard, PatchReport, patch_namespace
 
@@ -815,17 +814,11 @@ def test_a_child_forked_while_another_thread_arms_can_patch_call_and_arm(
                     status = 0 if f(0) == (2, 0) else 2
                 finally:
                     os._exit(status)
-            deadline = time.monotonic() + 5
-            while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
-                if time.monotonic() > deadline:
-                    hung = attempt
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    break
-                time.sleep(0.01)
-            if hung is not None:
+            code = wait_child(pid, 5)
+            if code is None:
+                hung = attempt
                 break
-            assert os.waitstatus_to_exitcode(done[1]) == 0
+            assert code == 0
     finally:
         stop.set()
         thread.join(10)
