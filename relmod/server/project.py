@@ -452,10 +452,8 @@ class Project:
             link = stat.S_ISLNK(mode)
             if os.path.isdir(path) if link else stat.S_ISDIR(mode):
                 folders.add(path)
-                if path in self._hashes or path in self._deleted:
-                    # A tracked module replaced by a folder (its unlink may have come in a batch
-                    # of its own): say so when read.
-                    files.add(path)
+                if self._tracked_lately(path):
+                    files.add(path)  # a tracked module replaced by a folder: say so when read
             elif path.endswith(".py"):
                 parent = os.path.dirname(path)
                 walked = self._folder_cache  # not rebuilt here: that walks every tracked file
@@ -463,10 +461,8 @@ class Project:
                     real = path  # no link on the way: the folders of tracked files are real
                 else:
                     real = os.path.realpath(path)
-                if real != path and (path in self._hashes or path in self._deleted):
-                    # A tracked file replaced by a link (its unlink may have come in a batch of
-                    # its own, so a file deleted lately counts): checked by its own name.
-                    files.add(path)
+                if real != path and self._tracked_lately(path):
+                    files.add(path)  # a tracked file replaced by a link: checked by its own name
                     self._links.setdefault(real, set()).add(path)
                 if inside(real, self.root) and not is_ignored(_relative(real, self.root)):
                     files.add(real)
@@ -490,6 +486,11 @@ class Project:
             links.intersection_update(p for p in links if os.path.realpath(p) == real)
             files.update(links)  # the link's target changed: so did the module the link names
         return {f for f in files if inside(f, self.root)}, folders
+
+    def _tracked_lately(self, path: str) -> bool:
+        """Whether ``path`` is a tracked file, or was one until lately: the watcher may report
+        a file's unlink and what replaces it (a link, a folder) in two batches."""
+        return path in self._hashes or path in self._deleted
 
     def _folders(self) -> set[str]:
         """Every folder below the root that holds a tracked file, at any depth (cached)."""
