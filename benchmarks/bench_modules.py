@@ -51,6 +51,15 @@ Prints one Markdown table. The rows:
    the ``'stale'`` event (the event's own timestamp) instead of at the new value: what the broker
    and the feed cost before any reload runs; the difference is the reload in the worker.
 
+4. **The same for a module of real size**, at the larger worker count only: ``app/core.py``
+   padded to about 67 KB (200 functions and 20 classes), twice: the broker and the workers
+   sharing one code cache (``RELMOD_CACHE_DIR``), where every worker reloads the edit with the
+   code the broker compiled to check it; and the broker's cache in another folder, where the
+   workers compile it themselves (as all did before the broker stored its code; a worker that
+   comes late may find what the first one stored). The difference is the compiling; the floor
+   rows (save -> stale) hold the broker's own compile check, which every save passes before
+   its publication.
+
 p99 is nearest-rank over the samples (with few samples, the worst). Ratios only compare figures
 measured in the same run; absolute figures vary between machines and with load (2 noisy cores
 were the reference machine: 32 workers share them with the broker).
@@ -81,6 +90,8 @@ IMPORT_TARGET = 1.3
 UNROLL = 20
 SAVE_PAUSE_S = 1.2
 WORKER_TIMEOUT_S = 15.0
+BIG_FUNCTIONS = 200
+"""Functions in the padded app/core.py (about 60 KB, as a large module of a real project)."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -463,23 +474,61 @@ def _wait_broker(root: Path, broker: subprocess.Popen[bytes], err_file: Path) ->
         time.sleep(0.05)
 
 
-def measure_edits(work: Path, workers: int, edits: int) -> dict[str, Any]:
-    """Latencies of ``edits`` saves of app/core.py until all ``workers`` have the new value."""
-    root = (work / f"project-{workers}").resolve()
+def big_padding(functions: int = BIG_FUNCTIONS) -> str:
+    """What makes app/core.py a module of real size: functions with bodies, and classes."""
+    parts = []
+    for n in range(functions):
+        parts.append(
+            f"\n\ndef step_{n}(items: list[int], scale: int = {n % 7 + 1}) -> list[int]:\n"
+            f'    """Scale the even items, drop the rest (step {n})."""\n'
+            "    kept = []\n"
+            "    for item in items:\n"
+            "        if item % 2 == 0:\n"
+            "            kept.append(item * scale + VERSION)\n"
+            "        elif item > scale:\n"
+            "            kept.append(item - scale)\n"
+            "    return kept\n"
+        )
+        if n % 10 == 0:
+            parts.append(
+                f"\n\nclass Stage{n}:\n"
+                "    def __init__(self, name: str) -> None:\n"
+                "        self.name = name\n"
+                "        self.count = 0\n\n"
+                "    def run(self, items: list[int]) -> list[int]:\n"
+                "        self.count += 1\n"
+                f"        return step_{n}(items)\n"
+            )
+    return "".join(parts)
+
+
+def measure_edits(
+    work: Path, workers: int, edits: int, *, padding: str = "", caches: str = "shared"
+) -> dict[str, Any]:
+    """Latencies of ``edits`` saves of app/core.py (its source followed by ``padding``) until
+    all ``workers`` have the new value. ``caches``: ``"shared"``, the broker and the workers
+    use one code cache (the default); ``"apart"``, the broker's is another folder, so each
+    worker compiles the edit itself (or takes it from the worker that stored it first)."""
+    tag = f"{workers}-{len(padding)}-{caches}"
+    root = (work / f"project-{tag}").resolve()
     (root / "app").mkdir(parents=True)
     (root / "app" / "__init__.py").write_text("")
     (root / "app" / "util.py").write_text("def identity(x):\n    return x\n")
     core = root / "app" / "core.py"
-    core.write_text(CORE.format(version=0))
-    logs = work / f"logs-{workers}"
+    core.write_text(CORE.format(version=0) + padding)
+    logs = work / f"logs-{tag}"
     logs.mkdir()
     env = dict(os.environ)
     env.pop("RELMOD_BROKER", None)
+    env["RELMOD_CACHE_DIR"] = str(work / f"cache-{tag}")
+    broker_env = dict(env)
+    if caches == "apart":
+        broker_env["RELMOD_CACHE_DIR"] = str(work / f"broker-cache-{tag}")
     broker_err = logs / "broker.err"
     with open(broker_err, "wb") as err:
         broker = subprocess.Popen(
             [sys.executable, "-m", "relmod.server", str(root), "--log-level", "WARNING"],
-            env=env,
+            env=broker_env,
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -533,7 +582,7 @@ def measure_edits(work: Path, workers: int, edits: int) -> dict[str, Any]:
         floor: list[float] = []
         for version in range(1, edits + 1):
             tmp = root / "app" / ".core.py.tmp"
-            tmp.write_text(CORE.format(version=version))
+            tmp.write_text(CORE.format(version=version) + padding)
             written = time.time()
             os.replace(tmp, core)
             got: dict[int, tuple[float, float]] = {}
@@ -590,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
         imports, notes = measure_imports(work, rounds)
         access = measure_access(work, access_rounds, sample_s)
         propagation = {n: measure_edits(work, n, edits) for n in worker_counts}
+        many, padding = worker_counts[-1], big_padding()
+        big = {
+            caches: measure_edits(work, many, edits, padding=padding, caches=caches)
+            for caches in ("shared", "apart")
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
@@ -644,6 +698,21 @@ def main(argv: list[str] | None = None) -> int:
             ms = result[key]
             print(
                 f"| {label} (ms) | {statistics.median(ms):.1f} | {percentile(ms, 0.99):.1f} | | |"
+            )
+    size = len((CORE.format(version=0) + padding).encode()) / 1000
+    for caches, label in (
+        ("shared", "the broker's code, from the shared code cache"),
+        ("apart", "each worker compiling it (broker's cache apart)"),
+    ):
+        for key, what in (
+            ("last", "new value in all {n} workers (last worker)"),
+            ("median", "new value, median of {n} workers"),
+            ("floor", "floor: all {n} workers marked stale"),
+        ):
+            ms = big[caches][key]
+            print(
+                f"| save of a {size:.0f} KB module -> {what.format(n=many)}; {label} (ms) | "
+                f"{statistics.median(ms):.1f} | {percentile(ms, 0.99):.1f} | | |"
             )
     print()
     for note in notes:

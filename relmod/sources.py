@@ -26,6 +26,7 @@ __all__ = [
     "Broken",
     "StatSignature",
     "check_compiles",
+    "compile_checked",
     "compile_source",
     "content_hash",
     "decode_source",
@@ -237,15 +238,24 @@ def check_compiles(path: str, data: bytes) -> Broken | None:
         >>> check_compiles('/p/a.py', b'x = 1\\ndef f(:\\n')
         Broken(path='/p/a.py', lineno=2, message='SyntaxError: invalid syntax')
     """
+    return compile_checked(path, data)[1]
+
+
+def compile_checked(path: str, data: bytes) -> tuple[types.CodeType | None, Broken | None]:
+    """:func:`check_compiles`, keeping the code: ``(code, None)``, or ``(None, broken)``.
+
+    Example:
+        >>> code, broken = compile_checked('/p/a.py', b'x = 1\\n'); code.co_filename, broken
+        ('/p/a.py', None)
+    """
     try:
-        compile_source(path, data)
+        return compile_source(path, data), None
     except (SyntaxError, ValueError, RecursionError) as err:
         # ValueError covers null bytes on older Pythons and UnicodeDecodeError; RecursionError a
         # source nested too deeply for the compiler.
         broken = Broken(path, _best_lineno(err, data), _message(err))
         log.debug("%s does not compile: %s", path, broken.message)
-        return broken
-    return None
+        return None, broken
 
 
 class StatSignature(NamedTuple):

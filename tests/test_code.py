@@ -1,4 +1,4 @@
-"""relmod.machinery.code: what a module's code imports, read from its bytecode, and the cache."""
+"""relmod.codecache: what a module's code imports, read from its bytecode, and the cache."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relmod.machinery.code import STDLIB_MARK, imports_of, load_code
+from relmod.codecache import STDLIB_MARK, imports_of, load_code
 from relmod.sources import content_hash
 
 
@@ -93,3 +93,27 @@ def test_the_cache_keeps_the_imports_with_the_code(
     again = load_code("/p/m.py", data, content_hash(data))
     assert again is not first  # read back from the cache
     assert imports_of(again) == imports_of(first) == (".", ":a", "b.c", STDLIB_MARK, "os.path")
+
+
+def test_processes_run_with_and_without_o_never_share_code(tmp_path: Path) -> None:
+    """``python -O`` compiles ``__debug__`` to False and drops asserts: its code has a cache of
+    its own, or the second process would run the first one's code."""
+    import subprocess
+    import sys
+
+    from support import child_env
+
+    module = tmp_path / "flag.py"
+    module.write_text("DEBUG = __debug__\n")
+    env = child_env(RELMOD_CACHE_DIR=str(tmp_path / "cache"))
+    script = "import relmod, sys; print(relmod.at(sys.argv[1]).DEBUG)"
+
+    def run(*flags: str) -> str:
+        out = subprocess.run(
+            [sys.executable, *flags, "-c", script, str(module)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert [run(), run("-O"), run(), run("-O")] == ["True", "False", "True", "False"]

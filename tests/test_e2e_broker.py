@@ -106,6 +106,33 @@ def test_a_broken_save_keeps_last_good_code_and_the_fix_reloads(
         assert w.call("status")["broken"] == {}
 
 
+@pytest.mark.parametrize("shared_cache", [True, False], ids=["shared", "apart"])
+def test_a_client_reloads_an_edit_with_the_code_the_broker_compiled(
+    project: Path, tmp_path: Path, shared_cache: bool
+) -> None:
+    """The broker compiles every edit to check it; a client that shares its code cache (same
+    user, Python and RELMOD_CACHE_DIR) reloads the edit without compiling it again. With the
+    caches apart, the same client compiles it: the count below does see compiles."""
+    cache = tmp_path / "cache"
+    broker_cache = cache if shared_cache else tmp_path / "broker-cache"
+    broker = Broker(project, env=child_env(RELMOD_CACHE_DIR=str(broker_cache))).start()
+    worker = Worker(env=child_env(RELMOD_CACHE_DIR=str(cache)), cwd=project)
+    try:
+        assert worker.call("connect", root=str(project)) is True
+        worker.call("load", name="mid", path=str(project / "mid.py"))
+        assert worker.call("get", name="mid", attr="DOUBLE") == 2
+        worker.call("count_compiles")
+        write(project / "leaf.py", "VALUE = 21\n")
+        worker.call("sync")  # the broker answers after the turn that published and cached it
+        assert worker.call("stale", name="mid") is True
+        assert worker.call("get", name="mid", attr="DOUBLE") == 42
+        compiled = worker.call("compiled")
+        assert compiled == ([] if shared_cache else [str(project / "leaf.py")])
+    finally:
+        worker.close()
+        broker.stop()
+
+
 def test_broker_kill_edits_while_down_and_restart_lose_nothing(
     project: Path, broker: Broker, workers: list[Worker]
 ) -> None:

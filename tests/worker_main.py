@@ -1,6 +1,7 @@
 """A relmod client process for end-to-end tests: one JSON command per stdin line, one reply.
 
-Commands: connect, configure, load, get, stale, wait_value, sync, status, fork_watch, exit.
+Commands: connect, configure, load, get, stale, wait_value, sync, status, count_compiles,
+compiled, exit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from relmod.client.session import default_client
 
 loaded: dict[str, Any] = {}
 conn: Any = None
+compiled: list[str] = []
 
 
 def value_of(name: str, attr: str) -> Any:
@@ -58,6 +60,19 @@ def handle(cmd: dict[str, Any]) -> Any:
         status = feed.status() if feed is not None and hasattr(feed, "status") else {}
         status["feed"] = getattr(feed, "name", None)
         return status
+    if op == "count_compiles":  # from now on, note each source relmod compiles here
+        import relmod.codecache as codecache
+
+        compile_source = codecache.compile_source
+
+        def counting(path: str, data: bytes) -> Any:
+            compiled.append(path)
+            return compile_source(path, data)
+
+        codecache.compile_source = counting
+        return True
+    if op == "compiled":
+        return compiled
     if op == "exit":
         sys.exit(0)
     raise ValueError(f"unknown op {op!r}")

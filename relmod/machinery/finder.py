@@ -44,7 +44,7 @@ class ProjectLoader(importlib.abc.Loader):
 
     def get_code(self, fullname: str) -> types.CodeType | None:
         """Fresh code for ``runpy`` and friends (never a stale .pyc)."""
-        from relmod.machinery.code import load_code
+        from relmod.codecache import load_code
         from relmod.sources import content_hash
 
         data = self._registry.sources.read(self.path)

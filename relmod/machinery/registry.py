@@ -49,10 +49,7 @@ from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from typing import Any, Literal, Protocol
 
-from relmod.errors import ModuleNotFound, ReloadError
-from relmod.graph import DependencyGraph
-from relmod.machinery import modules as m
-from relmod.machinery.code import (
+from relmod.codecache import (
     STDLIB_MARK,
     STDLIB_NAMES,
     defined_names,
@@ -62,6 +59,9 @@ from relmod.machinery.code import (
     load_file_code,
     signature_of,
 )
+from relmod.errors import ModuleNotFound, ReloadError
+from relmod.graph import DependencyGraph
+from relmod.machinery import modules as m
 from relmod.machinery.events import Event, Listeners
 from relmod.machinery.patching import VERSIONS, CallGuard, makes_functions, patch_namespace
 from relmod.machinery.scope import Scope

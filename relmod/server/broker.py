@@ -51,6 +51,7 @@ from typing import Any
 import zmq
 
 from relmod._version import __version__
+from relmod.codecache import store_code
 from relmod.connfile import (
     CONNECTION_VERSION,
     BrokerLock,
@@ -567,6 +568,19 @@ class Broker:
             # (Project.settle): the clients it wakes have the two cores to themselves
             # meanwhile (apply() finds them first anyway, should the next batch come sooner).
             self._scan_edits_at = time.monotonic() + SCAN_EDITS_AFTER
+        self._cache_code(update)
+
+    def _cache_code(self, update: Update) -> None:
+        """Put the code the edits' compile checks made in the code cache, where every client on
+        this machine (same user, Python and ``RELMOD_CACHE_DIR``) finds it by content: each then
+        reloads an edit by unmarshalling it instead of compiling it again, which for a 100 KB
+        module is about 1 ms instead of 50-75. Right after the publication, not later: a busy
+        worker reloads within a millisecond or two of its mark."""
+        for path, digest, code in update.compiled:
+            try:
+                store_code(path, digest, code)
+            except Exception:  # a bug of ours; a client compiles the file itself then
+                logger.exception("Could not cache the code of %s.", path)
 
     def _publish_update(self, update: Update) -> None:
         ids = self.state.project.ids

@@ -41,7 +41,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any
 
 from relmod.server.imports import ImportStatement, find_statements
@@ -53,6 +54,7 @@ from relmod.sources import (
     Broken,
     StatSignature,
     check_compiles,
+    compile_checked,
     content_hash,
     read_source,
     stat_signature,
@@ -106,6 +108,8 @@ class FileRecord:
         checked: whether the compile check ran (the first scan checks later).
         statements: its import statements, when they were found (for the scan cache).
         read_at: when it was read (seconds since the epoch), or 0.0 when it was not.
+        code: the code the compile check made (:func:`read_record` only; never pickled to or
+            from the scan's worker processes), for the code cache.
     """
 
     path: str
@@ -116,6 +120,7 @@ class FileRecord:
     checked: bool = True
     statements: tuple[ImportStatement, ...] | None = None
     read_at: float = 0.0
+    code: CodeType | None = field(default=None, compare=False, repr=False)
 
 
 def read_record(
@@ -147,19 +152,22 @@ def read_record(
         logger.debug("cannot read %s: %s", path, err)
         return FileRecord(path, None, signature, None, frozenset())
     digest = content_hash(data)
+    code = None
     if check:
-        broken = check_compiles(path, data)
+        code, broken = compile_checked(path, data)
         if broken is not None:
             # The source does not parse, so a scan would find nothing; the caller keeps the
             # edges of the last good version, which is the code clients keep running.
             return FileRecord(path, digest, signature, broken, frozenset(), read_at=read_at)
     if not scan:
-        return FileRecord(path, digest, signature, None, frozenset(), check, read_at=read_at)
+        return FileRecord(
+            path, digest, signature, None, frozenset(), check, read_at=read_at, code=code
+        )
     statements = tuple(find_statements(data, path) or ())
     found = (resolver or ImportResolver([root])).resolve(path, statements)
     dependencies = frozenset(dep for dep in found if inside(dep, root))
     return FileRecord(
-        path, digest, signature, None, dependencies, check, statements, read_at=read_at
+        path, digest, signature, None, dependencies, check, statements, read_at=read_at, code=code
     )
 
 

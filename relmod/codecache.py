@@ -6,8 +6,13 @@ from the bytes it hashed and keeps its own cache keyed by that content hash (and
 code objects carry), in ``$RELMOD_CACHE_DIR`` or ``~/.cache/relmod``: a cached code object is
 valid by construction, and a first import costs a read, a hash and an unmarshal.
 
-:func:`defined_names` tells which names a module's top-level code binds, so a re-execution over
-the old namespace can drop the names the new version no longer defines.
+Shared by both sides: a client loads code through it, and a broker stores the code of every edit
+it compile-checked (:func:`store_code`), so the processes that reload the edit next unmarshal it
+instead of each compiling it again.
+
+:func:`imports_of` reads what a module's code imports, and :func:`defined_names` which names its
+top-level code binds, so a re-execution over the old namespace can drop the names the new
+version no longer defines.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ _STORES = frozenset({"STORE_NAME", "STORE_GLOBAL"})
 def cache_dir() -> str | None:
     """Where compiled code is cached, or None when caching is off (``RELMOD_CACHE_DIR=``).
 
-    A folder per entry format and Python bytecode version, below ``$RELMOD_CACHE_DIR`` or
-    ``~/.cache/relmod``, so versions of relmod and of Python can share the cache.
+    A folder per entry format, Python bytecode version and optimization level (``-O``, which
+    drops asserts and makes ``__debug__`` false at compile time), below ``$RELMOD_CACHE_DIR`` or
+    ``~/.cache/relmod``, so versions of relmod and of Python, and processes run with and without
+    ``-O``, can share the cache.
     """
     configured = os.environ.get("RELMOD_CACHE_DIR")
     key = (configured, sys.dont_write_bytecode)
@@ -54,7 +61,7 @@ def _find_cache_dir(configured: str | None) -> str | None:
     else:
         home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         base = os.path.join(home, "relmod")
-    return os.path.join(base, _FORMAT)
+    return os.path.join(base, f"{_FORMAT}-o{sys.flags.optimize}")
 
 
 _cache_dirs: dict[tuple[str | None, bool], str | None] = {}
@@ -95,6 +102,17 @@ def load_code(path: str, data: bytes, digest: str) -> types.CodeType:
     code = compile_source(path, data)
     _store(where, code)
     return code
+
+
+def store_code(path: str, digest: str, code: types.CodeType) -> None:
+    """Cache ``code``, compiled from the bytes of ``path`` whose content hash is ``digest``.
+
+    What :func:`load_code` stores on a miss, for code compiled elsewhere: the broker's compile
+    check of an edit. Nothing happens when caching is off; a failed write is logged (debug).
+    """
+    folder = cache_dir()
+    if folder is not None:
+        _store(_cache_file(folder, path, digest), code)
 
 
 RACY_NS = int(RACY_SECONDS * 1e9)
