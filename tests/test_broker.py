@@ -637,9 +637,20 @@ def test_a_module_replaced_by_a_folder_in_two_batches_is_reported(
     leaf.unlink()
     assert state.apply([str(leaf)]).changed == [str(leaf)]
     leaf.mkdir()
+    warning = f"Cannot read {leaf} (it is a folder now)"
     with caplog.at_level(logging.WARNING, logger="relmod.server.project"):
         assert state.apply([str(leaf)]).empty  # told once already: nothing more to publish
-    assert f"Cannot read {leaf} (it is a folder now)" in caplog.text
+        assert caplog.text.count(warning) == 1
+        assert state.apply([str(leaf)]).empty  # the folder named again (its attributes...)
+        assert caplog.text.count(warning) == 1  # warned of once
+        leaf.rmdir()
+        write(leaf, "VALUE = 2\n")
+        assert state.apply([str(leaf)]).changed == [str(leaf)]
+        leaf.unlink()
+        assert state.apply([str(leaf)]).changed == [str(leaf)]
+        leaf.mkdir()
+        assert state.apply([str(leaf)]).empty
+        assert caplog.text.count(warning) == 2  # a folder again after a readable module
 
 
 def test_pending_changes_pace_bursts_but_never_a_lone_save(tmp_path: Path) -> None:

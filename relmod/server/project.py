@@ -134,6 +134,7 @@ class Project:
         # (rare: one str per file instead of one set costs 200 bytes less a file)
         self._by_hash: dict[str, str | set[str]] = {}
         self._deleted: OrderedDict[str, None] = OrderedDict()
+        self._unreadable: set[str] = set()  # warned of once, until readable again or gone
         self._folder_cache: set[str] | None = None  # see _folders()
         # A tracked file that became a symbolic link: its target's real path -> the link. A
         # module is the path clients named, so an edit of the target is an edit of the link.
@@ -536,9 +537,13 @@ class Project:
                     break
         if record.hash is None:  # gone
             known = old is not None or was_broken is not None
-            if (known or path in self._deleted) and os.path.lexists(path):
+            if not (known or path in self._deleted) or not os.path.lexists(path):
+                self._unreadable.discard(path)
+            elif path not in self._unreadable:
                 # There, but not a file we can read (a module deleted in a batch of its own
-                # may come back as a folder in the next): a user should know.
+                # may come back as a folder in the next): a user should know, once, not at
+                # every event that names the path again.
+                self._unreadable.add(path)
                 logger.warning(
                     "Cannot read %s (%s): clients that loaded it keep its last good version "
                     "until a readable module is saved there.",
@@ -552,6 +557,7 @@ class Project:
         if record.signature is not None:
             self._signatures[path] = _packed(record.signature)
         self._deleted.pop(path, None)
+        self._unreadable.discard(path)
         if was_broken is not None and was_broken[1] == record.hash:
             return  # the same broken bytes again
         forced = path in self._forced
