@@ -17,6 +17,7 @@ version no longer defines.
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import hashlib
 import importlib.util
@@ -104,15 +105,34 @@ def load_code(path: str, data: bytes, digest: str) -> types.CodeType:
     return code
 
 
-def store_code(path: str, digest: str, code: types.CodeType) -> None:
+def store_code(
+    path: str, digest: str, code: types.CodeType, *, replaces: str | None = None
+) -> None:
     """Cache ``code``, compiled from the bytes of ``path`` whose content hash is ``digest``.
 
     What :func:`load_code` stores on a miss, for code compiled elsewhere: the broker's compile
-    check of an edit. Nothing happens when caching is off; a failed write is logged (debug).
+    check of an edit. ``replaces``: the content hash of the version this one replaces, whose
+    entry is removed, so that a file edited a thousand times keeps one entry, not a thousand
+    (should the old content come back, the broker's check stores it again). Nothing happens
+    when caching is off; a failed write is logged (debug).
     """
     folder = cache_dir()
-    if folder is not None:
-        _store(_cache_file(folder, path, digest), code)
+    if folder is None:
+        return
+    _store(_cache_file(folder, path, digest), code)
+    if replaces is not None and replaces != digest:
+        with contextlib.suppress(OSError):
+            os.unlink(_cache_file(folder, path, replaces))
+
+
+def cached_file(path: str, digest: str) -> str | None:
+    """Where the cached code of ``path`` at content hash ``digest`` is, or None when it is not
+    cached (or caching is off)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    where = _cache_file(folder, path, digest)
+    return where if os.path.exists(where) else None
 
 
 RACY_NS = int(RACY_SECONDS * 1e9)

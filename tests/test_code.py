@@ -95,6 +95,35 @@ def test_the_cache_keeps_the_imports_with_the_code(
     assert imports_of(again) == imports_of(first) == (".", ":a", "b.c", STDLIB_MARK, "os.path")
 
 
+def test_code_stored_for_a_new_version_replaces_the_old_one_s_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relmod.codecache import cached_file, store_code
+    from relmod.sources import compile_source
+
+    monkeypatch.setenv("RELMOD_CACHE_DIR", str(tmp_path / "cache"))
+    old, new = b"X = 1\n", b"X = 2\n"
+    load_code("/p/m.py", old, content_hash(old))  # a client compiled the first version
+    assert cached_file("/p/m.py", content_hash(old)) is not None
+    store_code(
+        "/p/m.py", content_hash(new), compile_source("/p/m.py", new), replaces=content_hash(old)
+    )
+    assert cached_file("/p/m.py", content_hash(old)) is None
+    import relmod.codecache
+
+    def no_compile(path: str, data: bytes) -> None:
+        raise AssertionError(f"compiled {path}: the stored code was not found")
+
+    monkeypatch.setattr(relmod.codecache, "compile_source", no_compile)
+    code = load_code("/p/m.py", new, content_hash(new))
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    assert namespace["X"] == 2
+    monkeypatch.setenv("RELMOD_CACHE_DIR", "")  # caching off: nothing stored, nothing found
+    store_code("/p/n.py", content_hash(new), compile_source("/p/n.py", new))
+    assert cached_file("/p/n.py", content_hash(new)) is None
+
+
 def test_processes_run_with_and_without_o_never_share_code(tmp_path: Path) -> None:
     """``python -O`` compiles ``__debug__`` to False and drops asserts: its code has a cache of
     its own, or the second process would run the first one's code."""

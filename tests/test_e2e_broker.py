@@ -111,8 +111,12 @@ def test_a_client_reloads_an_edit_with_the_code_the_broker_compiled(
     project: Path, tmp_path: Path, shared_cache: bool
 ) -> None:
     """The broker compiles every edit to check it; a client that shares its code cache (same
-    user, Python and RELMOD_CACHE_DIR) reloads the edit without compiling it again. With the
-    caches apart, the same client compiles it: the count below does see compiles."""
+    user, Python and RELMOD_CACHE_DIR) reloads the edit without compiling it again, and the
+    entry of the version it replaces is gone. With the caches apart, the same client compiles
+    it: the count below does see compiles."""
+    from relmod.codecache import cached_file
+    from relmod.sources import content_hash
+
     cache = tmp_path / "cache"
     broker_cache = cache if shared_cache else tmp_path / "broker-cache"
     broker = Broker(project, env=child_env(RELMOD_CACHE_DIR=str(broker_cache))).start()
@@ -122,12 +126,17 @@ def test_a_client_reloads_an_edit_with_the_code_the_broker_compiled(
         worker.call("load", name="mid", path=str(project / "mid.py"))
         assert worker.call("get", name="mid", attr="DOUBLE") == 2
         worker.call("count_compiles")
-        write(project / "leaf.py", "VALUE = 21\n")
+        leaf = project / "leaf.py"
+        before = content_hash(leaf.read_bytes())
+        write(leaf, "VALUE = 21\n")
         worker.call("sync")  # the broker answers after the turn that published and cached it
         assert worker.call("stale", name="mid") is True
         assert worker.call("get", name="mid", attr="DOUBLE") == 42
         compiled = worker.call("compiled")
-        assert compiled == ([] if shared_cache else [str(project / "leaf.py")])
+        assert compiled == ([] if shared_cache else [str(leaf)])
+        os.environ["RELMOD_CACHE_DIR"] = str(cache)  # (restored after the test)
+        assert cached_file(str(leaf), content_hash(leaf.read_bytes())) is not None
+        assert (cached_file(str(leaf), before) is None) == shared_cache
     finally:
         worker.close()
         broker.stop()

@@ -576,9 +576,9 @@ class Broker:
         reloads an edit by unmarshalling it instead of compiling it again, which for a 100 KB
         module is about 1 ms instead of 50-75. Right after the publication, not later: a busy
         worker reloads within a millisecond or two of its mark."""
-        for path, digest, code in update.compiled:
+        for path, digest, code, old in update.compiled:
             try:
-                store_code(path, digest, code)
+                store_code(path, digest, code, replaces=old)  # one entry per file, not per save
             except Exception:  # a bug of ours; a client compiles the file itself then
                 logger.exception("Could not cache the code of %s.", path)
 

@@ -83,8 +83,8 @@ class Update:
         hashes: the new content hash of each changed file; None for a deleted file.
         broken: files that became broken (or broken differently), to announce one by one.
         checked: how many files were read to decide.
-        compiled: ``(path, hash, code)`` of each file the batch compile-checked and accepted,
-            for the code cache (see :func:`relmod.codecache.store_code`).
+        compiled: ``(path, hash, code, old hash)`` of each file the batch compile-checked and
+            accepted, for the code cache (see :func:`relmod.codecache.store_code`).
     """
 
     changed: list[str] = field(default_factory=list)
@@ -92,7 +92,7 @@ class Update:
     hashes: dict[str, str | None] = field(default_factory=dict)
     broken: list[Broken] = field(default_factory=list)
     checked: int = 0
-    compiled: list[tuple[str, str, CodeType]] = field(default_factory=list)
+    compiled: list[tuple[str, str, CodeType, str | None]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -573,7 +573,7 @@ class Project:
             logger.info("%s", record.broken.describe())
             return
         if record.code is not None and record.hash is not None:
-            update.compiled.append((path, record.hash, record.code))
+            update.compiled.append((path, record.hash, record.code, old))
         if was_broken is not None:
             del self._broken[path]
             logger.info("%s compiles again", path)
