@@ -653,6 +653,32 @@ def test_a_module_replaced_by_a_folder_in_two_batches_is_reported(
         assert caplog.text.count(warning) == 2  # a folder again after a readable module
 
 
+def test_a_batch_of_many_edits_caches_every_file_s_code_and_holds_few(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone save's code is cached after its publication (the broker's loop stores what the
+    update holds); a batch of more edits than COMPILED_KEPT caches the rest as it checks them."""
+    from relmod.codecache import cached_file
+    from relmod.server.project import COMPILED_KEPT, Project
+    from relmod.sources import content_hash
+
+    monkeypatch.setenv("RELMOD_CACHE_DIR", str(tmp_path / "cache"))
+    files = [project / f"m{i}.py" for i in range(COMPILED_KEPT + 4)]
+    for path in files:
+        write(path, "X = 0\n")
+    state = Project(str(project))
+    state.load_all(processes=1)
+    for i, path in enumerate(files):
+        write(path, f"X = {i + 1}\n")
+    update = state.apply([str(path) for path in files])
+    held = {entry[0] for entry in update.compiled}
+    assert len(held) == COMPILED_KEPT and len(update.changed) == len(files)
+    for path in files:
+        digest = content_hash(path.read_bytes())
+        assert (cached_file(str(path), digest) is None) == (str(path) in held)
+        assert update.hashes[str(path)] == digest
+
+
 def test_pending_changes_pace_bursts_but_never_a_lone_save(tmp_path: Path) -> None:
     from relmod.server.pending import MAX_GAP, PendingChanges
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any
 
+from relmod.codecache import store_code
 from relmod.graph import STATIC, DependencyGraph
 from relmod.ignore import ignored_name, is_ignored
 from relmod.server.edges import RuntimeEdges
@@ -71,6 +72,11 @@ MAX_IMPORT_ROOTS = 64
 """The most import roots a project has (clients may report more of their sys.path)."""
 DELETED_KEPT = 10_000
 """How many deleted paths are remembered, to report them (hash None) in a full answer."""
+COMPILED_KEPT = 16
+"""How many compiled edits a batch holds until its publication, for the code cache (see
+:attr:`Update.compiled`); the code of more is cached as each is checked. A lone save's cache
+write stays off its way to the clients; a checkout of a thousand files holds no thousand code
+objects (several times their source in memory) at once."""
 
 
 @dataclass
@@ -83,8 +89,9 @@ class Update:
         hashes: the new content hash of each changed file; None for a deleted file.
         broken: files that became broken (or broken differently), to announce one by one.
         checked: how many files were read to decide.
-        compiled: ``(path, hash, code, old hash)`` of each file the batch compile-checked and
-            accepted, for the code cache (see :func:`relmod.codecache.store_code`).
+        compiled: ``(path, hash, code, old hash)`` of the files the batch compile-checked and
+            accepted, for the code cache (see :func:`relmod.codecache.store_code`), up to
+            :data:`COMPILED_KEPT` of them (the code of the others is cached already).
     """
 
     changed: list[str] = field(default_factory=list)
@@ -573,7 +580,10 @@ class Project:
             logger.info("%s", record.broken.describe())
             return
         if record.code is not None and record.hash is not None:
-            update.compiled.append((path, record.hash, record.code, old))
+            if len(update.compiled) < COMPILED_KEPT:
+                update.compiled.append((path, record.hash, record.code, old))
+            else:  # a checkout's hundreds: cached now, not all held until the publication
+                store_code(path, record.hash, record.code, replaces=old)
         if was_broken is not None:
             del self._broken[path]
             logger.info("%s compiles again", path)
