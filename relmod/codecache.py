@@ -225,18 +225,20 @@ def _store(where: str, code: types.CodeType, prefix: bytes = b"") -> None:
         log.debug("cannot cache the code of %s: %s", code.co_filename, err)
 
 
-_STORE_OPS = frozenset(dis.opmap[name] for name in ("STORE_NAME", "STORE_GLOBAL"))
+_STORE_BYTES = tuple(bytes([dis.opmap[name]]) for name in ("STORE_NAME", "STORE_GLOBAL"))
 _EXTENDED_ARG = dis.EXTENDED_ARG
-_IMPORT_STAR = dis.opmap.get("IMPORT_STAR", -1)  # up to 3.11
-_INTRINSIC_1 = dis.opmap.get("CALL_INTRINSIC_1", -1)  # 3.12+: argument 2 is import *
+_IMPORT_STAR_BYTE = bytes([dis.opmap.get("IMPORT_STAR", 0)])  # up to 3.11 (0: no such op)
+_INTRINSIC_1_BYTE = bytes([dis.opmap.get("CALL_INTRINSIC_1", 0)])  # 3.12+: argument 2 is import *
 _INTRINSIC_IMPORT_STAR = 2
 
 
 def defined_names(code: types.CodeType) -> tuple[frozenset[str], bool]:
     """The names a module's top-level code binds, and whether it runs ``from x import *``.
 
-    A walk over the raw instructions (``co_code`` is the unspecialised bytecode), not
-    ``dis.get_instructions``, which builds an object per instruction: this runs on every reload.
+    Found with ``bytes.find`` in the raw instructions (``co_code`` is the unspecialised
+    bytecode; an opcode sits at an even offset, its argument after it, and the inline caches are
+    zero bytes), as :func:`imports_of` does: this runs on every reload, and a walk over each
+    instruction in Python cost a millisecond for a module of 200 functions.
 
     Example:
         >>> names, star = defined_names(compile('import os\\nx = 1\\ndef f(): pass', 'm', 'exec'))
@@ -248,19 +250,23 @@ def defined_names(code: types.CodeType) -> tuple[frozenset[str], bool]:
     raw = code.co_code
     names = code.co_names
     bound = set()
+    for op in _STORE_BYTES:
+        at = raw.find(op)
+        while at >= 0:
+            if at % 2 == 0:
+                bound.add(names[_arg_at(raw, at)[0]])
+            at = raw.find(op, at + 1)
     star = False
-    extended = 0
-    for i in range(0, len(raw), 2):
-        op = raw[i]
-        arg = raw[i + 1] | extended
-        if op == _EXTENDED_ARG:
-            extended = arg << 8
-            continue
-        extended = 0
-        if op in _STORE_OPS:
-            bound.add(names[arg])
-        elif op == _IMPORT_STAR or (op == _INTRINSIC_1 and arg == _INTRINSIC_IMPORT_STAR):
-            star = True
+    if _IMPORT_STAR_BYTE != b"\0":
+        at = raw.find(_IMPORT_STAR_BYTE)
+        while at >= 0 and not star:
+            star = at % 2 == 0
+            at = raw.find(_IMPORT_STAR_BYTE, at + 1)
+    if _INTRINSIC_1_BYTE != b"\0":
+        at = raw.find(_INTRINSIC_1_BYTE)
+        while at >= 0 and not star:
+            star = at % 2 == 0 and _arg_at(raw, at)[0] == _INTRINSIC_IMPORT_STAR
+            at = raw.find(_INTRINSIC_1_BYTE, at + 1)
     return frozenset(bound), star
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dis
+import os
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 
-from relmod.codecache import STDLIB_MARK, imports_of, load_code
+from relmod.codecache import STDLIB_MARK, defined_names, imports_of, load_code
 from relmod.sources import content_hash
 
 
@@ -146,3 +149,38 @@ def test_processes_run_with_and_without_o_never_share_code(tmp_path: Path) -> No
         return out.stdout.strip()
 
     assert [run(), run("-O"), run(), run("-O")] == ["True", "False", "True", "False"]
+
+
+def _defined_names_walked(code: types.CodeType) -> tuple[frozenset[str], bool]:
+    """The same answer as defined_names, from dis's view of every instruction (slow, plain)."""
+    bound: set[str] = set()
+    star = False
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("STORE_NAME", "STORE_GLOBAL"):
+            bound.add(instruction.argval)
+        elif instruction.opname == "IMPORT_STAR" or (
+            instruction.opname == "CALL_INTRINSIC_1" and instruction.arg == 2
+        ):
+            star = True
+    return frozenset(bound), star
+
+
+def test_defined_names_agrees_with_dis_on_the_standard_library() -> None:
+    """Every top-level module of the standard library (a real shape each: EXTENDED_ARG
+    names, globals bound in functions, star imports) reads the same as with dis."""
+    folder = Path(os.__file__).parent
+    checked = star = 0
+    for path in sorted(folder.glob("*.py")):
+        try:
+            code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        except (SyntaxError, ValueError):
+            continue  # test data that is meant not to compile
+        names = defined_names(code)
+        assert names == _defined_names_walked(code), path
+        checked += 1
+        star += names[1]
+    assert checked > 150 and star > 0
+    many = "\n".join(f"name_{i} = {i}" for i in range(300))  # arguments beyond one byte
+    code = compile(many + "\nfrom os import *\n", "/p/m.py", "exec")
+    assert defined_names(code) == _defined_names_walked(code)
+    assert len(defined_names(code)[0]) == 300
