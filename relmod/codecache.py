@@ -105,24 +105,39 @@ def load_code(path: str, data: bytes, digest: str) -> types.CodeType:
     return code
 
 
+Signature = tuple[int, int, int, int]
+"""A file's (mtime_ns, ctime_ns, size, inode)."""
+
+
 def store_code(
-    path: str, digest: str, code: types.CodeType, *, replaces: str | None = None
+    path: str,
+    digest: str,
+    code: types.CodeType,
+    *,
+    replaces: str | None = None,
+    replaced_signature: Signature | None = None,
 ) -> None:
     """Cache ``code``, compiled from the bytes of ``path`` whose content hash is ``digest``.
 
     What :func:`load_code` stores on a miss, for code compiled elsewhere: the broker's compile
-    check of an edit. ``replaces``: the content hash of the version this one replaces, whose
-    entry is removed, so that a file edited a thousand times keeps one entry, not a thousand
-    (should the old content come back, the broker's check stores it again). Nothing happens
-    when caching is off; a failed write is logged (debug).
+    check of an edit. ``replaces``: the content hash of the version this one replaces, and
+    ``replaced_signature`` the file's stat signature then; their entries are removed, so that
+    a file edited a thousand times keeps one entry of each kind, not a thousand (should the
+    old content come back, the broker's check stores it again). Nothing happens when caching
+    is off; a failed write is logged (debug).
     """
     folder = cache_dir()
     if folder is None:
         return
     _store(_cache_file(folder, path, digest), code)
+    gone = []
     if replaces is not None and replaces != digest:
+        gone.append(_cache_file(folder, path, replaces))
+    if replaced_signature is not None:
+        gone.append(_stat_entry(folder, path, replaced_signature))
+    for where in gone:
         with contextlib.suppress(OSError):
-            os.unlink(_cache_file(folder, path, replaces))
+            os.unlink(where)
 
 
 def cached_file(path: str, digest: str) -> str | None:
@@ -137,10 +152,6 @@ def cached_file(path: str, digest: str) -> str | None:
 
 RACY_NS = int(RACY_SECONDS * 1e9)
 """The stat-trust rule (:mod:`relmod.stattrust`) in nanoseconds, for the first-import fast path."""
-
-
-Signature = tuple[int, int, int, int]
-"""A file's (mtime_ns, ctime_ns, size, inode)."""
 
 
 def signature_of(st: os.stat_result) -> Signature:
@@ -173,8 +184,7 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature, bool]:
     young = is_young(st)
     where = None
     if folder is not None and not young:
-        mtime, ctime, size, inode = signature
-        where = _cache_file(folder + "/by-stat", f"{path}\0{mtime}:{ctime}:{size}:{inode}", "")
+        where = _stat_entry(folder, path, signature)
         try:
             with open(where, "rb") as file:
                 blob = file.read()
@@ -191,6 +201,12 @@ def load_file_code(path: str) -> tuple[types.CodeType, str, Signature, bool]:
     if where is not None:
         _store(where, code, prefix=digest.encode("ascii"))
     return code, digest, signature, young
+
+
+def _stat_entry(folder: str, path: str, signature: Signature) -> str:
+    """Where the code of ``path`` with this stat signature is cached (see load_file_code)."""
+    mtime, ctime, size, inode = signature
+    return _cache_file(folder + "/by-stat", f"{path}\0{mtime}:{ctime}:{size}:{inode}", "")
 
 
 def _unpack(blob: bytes, path: str) -> types.CodeType | None:

@@ -679,6 +679,36 @@ def test_a_batch_of_many_edits_caches_every_file_s_code_and_holds_few(
         assert update.hashes[str(path)] == digest
 
 
+def test_an_edit_s_code_takes_the_place_of_the_version_before_in_the_code_cache(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's first import of a file older than the stat-trust limit caches its code by
+    content and by stat signature; the broker's entry for the edit replaces both."""
+    import relmod.codecache
+    from relmod.codecache import cache_dir, cached_file, load_file_code
+    from relmod.server.project import Project
+    from relmod.sources import content_hash
+
+    monkeypatch.setenv("RELMOD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(relmod.codecache, "RACY_NS", -1)  # the file's ctime is young: trust it
+    leaf = project / "leaf.py"
+    state = Project(str(project))
+    state.load_all(processes=1)
+    load_file_code(str(leaf))  # what a client's first import does
+    folder = Path(str(cache_dir()))
+    by_stat = [p for p in (folder / "by-stat").rglob("*") if p.is_file()]
+    before = content_hash(leaf.read_bytes())
+    assert len(by_stat) == 1 and cached_file(str(leaf), before) is not None
+    write(leaf, "VALUE = 2\n")
+    update = state.apply([str(leaf)])
+    for compiled in update.compiled:  # what the broker's loop does after the publication
+        compiled.store()
+    assert [c.path for c in update.compiled] == [str(leaf)]
+    assert not by_stat[0].exists()
+    assert cached_file(str(leaf), before) is None
+    assert cached_file(str(leaf), content_hash(leaf.read_bytes())) is not None
+
+
 def test_pending_changes_pace_bursts_but_never_a_lone_save(tmp_path: Path) -> None:
     from relmod.server.pending import MAX_GAP, PendingChanges
 

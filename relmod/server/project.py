@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import CodeType
-from typing import Any
+from typing import Any, NamedTuple
 
 from relmod.codecache import store_code
 from relmod.graph import STATIC, DependencyGraph
@@ -79,6 +79,26 @@ write stays off its way to the clients; a checkout of a thousand files holds no 
 objects (several times their source in memory) at once."""
 
 
+class Compiled(NamedTuple):
+    """The code a compile check made of an edit, and what it replaces in the code cache."""
+
+    path: str
+    hash: str
+    code: CodeType
+    replaces: str | None  # the content hash of the version before
+    replaced_signature: tuple[int, int, int, int] | None  # the file's stat signature then
+
+    def store(self) -> None:
+        """Put the code in the code cache, in place of the version before's entries."""
+        store_code(
+            self.path,
+            self.hash,
+            self.code,
+            replaces=self.replaces,
+            replaced_signature=self.replaced_signature,
+        )
+
+
 @dataclass
 class Update:
     """What one batch of changes means for the clients.
@@ -89,9 +109,9 @@ class Update:
         hashes: the new content hash of each changed file; None for a deleted file.
         broken: files that became broken (or broken differently), to announce one by one.
         checked: how many files were read to decide.
-        compiled: ``(path, hash, code, old hash)`` of the files the batch compile-checked and
-            accepted, for the code cache (see :func:`relmod.codecache.store_code`), up to
-            :data:`COMPILED_KEPT` of them (the code of the others is cached already).
+        compiled: the code of the files the batch compile-checked and accepted, to cache
+            after the publication (:meth:`Compiled.store`), up to :data:`COMPILED_KEPT` of
+            them (the code of the others is cached already).
     """
 
     changed: list[str] = field(default_factory=list)
@@ -99,7 +119,7 @@ class Update:
     hashes: dict[str, str | None] = field(default_factory=dict)
     broken: list[Broken] = field(default_factory=list)
     checked: int = 0
-    compiled: list[tuple[str, str, CodeType, str | None]] = field(default_factory=list)
+    compiled: list[Compiled] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -561,6 +581,7 @@ class Project:
                 self._forget(path)
                 changed.add(path)
             return
+        replaced = self._signatures.get(path)
         if record.signature is not None:
             self._signatures[path] = _packed(record.signature)
         self._deleted.pop(path, None)
@@ -580,10 +601,17 @@ class Project:
             logger.info("%s", record.broken.describe())
             return
         if record.code is not None and record.hash is not None:
+            compiled = Compiled(
+                path,
+                record.hash,
+                record.code,
+                old,
+                None if replaced is None else _unpacked(replaced),
+            )
             if len(update.compiled) < COMPILED_KEPT:
-                update.compiled.append((path, record.hash, record.code, old))
+                update.compiled.append(compiled)
             else:  # a checkout's hundreds: cached now, not all held until the publication
-                store_code(path, record.hash, record.code, replaces=old)
+                compiled.store()
         if was_broken is not None:
             del self._broken[path]
             logger.info("%s compiles again", path)
@@ -691,6 +719,11 @@ def _relative(path: str, root: str) -> str:
 
 
 _SIGNATURE = struct.Struct("<QQQQ")
+
+
+def _unpacked(packed: bytes) -> tuple[int, int, int, int]:
+    mtime, ctime, size, ino = _SIGNATURE.unpack(packed)
+    return mtime, ctime, size, ino
 
 
 def _packed(signature: StatSignature) -> bytes:
