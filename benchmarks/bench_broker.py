@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from relmod.connfile import connection_path, read_connection_file  # noqa: E402
-from relmod.protocol import Codec, configure_socket  # noqa: E402
+from relmod.protocol import Codec, configure_socket, count_ids  # noqa: E402
 from relmod.server.project import Project  # noqa: E402
 
 PACKAGE_SIZE = 25
@@ -246,10 +246,15 @@ def wait_ready(root: Path, proc: subprocess.Popen[bytes], timeout: float = 120) 
     raise SystemExit("the broker did not start in time")
 
 
-def scan_seconds(log: Path) -> float:
-    for line in log.read_text().splitlines():
-        if "Python files under" in line and " in " in line:
-            return float(line.rsplit(" in ", 1)[1].split()[0])
+def scan_seconds(log: Path, timeout: float = 120.0) -> float:
+    """The broker's own scan time, from its log, once it is there (the broker serves, and
+    writes its connection file, before its scan ends); nan when it never comes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if "Python files under" in line and " in " in line:
+                return float(line.rsplit(" in ", 1)[1].split()[0])
+        time.sleep(0.1)
     return float("nan")
 
 
@@ -509,13 +514,17 @@ def measure_latency(
                 sub.recv_multipart()
             start = time.perf_counter()
             path.write_text(data)
+            deadline = time.monotonic() + 5.0  # heartbeats arrive meanwhile: not a poll's wait
             while True:
-                if not sub.poll(5000):
+                left = deadline - time.monotonic()
+                if left <= 0 or not sub.poll(int(left * 1000) + 1):
                     raise SystemExit(f"no invalidation for {path} within 5 s")
                 message = codec.decode(sub.recv_multipart())
-                if message.kind == "invalidate" and str(path) in message.body["changed"]:
+                # "changed" holds [id, path, hash] per file; "affected", packed ids.
+                changed = [entry[1] for entry in message.body.get("changed", ())]
+                if message.kind == "invalidate" and str(path) in changed:
                     elapsed = (time.perf_counter() - start) * 1000
-                    latencies.append((elapsed, len(message.body["affected"])))
+                    latencies.append((elapsed, count_ids(message.body["affected"])))
                     break
             time.sleep(0.3)  # longer than a burst's pacing window: every edit is a lone save
             start = time.perf_counter()
