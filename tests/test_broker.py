@@ -679,6 +679,30 @@ def test_a_batch_of_many_edits_caches_every_file_s_code_and_holds_few(
         assert update.hashes[str(path)] == digest
 
 
+def test_a_failure_to_cache_code_loses_no_edit(
+    project: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import relmod.server.project as project_module
+
+    def broken_store(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the code cache")
+
+    monkeypatch.setattr(project_module, "store_code", broken_store)
+    files = [project / f"m{i}.py" for i in range(project_module.COMPILED_KEPT + 2)]
+    for path in files:
+        write(path, "X = 0\n")
+    state = project_module.Project(str(project))
+    state.load_all(processes=1)
+    for i, path in enumerate(files):
+        write(path, f"X = {i + 1}\n")
+    with caplog.at_level(logging.ERROR, logger="relmod.server.project"):
+        update = state.apply([str(path) for path in files])  # two cached while checked: fail
+        for compiled in update.compiled:
+            compiled.store()
+    assert sorted(update.changed) == sorted(str(path) for path in files)
+    assert caplog.text.count("Could not cache the code of") == len(files)
+
+
 def test_an_edit_s_code_takes_the_place_of_the_version_before_in_the_code_cache(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -576,10 +576,7 @@ class Broker:
         module is about 1 ms instead of 50-75. Right after the publication, not later: a busy
         worker reloads within a millisecond or two of its mark."""
         for compiled in update.compiled:
-            try:
-                compiled.store()  # in place of the version before's: one entry per file
-            except Exception:  # a bug of ours; a client compiles the file itself then
-                logger.exception("Could not cache the code of %s.", compiled.path)
+            compiled.store()  # in place of the version before's: one entry per file
 
     def _publish_update(self, update: Update) -> None:
         ids = self.state.project.ids

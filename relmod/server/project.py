@@ -89,14 +89,18 @@ class Compiled(NamedTuple):
     replaced_signature: tuple[int, int, int, int] | None  # the file's stat signature then
 
     def store(self) -> None:
-        """Put the code in the code cache, in place of the version before's entries."""
-        store_code(
-            self.path,
-            self.hash,
-            self.code,
-            replaces=self.replaces,
-            replaced_signature=self.replaced_signature,
-        )
+        """Put the code in the code cache, in place of the version before's entries. Never
+        raises: a client that does not find the code compiles the file itself."""
+        try:
+            store_code(
+                self.path,
+                self.hash,
+                self.code,
+                replaces=self.replaces,
+                replaced_signature=self.replaced_signature,
+            )
+        except Exception:  # a bug of ours; the batch is published all the same
+            logger.exception("Could not cache the code of %s.", self.path)
 
 
 @dataclass
