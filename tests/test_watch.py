@@ -9,9 +9,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support import Recorder, wait_until
+from support import Recorder, wait_for, wait_until
 
 from relmod.errors import ConfigurationError
 from relmod.watch import (
@@ -393,6 +394,34 @@ def test_poll_interval_comes_from_the_environment(
     monkeypatch.setenv("RELMOD_POLL_INTERVAL", "soon")
     assert PollingWatcher([str(tmp_path)], Recorder()).interval == 0.5
     assert any("RELMOD_POLL_INTERVAL" in r.getMessage() for r in caplog.records)
+
+
+def test_polling_spaces_its_walks_when_a_walk_costs_much_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk that takes 20 ms of CPU is followed by a pause of at least 0.38 s (5% of a core),
+    whatever the interval; a cheap walk keeps the interval."""
+    import relmod.watchers.polling as polling
+
+    walk = polling._walk
+    walks: list[float] = []
+
+    def costly_walk(root: str, recursive: bool, out: dict[str, Any]) -> None:
+        began = time.thread_time()
+        while time.thread_time() - began < 0.02:  # a big project's stat walk, in CPU
+            pass
+        walk(root, recursive, out)
+        walks.append(time.monotonic())
+
+    monkeypatch.setattr(polling, "_walk", costly_walk)
+    watcher = PollingWatcher([str(tmp_path)], Recorder(), interval=0.01)
+    assert watcher.pause_after(0.0001) == 0.01
+    watcher.start()
+    try:
+        wait_for(lambda: len(walks) >= 3, 15, "three walks")
+    finally:
+        watcher.stop()
+    assert min(b - a for a, b in zip(walks, walks[1:], strict=False)) >= 0.38
 
 
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
