@@ -115,29 +115,32 @@ def store_code(
     code: types.CodeType,
     *,
     replaces: str | None = None,
-    replaced_signature: Signature | None = None,
 ) -> None:
     """Cache ``code``, compiled from the bytes of ``path`` whose content hash is ``digest``.
 
     What :func:`load_code` stores on a miss, for code compiled elsewhere: the broker's compile
-    check of an edit. ``replaces``: the content hash of the version this one replaces, and
-    ``replaced_signature`` the file's stat signature then; their entries are removed, so that
-    a file edited a thousand times keeps one entry of each kind, not a thousand (should the
-    old content come back, the broker's check stores it again). Nothing happens when caching
-    is off; a failed write is logged (debug).
+    check of an edit. ``replaces``: the content hash of the version this one replaces, whose
+    entry is removed, so that a file edited a thousand times keeps one entry, not a thousand
+    (should the old content come back, the broker's check stores it again; the entries by stat
+    signature go with :func:`forget_signature`). Nothing happens when caching is off; a failed
+    write is logged (debug).
     """
     folder = cache_dir()
     if folder is None:
         return
     _store(_cache_file(folder, path, digest), code)
-    gone = []
     if replaces is not None and replaces != digest:
-        gone.append(_cache_file(folder, path, replaces))
-    if replaced_signature is not None:
-        gone.append(_stat_entry(folder, path, replaced_signature))
-    for where in gone:
         with contextlib.suppress(OSError):
-            os.unlink(where)
+            os.unlink(_cache_file(folder, path, replaces))
+
+
+def forget_signature(path: str, signature: Signature) -> None:
+    """Remove the entry :func:`load_file_code` keeps for ``path`` at a stat signature the file
+    no longer has (a save, or a touch, moved its ctime on: that entry can never be hit again)."""
+    folder = cache_dir()
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(_stat_entry(folder, path, signature))
 
 
 def cached_file(path: str, digest: str) -> str | None:

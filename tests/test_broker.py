@@ -725,12 +725,47 @@ def test_an_edit_s_code_takes_the_place_of_the_version_before_in_the_code_cache(
     assert len(by_stat) == 1 and cached_file(str(leaf), before) is not None
     write(leaf, "VALUE = 2\n")
     update = state.apply([str(leaf)])
+    assert not by_stat[0].exists()  # the file's signature moved on: its entry is dead
     for compiled in update.compiled:  # what the broker's loop does after the publication
         compiled.store()
     assert [c.path for c in update.compiled] == [str(leaf)]
-    assert not by_stat[0].exists()
     assert cached_file(str(leaf), before) is None
     assert cached_file(str(leaf), content_hash(leaf.read_bytes())) is not None
+
+    load_file_code(str(leaf))  # a new process imports the new version: a new entry
+    by_stat = [p for p in (folder / "by-stat").rglob("*") if p.is_file()]
+    assert len(by_stat) == 1
+    os.utime(leaf)  # a touch: nothing to publish, and that entry is dead too
+    assert state.apply([str(leaf)]).empty
+    assert not by_stat[0].exists()
+
+
+def test_a_touch_or_an_identical_save_is_not_compiled_again(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import relmod.server.scanner as scanner
+    from relmod.server.project import Project
+
+    state = Project(str(project))
+    state.load_all(processes=1)
+    compiled: list[str] = []
+    compile_checked = scanner.compile_checked
+
+    def counting(path: str, data: bytes) -> Any:
+        compiled.append(path)
+        return compile_checked(path, data)
+
+    monkeypatch.setattr(scanner, "compile_checked", counting)
+    leaf = project / "leaf.py"
+    os.utime(leaf)
+    write(leaf, leaf.read_text())
+    assert state.apply([str(leaf)]).empty and compiled == []
+    write(leaf, "VALUE = (\n")  # broken: compiled once, then its same bytes again are not
+    assert state.apply([str(leaf)]).broken and compiled == [str(leaf)]
+    os.utime(leaf)
+    assert state.apply([str(leaf)]).empty and compiled == [str(leaf)]
+    write(leaf, "VALUE = 5\n")
+    assert state.apply([str(leaf)]).changed == [str(leaf)] and len(compiled) == 2
 
 
 def test_pending_changes_pace_bursts_but_never_a_lone_save(tmp_path: Path) -> None:

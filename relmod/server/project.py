@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any, NamedTuple
 
-from relmod.codecache import store_code
+from relmod.codecache import forget_signature, store_code
 from relmod.graph import STATIC, DependencyGraph
 from relmod.ignore import ignored_name, is_ignored
 from relmod.server.edges import RuntimeEdges
@@ -86,19 +86,12 @@ class Compiled(NamedTuple):
     hash: str
     code: CodeType
     replaces: str | None  # the content hash of the version before
-    replaced_signature: tuple[int, int, int, int] | None  # the file's stat signature then
 
     def store(self) -> None:
-        """Put the code in the code cache, in place of the version before's entries. Never
+        """Put the code in the code cache, in place of the version before's entry. Never
         raises: a client that does not find the code compiles the file itself."""
         try:
-            store_code(
-                self.path,
-                self.hash,
-                self.code,
-                replaces=self.replaces,
-                replaced_signature=self.replaced_signature,
-            )
+            store_code(self.path, self.hash, self.code, replaces=self.replaces)
         except Exception:  # a bug of ours; the batch is published all the same
             logger.exception("Could not cache the code of %s.", self.path)
 
@@ -555,10 +548,12 @@ class Project:
         path = sys.intern(path)
         if self._unscanned is not None:
             self._unscanned.discard(path)  # read now: the scan's record of it is older
-        record = read_record(path, self.root, resolver=resolver, scan=scan)
-        self._remember(record)
         old = self._hashes.get(path)
         was_broken = self._broken.get(path)
+        # A touch or an identical save is not compiled again: its verdict is known.
+        verdicts = (old, was_broken[1] if was_broken is not None else None)
+        record = read_record(path, self.root, resolver=resolver, scan=scan, checked_before=verdicts)
+        self._remember(record)
         if record.hash == EMPTY_HASH and old not in (None, EMPTY_HASH):
             for _ in range(SETTLE_TRIES):
                 time.sleep(SETTLE_STEP)
@@ -585,9 +580,13 @@ class Project:
                 self._forget(path)
                 changed.add(path)
             return
-        replaced = self._signatures.get(path)
         if record.signature is not None:
-            self._signatures[path] = _packed(record.signature)
+            packed, replaced = _packed(record.signature), self._signatures.get(path)
+            self._signatures[path] = packed
+            if replaced is not None and replaced != packed:
+                # A save or a touch moved its ctime on: the code cache's entry for the old
+                # signature (a client's first import keys its fast path by it) is dead.
+                forget_signature(path, _unpacked(replaced))
         self._deleted.pop(path, None)
         self._unreadable.discard(path)
         if was_broken is not None and was_broken[1] == record.hash:
@@ -605,13 +604,7 @@ class Project:
             logger.info("%s", record.broken.describe())
             return
         if record.code is not None and record.hash is not None:
-            compiled = Compiled(
-                path,
-                record.hash,
-                record.code,
-                old,
-                None if replaced is None else _unpacked(replaced),
-            )
+            compiled = Compiled(path, record.hash, record.code, old)
             if len(update.compiled) < COMPILED_KEPT:
                 update.compiled.append(compiled)
             else:  # a checkout's hundreds: cached now, not all held until the publication

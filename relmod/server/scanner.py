@@ -40,7 +40,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any
@@ -130,6 +130,7 @@ def read_record(
     resolver: ImportResolver | None = None,
     check: bool = True,
     scan: bool = True,
+    checked_before: Container[str | None] = (),
 ) -> FileRecord:
     """Read, hash, compile-check and scan one file.
 
@@ -143,6 +144,8 @@ def read_record(
         check: compile-check the source (a broken file gets no dependencies).
         scan: find and resolve its imports; without, ``statements`` is None and
             ``dependencies`` empty (:meth:`Project.scan_edits` finds them later).
+        checked_before: content hashes whose compile check the caller knows already (a
+            touch, an identical save): not compiled again (``checked`` is False).
     """
     signature = stat_signature(path)
     read_at = time.time()
@@ -153,6 +156,7 @@ def read_record(
         return FileRecord(path, None, signature, None, frozenset())
     digest = content_hash(data)
     code = None
+    check = check and digest not in checked_before
     if check:
         code, broken = compile_checked(path, data)
         if broken is not None:
