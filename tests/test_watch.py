@@ -424,6 +424,18 @@ def test_polling_spaces_its_walks_when_a_walk_costs_much_cpu(
     assert min(b - a for a, b in zip(walks, walks[1:], strict=False)) >= 0.38
 
 
+def test_the_polling_cpu_cap_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("RELMOD_POLL_CPU", "0.2")
+    watcher = PollingWatcher([str(tmp_path)], Recorder(), interval=0.5)
+    assert watcher.cpu_share == 0.2 and watcher.pause_after(0.25) == pytest.approx(1.0)
+    for bad in ("0", "1.5", "lots"):
+        monkeypatch.setenv("RELMOD_POLL_CPU", bad)
+        assert PollingWatcher([str(tmp_path)], Recorder()).cpu_share == 0.05
+    assert sum("RELMOD_POLL_CPU" in r.getMessage() for r in caplog.records) == 3
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         WatchfilesWatcher([str(tmp_path)], Recorder(), step_ms=0)

@@ -35,9 +35,9 @@ logger = logging.getLogger("relmod.watch")
 DEFAULT_POLL_INTERVAL = 0.5
 """Seconds between two walks of the polling backend (env ``RELMOD_POLL_INTERVAL``)."""
 MAX_CPU_SHARE = 0.05
-"""The most of a core an idle polling watcher spends walking: after a walk that took ``t``
-seconds of CPU, the next waits at least ``t * (1 / MAX_CPU_SHARE - 1)`` (a 10,000-file project
-walked every 0.5 s took 16% of a core)."""
+"""The most of a core an idle polling watcher spends walking (env ``RELMOD_POLL_CPU``): after a
+walk that took ``t`` seconds of CPU, the next waits at least ``t * (1 / share - 1)`` (a
+10,000-file project walked every 0.5 s took 16% of a core)."""
 
 _Signature = tuple[int, int, int, int]  # (mtime_ns, ctime_ns, size, inode) of one file
 
@@ -77,22 +77,20 @@ def _walk(root: str, recursive: bool, out: dict[str, _Signature]) -> None:
             logger.debug("cannot list %s: %s", folder, err)
 
 
-def _poll_interval_from_env() -> float:
-    raw = os.environ.get("RELMOD_POLL_INTERVAL", "").strip()
+def _setting_from_env(name: str, default: float, what: str, *, most: float = float("inf")) -> float:
+    """A positive number from the environment variable ``name`` (at most ``most``), or
+    ``default`` when it is unset; a bad value is warned of and ``default`` used."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_POLL_INTERVAL
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = 0.0
-    if value > 0:
+    if 0 < value <= most:
         return value
-    logger.warning(
-        "RELMOD_POLL_INTERVAL=%r is not a positive number of seconds; polling every %.1f s.",
-        raw,
-        DEFAULT_POLL_INTERVAL,
-    )
-    return DEFAULT_POLL_INTERVAL
+    logger.warning("%s=%r is not %s; using %g.", name, raw, what, default)
+    return default
 
 
 class PollingWatcher(_ThreadedWatcher):
@@ -104,7 +102,8 @@ class PollingWatcher(_ThreadedWatcher):
     or changed. Ignored folders are not entered and a symlink back up the tree is not followed.
     When a walk finds changes it walks again after ``step_ms`` until a walk finds nothing new (or
     ``debounce_ms`` passed), so a storm arrives as one batch. Idle cost: one walk per interval,
-    and at most :data:`MAX_CPU_SHARE` of a core: on a project big enough that a walk costs more,
+    and at most :data:`MAX_CPU_SHARE` of a core (``RELMOD_POLL_CPU``, as a fraction: ``0.2`` is
+    20%): on a project big enough that a walk costs more,
     walks are spaced further apart (by the walk's CPU time, not its wall time, so a slow network
     mount is not polled less often for its latency).
 
@@ -135,7 +134,9 @@ class PollingWatcher(_ThreadedWatcher):
         interval: float | None = None,
     ) -> None:
         if interval is None:
-            interval = _poll_interval_from_env()
+            interval = _setting_from_env(
+                "RELMOD_POLL_INTERVAL", DEFAULT_POLL_INTERVAL, "a positive number of seconds"
+            )
         elif not interval > 0:
             raise ConfigurationError(
                 f"interval must be a positive number of seconds, not {interval}."
@@ -144,6 +145,9 @@ class PollingWatcher(_ThreadedWatcher):
             paths, on_change, step_ms=step_ms, debounce_ms=debounce_ms, recursive=recursive
         )
         self.interval = interval
+        self.cpu_share = _setting_from_env(
+            "RELMOD_POLL_CPU", MAX_CPU_SHARE, "a share of a core above 0 and at most 1", most=1.0
+        )
 
     def _roots_of(self, scope: _Scope) -> tuple[str, ...]:
         return scope.poll_roots()
@@ -183,14 +187,15 @@ class PollingWatcher(_ThreadedWatcher):
 
     def pause_after(self, walk_cpu: float) -> float:
         """Seconds to wait after a walk that took ``walk_cpu`` seconds of CPU: the interval, or
-        longer when walks would otherwise take more than :data:`MAX_CPU_SHARE` of a core.
+        longer when walks would otherwise take more than :attr:`cpu_share` of a core
+        (:data:`MAX_CPU_SHARE` unless ``RELMOD_POLL_CPU`` says otherwise).
 
         Example:
             >>> w = PollingWatcher(["/p"], print, interval=0.5)
             >>> w.pause_after(0.002), round(w.pause_after(0.08), 2)
             (0.5, 1.52)
         """
-        return max(self.interval, walk_cpu * (1 / MAX_CPU_SHARE - 1))
+        return max(self.interval, walk_cpu * (1 / self.cpu_share - 1))
 
     def _poll(self, scope: _Scope, snapshots: dict[str, dict[str, _Signature]]) -> set[str]:
         """Walk every root once; return changed files and replace ``snapshots`` in place.
