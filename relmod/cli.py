@@ -162,6 +162,16 @@ def _ago(seconds: float) -> str:
     return f"{seconds // 3600:.0f}h {seconds % 3600 // 60:.0f}m"
 
 
+def _format_code_cache(folder: str | None) -> str:
+    if folder is None:
+        return (
+            "  code cache: off in the broker (PYTHONDONTWRITEBYTECODE, or RELMOD_CACHE_DIR "
+            "empty): each worker compiles every edit itself; RELMOD_CACHE_DIR=<folder>, for "
+            "the broker and the workers, shares the broker's compiled edits"
+        )
+    return f"  code cache: {folder} (the broker's compiled edits, for workers that share it)"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """A status reply as lines for a person to read."""
     root = status["root"]
@@ -174,6 +184,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"  watching {status['files']:,} Python files with {watcher['backend']}"
         + (f" ({watcher['errors']} callback errors)" if watcher["errors"] else ""),
         f"  {format_scan(status['scan'])}",
+        _format_code_cache(status.get("code_cache")),
         f"  graph: {graph['files']:,} files, {graph['edges']:,} edges"
         + (f" ({graph['runtime_edges']:,} reported by clients)" if graph["runtime_edges"] else ""),
         f"  endpoints: PUB {status['endpoints']['pub']}, ROUTER {status['endpoints']['router']}"

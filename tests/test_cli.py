@@ -17,6 +17,7 @@ from test_broker import BrokerProcess, child_env, write
 
 from relmod import cli
 from relmod._version import __version__
+from relmod.codecache import cache_dir
 from relmod.connfile import CONNECTION_VERSION, ConnectionInfo, connection_path
 from relmod.connfile import write_connection_file as save_connection_file
 from relmod.protocol import new_epoch, new_key
@@ -53,6 +54,7 @@ def test_status_json_describes_the_live_broker(
     assert status["endpoints"]["pub"] == broker.info["pub"]
     assert [b["path"] for b in status["broken"]] == [str(project / "lone.py")]
     assert status["dropped"]["total"] == 0 and status["request_errors"] == 0
+    assert status["code_cache"] == cache_dir()  # the broker runs with this process's settings
 
 
 def test_status_text_is_a_readable_summary(
@@ -65,6 +67,8 @@ def test_status_text_is_a_readable_summary(
     assert f"pid {broker.pid}" in text
     assert "./lone.py line 1: SyntaxError" in text
     assert "messages dropped: none" in text
+    folder = cache_dir()
+    assert (f"code cache: {folder} (" if folder else "code cache: off in the broker") in text
 
 
 def test_graph_prints_text_or_dot(

@@ -7,6 +7,8 @@ Fields (every one always present)::
     epoch, seq                      the current epoch and sequence number
     heartbeat                       seconds between heartbeats
     watcher                         {backend, errors (on_change failures), batches}
+    code_cache                      the code cache the broker stores each edit's code in,
+                                    for the workers on its machine; None when it is off
     files                           Python files tracked
     scan                            the first scan: {state ("walking", "scanning", "checking",
                                     "done", "stopped"), total, scanned, cached, checked,
@@ -55,6 +57,7 @@ from collections import Counter
 from typing import Any
 
 from relmod._version import __version__
+from relmod.codecache import cache_dir
 from relmod.protocol import REASONS
 from relmod.server.state import BrokerState
 
@@ -140,6 +143,7 @@ def broker_status(broker: BrokerState) -> dict[str, Any]:
             "errors": watcher.errors if watcher else 0,
             "batches": getattr(watcher, "batches", 0),
         },
+        "code_cache": cache_dir(),
         "files": broker.project.file_count,
         "scan": broker.scan.progress.to_wire() if broker.scan else {"state": "none"},
         "roots": list(broker.project.roots.roots),
