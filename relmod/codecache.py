@@ -27,13 +27,12 @@ import os
 import sys
 import time
 import types
+from collections.abc import Iterator
 
 from relmod.sources import compile_source, content_hash
 from relmod.stattrust import RACY_SECONDS
 
 log = logging.getLogger(__name__)
-
-_STORES = frozenset({"STORE_NAME", "STORE_GLOBAL"})
 
 
 def cache_dir() -> str | None:
@@ -244,19 +243,40 @@ def _store(where: str, code: types.CodeType, prefix: bytes = b"") -> None:
         log.debug("cannot cache the code of %s: %s", code.co_filename, err)
 
 
-_STORE_BYTES = tuple(bytes([dis.opmap[name]]) for name in ("STORE_NAME", "STORE_GLOBAL"))
+def _op_byte(name: str) -> bytes | None:
+    """The opcode called ``name`` as one byte, or None when this Python has no such opcode."""
+    op = dis.opmap.get(name)
+    return None if op is None else bytes([op])
+
+
+_STORE_BYTES = (_op_byte("STORE_NAME"), _op_byte("STORE_GLOBAL"))
 _EXTENDED_ARG = dis.EXTENDED_ARG
-_IMPORT_STAR_BYTE = bytes([dis.opmap.get("IMPORT_STAR", 0)])  # up to 3.11 (0: no such op)
-_INTRINSIC_1_BYTE = bytes([dis.opmap.get("CALL_INTRINSIC_1", 0)])  # 3.12+: argument 2 is import *
+_IMPORT_STAR_BYTE = _op_byte("IMPORT_STAR")  # up to 3.11
+_INTRINSIC_1_BYTE = _op_byte("CALL_INTRINSIC_1")  # 3.12+: argument 2 is import *
 _INTRINSIC_IMPORT_STAR = 2
+
+
+def _offsets(raw: bytes, op: bytes | None) -> Iterator[int]:
+    """Where the instructions with opcode ``op`` start in raw bytecode (none for None).
+
+    Found with ``bytes.find``, not a Python step per instruction: an opcode sits at an even
+    offset and its argument after it, and the inline caches of ``co_code`` are zero bytes, so
+    a match at an even offset is the instruction.
+    """
+    if op is None:
+        return
+    at = raw.find(op)
+    while at >= 0:
+        if at % 2 == 0:
+            yield at
+        at = raw.find(op, at + 1)
 
 
 def defined_names(code: types.CodeType) -> tuple[frozenset[str], bool]:
     """The names a module's top-level code binds, and whether it runs ``from x import *``.
 
-    Found with ``bytes.find`` in the raw instructions (``co_code`` is the unspecialised
-    bytecode; an opcode sits at an even offset, its argument after it, and the inline caches are
-    zero bytes), as :func:`imports_of` does: this runs on every reload, and a walk over each
+    Found with :func:`_offsets` in the raw instructions (``co_code`` is the unspecialised
+    bytecode), as :func:`imports_of` does: this runs on every reload, and a walk over each
     instruction in Python cost a millisecond for a module of 200 functions.
 
     Example:
@@ -268,24 +288,10 @@ def defined_names(code: types.CodeType) -> tuple[frozenset[str], bool]:
     """
     raw = code.co_code
     names = code.co_names
-    bound = set()
-    for op in _STORE_BYTES:
-        at = raw.find(op)
-        while at >= 0:
-            if at % 2 == 0:
-                bound.add(names[_arg_at(raw, at)[0]])
-            at = raw.find(op, at + 1)
-    star = False
-    if _IMPORT_STAR_BYTE != b"\0":
-        at = raw.find(_IMPORT_STAR_BYTE)
-        while at >= 0 and not star:
-            star = at % 2 == 0
-            at = raw.find(_IMPORT_STAR_BYTE, at + 1)
-    if _INTRINSIC_1_BYTE != b"\0":
-        at = raw.find(_INTRINSIC_1_BYTE)
-        while at >= 0 and not star:
-            star = at % 2 == 0 and _arg_at(raw, at)[0] == _INTRINSIC_IMPORT_STAR
-            at = raw.find(_INTRINSIC_1_BYTE, at + 1)
+    bound = {names[_arg_at(raw, at)[0]] for op in _STORE_BYTES for at in _offsets(raw, op)}
+    star = any(True for _ in _offsets(raw, _IMPORT_STAR_BYTE)) or any(
+        _arg_at(raw, at)[0] == _INTRINSIC_IMPORT_STAR for at in _offsets(raw, _INTRINSIC_1_BYTE)
+    )
     return frozenset(bound), star
 
 
@@ -307,8 +313,8 @@ def imports_of(code: types.CodeType) -> tuple[str, ...]:
 
     What the module can import when it runs, read from the bytecode the compiler writes for an
     import statement (``LOAD_CONST level; LOAD_CONST fromlist; IMPORT_NAME name``), so a
-    first import needs no ``__import__`` hook to learn its dependencies. Instructions sit at
-    even offsets, so an ``IMPORT_NAME`` byte found at an even offset is the instruction.
+    first import needs no ``__import__`` hook to learn its dependencies; the ``IMPORT_NAME``
+    instructions are found with :func:`_offsets`.
 
     Flat, in strings only (a first import reads a thousand of these; tuples per statement would
     cost the garbage collector more than the rest of the bookkeeping): each statement is the
@@ -332,11 +338,8 @@ def imports_of(code: types.CodeType) -> tuple[str, ...]:
     while stack:
         current = stack.pop()
         raw = current.co_code
-        at = raw.find(_IMPORT_NAME_BYTE)
-        while at >= 0:
-            if at % 2 == 0:
-                _decode_import(current, raw, at, found, stdlib)
-            at = raw.find(_IMPORT_NAME_BYTE, at + 1)
+        for at in _offsets(raw, _IMPORT_NAME_BYTE):
+            _decode_import(current, raw, at, found, stdlib)
         stack.extend(c for c in reversed(current.co_consts) if isinstance(c, types.CodeType))
     return tuple(found + stdlib) if len(stdlib) > 1 else tuple(found)
 
