@@ -103,9 +103,9 @@ class PollingWatcher(_ThreadedWatcher):
     When a walk finds changes it walks again after ``step_ms`` until a walk finds nothing new (or
     ``debounce_ms`` passed), so a storm arrives as one batch. Idle cost: one walk per interval,
     and at most :data:`MAX_CPU_SHARE` of a core (``RELMOD_POLL_CPU``, as a fraction: ``0.2`` is
-    20%): on a project big enough that a walk costs more,
-    walks are spaced further apart (by the walk's CPU time, not its wall time, so a slow network
-    mount is not polled less often for its latency).
+    20%): on a project big enough that a walk costs more, walks are spaced further apart (by
+    the walk's CPU time, not its wall time, so a slow network mount is not polled less often
+    for its latency).
 
     Args:
         paths: folders and files to watch.
