@@ -653,23 +653,31 @@ def test_a_module_replaced_by_a_folder_in_two_batches_is_reported(
         assert caplog.text.count(warning) == 2  # a folder again after a readable module
 
 
-def test_a_batch_of_many_edits_caches_every_file_s_code_and_holds_few(
-    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A lone save's code is cached after its publication (the broker's loop stores what the
-    update holds); a batch of more edits than COMPILED_KEPT caches the rest as it checks them."""
-    from relmod.codecache import cached_file
-    from relmod.server.project import COMPILED_KEPT, Project
-    from relmod.sources import content_hash
+def _project_with_edits(project: Path, count: int) -> tuple[Any, list[Path]]:
+    """A Project that scanned ``count`` new modules, each edited since (not applied yet)."""
+    from relmod.server.project import Project
 
-    monkeypatch.setenv("RELMOD_CACHE_DIR", str(tmp_path / "cache"))
-    files = [project / f"m{i}.py" for i in range(COMPILED_KEPT + 4)]
+    files = [project / f"m{i}.py" for i in range(count)]
     for path in files:
         write(path, "X = 0\n")
     state = Project(str(project))
     state.load_all(processes=1)
     for i, path in enumerate(files):
         write(path, f"X = {i + 1}\n")
+    return state, files
+
+
+def test_a_batch_of_many_edits_caches_every_file_s_code_and_holds_few(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone save's code is cached after its publication (the broker's loop stores what the
+    update holds); a batch of more edits than COMPILED_KEPT caches the rest as it checks them."""
+    from relmod.codecache import cached_file
+    from relmod.server.project import COMPILED_KEPT
+    from relmod.sources import content_hash
+
+    monkeypatch.setenv("RELMOD_CACHE_DIR", str(tmp_path / "cache"))
+    state, files = _project_with_edits(project, COMPILED_KEPT + 4)
     update = state.apply([str(path) for path in files])
     held = {entry[0] for entry in update.compiled}
     assert len(held) == COMPILED_KEPT and len(update.changed) == len(files)
@@ -688,13 +696,7 @@ def test_a_failure_to_cache_code_loses_no_edit(
         raise RuntimeError("a bug in the code cache")
 
     monkeypatch.setattr(project_module, "store_code", broken_store)
-    files = [project / f"m{i}.py" for i in range(project_module.COMPILED_KEPT + 2)]
-    for path in files:
-        write(path, "X = 0\n")
-    state = project_module.Project(str(project))
-    state.load_all(processes=1)
-    for i, path in enumerate(files):
-        write(path, f"X = {i + 1}\n")
+    state, files = _project_with_edits(project, project_module.COMPILED_KEPT + 2)
     with caplog.at_level(logging.ERROR, logger="relmod.server.project"):
         update = state.apply([str(path) for path in files])  # two cached while checked: fail
         for compiled in update.compiled:
